@@ -1,0 +1,133 @@
+"""Commands on specs: check, render, build, graph, schema, ops."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specc.cli import app, fail
+from specc.errors import SpecError
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (repeatable)")]  # noqa: UP045
+ScaleOpt = Annotated[Optional[str], typer.Option("--scale", help="named scale from the spec's scales:")]  # noqa: UP045
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+@app.command()
+def check(
+    specs: Annotated[list[Path], typer.Argument(help="spec files", show_default=False)],
+    sets: SetOpt = None,
+    scale: ScaleOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="per-node table")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate specs and infer every shape (never imports torch). Exit 2 on spec errors."""
+    from specc.api import check as check_spec
+    from specc.report import graph_json, node_table, summary_line
+
+    results = []
+    failed = False
+    for path in specs:
+        try:
+            graph = check_spec(path, sets or [], scale)
+        except SpecError as exc:
+            failed = True
+            results.append({"file": str(path), "ok": False, "errors": [d.to_json() for d in exc.diagnostics]})
+            if not as_json:
+                for d in exc.diagnostics:
+                    print(f"error: {d}", file=sys.stderr)
+            continue
+        results.append({"file": str(path), "ok": True, **graph_json(graph)})
+        if not as_json:
+            print(f"{path}: ok  {summary_line(graph)}")
+            if verbose:
+                print(node_table(graph))
+    if as_json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    elif failed:
+        n = sum(len(r["errors"]) for r in results if not r["ok"])  # type: ignore[arg-type]
+        print(f"{n} error{'s' if n != 1 else ''}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def render(spec: Path, sets: SetOpt = None, scale: ScaleOpt = None) -> None:
+    """Print the fully expanded spec: every node, every default and variable resolved, every shape."""
+    from specc.api import check as check_spec
+    from specc.report import render as render_graph
+
+    try:
+        print(render_graph(check_spec(spec, sets or [], scale)), end="")
+    except SpecError as exc:
+        fail(exc)
+
+
+@app.command()
+def build(
+    spec: Path,
+    sets: SetOpt = None,
+    scale: ScaleOpt = None,
+    as_json: JsonOpt = False,
+    save: Annotated[Optional[Path], typer.Option("--save", help="write the initialised weights (.safetensors)")] = None,  # noqa: UP045
+    max_params: Annotated[int, typer.Option("--max-params", help="refuse specs with more parameters")] = 2_000_000_000,
+    seed: Annotated[int, typer.Option(help="seed for initialisation")] = 0,
+) -> None:
+    """Compile to a torch nn.Module and print the per-layer table (path, op, output, params, MACs)."""
+    from specc.api import check as check_spec
+    from specc.build import check_param_limit
+    from specc.report import graph_json, node_table
+
+    try:
+        graph = check_spec(spec, sets or [], scale)
+        check_param_limit(graph, max_params)  # before torch is even imported
+        from specc.build import build as build_model
+        from specc.build import save_weights
+
+        model = build_model(graph, seed=seed, max_params=max_params)
+        real = sum(p.numel() for p in model.parameters())
+        if real != graph.params:
+            raise AssertionError(f"static parameter count {graph.params} != built {real}")
+        if save is not None:
+            save_weights(model, save)
+    except SpecError as exc:
+        fail(exc)
+        return
+    if as_json:
+        out = graph_json(graph)
+        if save is not None:
+            out["saved"] = str(save)
+        print(json.dumps(out, indent=2))
+        return
+    print(node_table(graph))
+    if save is not None:
+        print(f"saved initialised weights to {save}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of spec files (for yaml-language-server completion)."""
+    from specc.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def ops(
+    name: Annotated[Optional[str], typer.Argument(help="show one op in full")] = None,  # noqa: UP045
+) -> None:
+    """List the registered ops with their documentation."""
+    from specc.errors import UsageError, did_you_mean
+    from specc.ops import OPS
+    from specc.schema import op_reference, ops_text
+
+    if name is None:
+        print(ops_text())
+        return
+    if name not in OPS:
+        fail(UsageError(f"unknown op '{name}'{did_you_mean(name, OPS)}"))
+    print(op_reference(OPS[name]))

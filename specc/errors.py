@@ -1,0 +1,121 @@
+"""Error types of the pipeline: one per stage, each mapped to one exit code in the CLI.
+
+Every user-facing spec error carries a :class:`Diagnostic` that renders as
+``file:line:col: path: message``. Stages collect all diagnostics of a file and raise them together.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a source file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One error: where it is (file position and spec path) and what is wrong."""
+
+    message: str
+    loc: Location | None = None
+    path: str = ""
+
+    def __str__(self) -> str:
+        parts = [str(self.loc)] if self.loc else []
+        if self.path:
+            parts.append(self.path)
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.loc.file if self.loc else None,
+            "line": self.loc.line if self.loc else None,
+            "col": self.loc.col if self.loc else None,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class SpeccError(Exception):
+    """Base of every error specc reports to a user (never shown with a traceback)."""
+
+    exit_code = 1
+
+
+@dataclass
+class SpecError(SpeccError):
+    """A spec cannot be loaded, parsed, lowered or inferred. Holds every diagnostic found."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    exit_code = 2
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(d) for d in self.diagnostics)
+
+    @classmethod
+    def one(cls, message: str, loc: Location | None = None, path: str = "") -> SpecError:
+        return cls([Diagnostic(message, loc, path)])
+
+
+class LoadError(SpecError):
+    """YAML text is unsafe, malformed or over a limit."""
+
+
+class ParseError(SpecError):
+    """The YAML tree does not match the spec schema."""
+
+
+class LowerError(SpecError):
+    """Blocks, repeats, expressions or references cannot be expanded."""
+
+
+class ShapeError(SpecError):
+    """Static inference found an edge whose shape a node cannot accept."""
+
+
+class UsageError(SpeccError):
+    """A command-line option or a user file is wrong (bad path, bad --set, bad data)."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """A data set cannot be read or does not fit the spec."""
+
+
+class BuildError(SpeccError):
+    """A spec cannot be compiled to torch (e.g. over the parameter limit)."""
+
+    exit_code = 2
+
+
+class ExportVerificationError(SpeccError):
+    """An ONNX export does not compute what the PyTorch model computes."""
+
+    exit_code = 3
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def join_choices(choices: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(sorted(choices)[:limit])
+    return shown + (", ..." if len(choices) > limit else "")

@@ -1,0 +1,76 @@
+"""The flat graph that lowering produces and inference annotates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from specc.errors import Location
+from specc.ops.base import Inferred, Op, TensorType
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An edge source: a graph input or a node, and which of its outputs."""
+
+    node: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return self.node if self.index == 0 else f"{self.node}:{self.index}"
+
+
+@dataclass
+class Node:
+    """One op instance. ``path`` is unique and becomes its torch module name (dots = nesting)."""
+
+    path: str
+    op: Op
+    inputs: list[Ref]
+    loc: Location | None = None
+    src: str = ""
+    via: tuple[Location, ...] = ()
+    inferred: Inferred | None = None
+
+    @property
+    def outputs(self) -> list[TensorType]:
+        return self.inferred.outputs if self.inferred else []
+
+
+@dataclass
+class Graph:
+    """Inputs, nodes in topological order, and named outputs."""
+
+    name: str
+    inputs: dict[str, TensorType]
+    nodes: list[Node]
+    outputs: dict[str, Ref]
+    labels: list[str] | None = None
+    dims: dict[str, int] = field(default_factory=dict)
+    spec_sha256: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, path: str) -> Node:
+        return self._index()[path]
+
+    def _index(self) -> dict[str, Node]:
+        return {n.path: n for n in self.nodes}
+
+    def type_of(self, ref: Ref) -> TensorType:
+        if ref.node in self.inputs:
+            return self.inputs[ref.node]
+        return self.node(ref.node).outputs[ref.index]
+
+    @property
+    def params(self) -> int:
+        return sum(n.inferred.params for n in self.nodes if n.inferred)
+
+    @property
+    def macs(self) -> int:
+        return sum(n.inferred.macs for n in self.nodes if n.inferred)
+
+    def output_types(self) -> dict[str, TensorType]:
+        return {name: self.type_of(ref) for name, ref in self.outputs.items()}
+
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        return [s for n in self.nodes if n.inferred for s in n.inferred.param_shapes]

@@ -1,0 +1,7 @@
+"""Ops: each module registers its ops in :data:`specc.ops.registry.OPS` when imported."""
+
+from specc.ops import activation, conv, linear, merge, misc, norm, pool, projection  # noqa: F401
+from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType
+from specc.ops.registry import OPS, get_op, register
+
+__all__ = ["OPS", "InferContext", "Inferred", "Op", "ShapeMismatch", "TensorType", "get_op", "register"]

@@ -1,0 +1,93 @@
+"""Activations: ``act`` (kind from ``defaults.activation``) and one op per function (``relu``, ...)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from specc.ops.base import InferContext, Inferred, Op, TensorType
+from specc.ops.registry import register
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+ActName = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh", "softmax", "identity"]
+ACTIVATIONS: tuple[str, ...] = ActName.__args__  # type: ignore[attr-defined]
+
+# which extra argument each function takes (all others are rejected)
+_ARGS: dict[str, str] = {"leaky_relu": "negative_slope", "elu": "alpha", "gelu": "approximate", "softmax": "dim"}
+
+
+class _Activation(Op):
+    fixed: ClassVar[str | None] = None
+    category = "activations"
+    negative_slope: float | None = Field(None, description="leaky_relu slope (0.01)")
+    alpha: float | None = Field(None, description="elu alpha (1.0)")
+    approximate: Literal["none", "tanh"] | None = Field(None, description='gelu: "none" (erf) or "tanh"')
+    dim: int | None = Field(None, description="softmax axis of one sample (-1)")
+
+    @property
+    def function(self) -> str:
+        return self.fixed or getattr(self, "fn", None) or "relu"
+
+    @model_validator(mode="after")
+    def _only_its_args(self) -> _Activation:
+        fn = self.fixed or getattr(self, "fn", None)
+        for arg in ("negative_slope", "alpha", "approximate", "dim"):
+            if getattr(self, arg) is not None and fn is not None and _ARGS.get(fn) != arg:
+                raise ValueError(f"{arg} does not apply to {fn}")
+        return self
+
+    def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
+        (x,) = inputs
+        if self.function == "softmax" and self.dim is not None and not -x.rank <= self.dim < x.rank:
+            from specc.ops.base import ShapeMismatch
+
+            raise ShapeMismatch(f"softmax dim {self.dim} is out of range for a {x.rank}-d input {x}")
+        return Inferred([x], [], 0)
+
+    def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
+        import torch.nn as nn
+
+        fn = self.function
+        if fn == "softmax":
+            d = -1 if self.dim is None else self.dim
+            return nn.Softmax(dim=d if d < 0 else d + 1)
+        kwargs: dict[str, Any] = {}
+        arg = _ARGS.get(fn)
+        if arg and getattr(self, arg) is not None:
+            kwargs[arg] = getattr(self, arg)
+        cls = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
+               "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}[fn]  # fmt: skip
+        return cls(**kwargs)
+
+
+@register
+class Act(_Activation):
+    """Activation whose function comes from ``defaults.activation`` unless given.
+
+    Example::
+
+        - act                 # defaults.activation
+        - act: gelu
+        - act: {fn: leaky_relu, negative_slope: 0.2}
+    """
+
+    op_name = "act"
+    shorthand = "fn"
+    from_defaults = {"fn": "activation"}
+    fn: ActName | None = None
+
+
+def _make(fn: str) -> type[_Activation]:
+    arg = _ARGS.get(fn)
+    doc = f"The {fn} activation (shape preserving).\n\n    Example::\n\n        - {fn}\n"
+    if arg:
+        doc += f"        - {fn}: {{{arg}: ...}}\n"
+    namespace = {"__doc__": doc, "__module__": __name__, "op_name": fn, "fixed": fn, "shorthand": arg}
+    return register(type(fn.title().replace("_", ""), (_Activation,), namespace))
+
+
+for _fn in ACTIVATIONS:
+    _make(_fn)

@@ -1,0 +1,164 @@
+"""The op contract: one pydantic model per op holding its spec, shape rule and builder.
+
+Every op subclasses :class:`Op`. Its fields are the YAML arguments (torch's names). It implements
+
+* :meth:`Op.infer` — pure-Python shape rule: input types → output types, parameter count, MACs;
+* :meth:`Op.build` — the torch module (torch is imported inside, so nothing before ``build`` pays
+  for it).
+
+Ops register themselves with :func:`specc.ops.registry.register`; parsing, inference, building,
+``specc ops`` and the JSON schema all dispatch through the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+Dim = int | str
+"""A dimension: an int, or a symbol such as ``"seq"`` for an axis whose size is known at run time."""
+
+DType = Literal["float32", "int64", "bool"]
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Shape of one sample (the batch axis is implicit) and dtype of a graph edge."""
+
+    shape: tuple[Dim, ...]
+    dtype: DType = "float32"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        suffix = "" if self.dtype == "float32" else f" {self.dtype}"
+        return f"({dims}){suffix}"
+
+    def with_batch(self) -> list[Dim]:
+        return ["batch", *self.shape]
+
+
+@dataclass
+class Inferred:
+    """What a shape rule returns: output types, learnable parameters and multiply-accumulates."""
+
+    outputs: list[TensorType]
+    param_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    macs: int = 0
+
+    @property
+    def params(self) -> int:
+        return sum(math.prod(s) for s in self.param_shapes)
+
+
+class ShapeMismatch(ValueError):
+    """Raised by a shape rule; the inference driver adds the node's location and input shapes."""
+
+
+@dataclass
+class InferContext:
+    """What a shape rule may know besides its inputs: nominal sizes of symbolic dims."""
+
+    dims: dict[str, int] = field(default_factory=dict)
+
+    def nominal(self, d: Dim) -> int:
+        """A size to count MACs with: the int itself, or the nominal value of a symbolic dim."""
+        if isinstance(d, int):
+            return d
+        from specc.spec.expr import ExprError, evaluate
+
+        try:
+            value = evaluate("$" + d if d.isidentifier() else _dollarise(d), self.dims)
+        except ExprError:
+            return 1
+        return max(1, int(value))
+
+    def numel(self, shape: tuple[Dim, ...]) -> int:
+        return math.prod(self.nominal(d) for d in shape)
+
+
+def _dollarise(expr: str) -> str:
+    import re
+
+    return re.sub(r"\b([A-Za-z_][A-Za-z0-9_]*)\b", r"$\1", expr)
+
+
+InitName = Literal[
+    "default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+    "normal", "trunc_normal", "zeros", "ones",
+]  # fmt: skip
+
+
+class InitSpec(BaseModel):
+    """Parameter initialisation: ``kaiming_normal`` or ``{kind: normal, std: 0.02}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    kind: InitName = "default"
+    mode: Literal["fan_in", "fan_out"] = "fan_in"
+    nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu"] = "relu"
+    gain: float = Field(1.0, gt=0)
+    std: float = Field(0.02, gt=0)
+    mean: float = 0.0
+
+
+class Op(BaseModel):
+    """Base of every op spec. Common fields: ``name``, ``from``, ``init``, ``bias_init``."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True
+    )
+
+    op_name: ClassVar[str] = ""
+    """The YAML key of the op (``conv2d``)."""
+    shorthand: ClassVar[str | None] = None
+    """Field filled by a scalar argument: ``dropout: 0.5`` → ``p: 0.5``."""
+    from_defaults: ClassVar[dict[str, str]] = {}
+    """Fields filled from the spec's ``defaults`` when left unset: ``{"kind": "norm"}``."""
+    category: ClassVar[str] = "layers"
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+    num_outputs: ClassVar[int] = 1
+    input_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+    """Dtypes accepted on every input (checked by the driver before :meth:`infer`)."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="node name for `from:` references")
+    from_: str | list[str] | None = Field(
+        None, alias="from", description="input node(s): a name, an input, or -1/-2 for earlier nodes"
+    )
+    init: InitName | InitSpec | None = Field(None, description="weight init (default from `defaults.init`)")
+    bias_init: InitName | InitSpec | None = Field(None, description="bias init (default from `defaults.bias_init`)")
+
+    def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
+        """Shape rule: raise :class:`ShapeMismatch` with a plain message when inputs do not fit."""
+        raise NotImplementedError
+
+    def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
+        """The torch module computing this op; ``forward`` takes the inputs positionally."""
+        raise NotImplementedError
+
+    def args(self) -> dict[str, Any]:
+        """The op's own arguments (without the common node fields), for render and tables."""
+        common = {"name", "from_", "init", "bias_init"}
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in common}
+
+
+def expect_rank(t: TensorType, ranks: tuple[int, ...], what: str) -> None:
+    if t.rank not in ranks:
+        names = " or ".join(f"{r}-d" for r in ranks)
+        raise ShapeMismatch(f"expects a {names} input {what}, got {t.rank}-d {t}")
+
+
+def expect_int(d: Dim, what: str) -> int:
+    if not isinstance(d, int):
+        raise ShapeMismatch(f"{what} must have a fixed size, but it is the symbolic axis '{d}'")
+    return d

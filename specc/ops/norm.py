@@ -1,0 +1,135 @@
+"""Normalisation chosen by one word: ``batch | layer | group | group(N) | instance | rms | none``.
+
+How the word maps to a torch module depends on the input rank (one sample, batch implicit):
+
+=========  ==================  ====================  ==================
+kind       ``(F,)`` features   ``(C, L)``            ``(C, H, W)``
+=========  ==================  ====================  ==================
+batch      BatchNorm1d(F)      BatchNorm1d(C)        BatchNorm2d(C)
+layer      LayerNorm(F)        LayerNorm(L) (last)   LayerNorm([C,H,W])
+rms        RMSNorm(F)          RMSNorm(L) (last)     RMSNorm([C,H,W])
+group(N)   GroupNorm(N, F)     GroupNorm(N, C)       GroupNorm(N, C)
+instance   —                   InstanceNorm1d(C)     InstanceNorm2d(C)
+none       Identity            Identity              Identity
+=========  ==================  ====================  ==================
+
+``group`` without N takes the largest divisor of C that is at most 32. For sequences ``(T, D)``
+use ``layer`` or ``rms``: they normalise the last (feature) axis.
+"""
+
+from __future__ import annotations
+
+
+import re
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
+
+from specc.ops.base import Dim, InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int
+from specc.ops.registry import register
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+NORM_RE = re.compile(r"^(batch|layer|instance|rms|none|group(?:\((\d+)\))?)$")
+NORM_WORDS = "batch | layer | group | group(N) | instance | rms | none"
+
+
+def check_norm_word(value: str) -> str:
+    m = NORM_RE.match(value)
+    if not m or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise ValueError(f"unknown norm {value!r}; expected one of {NORM_WORDS}")
+    return value
+
+
+def _groups(word: str, channels: int) -> int:
+    m = NORM_RE.match(word)
+    assert m
+    if m.group(2):
+        g = int(m.group(2))
+        if channels % g:
+            raise ShapeMismatch(f"group norm with {g} groups needs channels divisible by {g}, got {channels}")
+        return g
+    return max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+
+
+def normalized_shape(word: str, shape: tuple[Dim, ...]) -> tuple[int, ...]:
+    """The axes holding the norm's per-feature parameters for an input of ``shape``."""
+    kind = word.split("(")[0]
+    if kind in ("layer", "rms"):
+        axes = shape if len(shape) == 3 else shape[-1:]
+        return tuple(expect_int(d, "a normalised axis") for d in axes)
+    if kind == "instance" and len(shape) < 2:
+        raise ShapeMismatch("instance norm needs (C, L) or (C, H, W) input, got features only")
+    return (expect_int(shape[0], "the channel axis"),)
+
+
+def norm_param_shapes(word: str, shape: tuple[Dim, ...], affine: bool = True) -> list[tuple[int, ...]]:
+    if word == "none" or not affine:
+        return []
+    if len(shape) not in (1, 2, 3):
+        raise ShapeMismatch(f"norm expects (F,), (C, L) or (C, H, W) input, got {len(shape)}-d")
+    ns = normalized_shape(word, shape)
+    if word.startswith("group"):
+        _groups(word, ns[0])
+    return [ns] if word == "rms" else [ns, ns]
+
+
+def make_norm(
+    word: str, shape: tuple[Dim, ...], eps: float | None = None, momentum: float | None = None, affine: bool = True
+) -> nn.Module:
+    """Build the torch module for a norm word at this input shape (see the module table)."""
+    import torch.nn as nn
+
+    kind = word.split("(")[0]
+    if kind == "none":
+        return nn.Identity()
+    ns = normalized_shape(word, shape)
+    kw = {} if eps is None else {"eps": eps}
+    if kind == "batch":
+        cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        return cls(ns[0], affine=affine, momentum=0.1 if momentum is None else momentum, **kw)
+    if kind == "layer":
+        return nn.LayerNorm(list(ns), elementwise_affine=affine, **kw)
+    if kind == "rms":
+        return nn.RMSNorm(list(ns), elementwise_affine=affine, **kw)
+    if kind == "group":
+        return nn.GroupNorm(_groups(word, ns[0]), ns[0], affine=affine, **kw)
+    cls_i = nn.InstanceNorm2d if len(shape) == 3 else nn.InstanceNorm1d
+    return cls_i(ns[0], affine=affine, **kw)
+
+
+@register
+class Norm(Op):
+    """Normalisation layer; the kind comes from ``defaults.norm`` unless given.
+
+    Example::
+
+        - norm                       # defaults.norm
+        - norm: group(8)
+        - norm: {kind: batch, eps: 0.001, momentum: 0.01}
+    """
+
+    op_name = "norm"
+    shorthand = "kind"
+    from_defaults = {"kind": "norm", "eps": "norm_eps"}
+    kind: str | None = Field(None, description=NORM_WORDS)
+    eps: float | None = Field(None, gt=0, description="default: torch's for the module (1e-5)")
+    momentum: float | None = Field(None, gt=0, le=1, description="batch norm running-stat momentum (0.1)")
+    affine: bool = True
+
+    @field_validator("kind")
+    @classmethod
+    def _word(cls, v: str | None) -> str | None:
+        return None if v is None else check_norm_word(v)
+
+    def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
+        (x,) = inputs
+        word = self.kind or "batch"
+        shapes = norm_param_shapes(word, x.shape, self.affine)
+        return Inferred([x], shapes, ctx.numel(x.shape) * (2 if word != "none" else 0))
+
+    def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
+        return make_norm(self.kind or "batch", inputs[0].shape, self.eps, self.momentum, self.affine)
+
+

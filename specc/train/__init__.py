@@ -1,0 +1,1 @@
+"""Training: checkpoints and resume for ``specc train``."""

@@ -1,0 +1,575 @@
+"""Crash-safe training checkpoints for ``specc train``.
+
+Layout inside a run folder::
+
+    RUN/checkpoints/step-00000120/
+        model.safetensors   model state_dict (tied tensors stored once, aliases in the header)
+        state.pt            training state; loadable with torch.load(weights_only=True)
+        manifest.json       {"step", "files": {name: sha256}, "complete": true, ...}, written last
+
+A checkpoint is written into a hidden sibling folder ``.step-00000120.tmp-{pid}-{hex}``; every file
+is fsynced, the manifest is written last, then the folder is renamed into place (atomic on POSIX)
+and the parent folder is fsynced. A crash at any point leaves either no ``step-*`` folder or a
+complete one; the hidden leftovers are removed by :func:`clean_stale`. :func:`find_latest_checkpoint`
+still verifies every file's SHA-256, so a checkpoint damaged later (disk, copy) is skipped too.
+
+``state.pt`` holds the ``train_state`` dict given to :func:`save_checkpoint` plus ``"step"`` and,
+unless given, ``"rng"`` (see :func:`capture_rng_state`). Conventional keys: ``optimizer``,
+``scheduler``, ``grad_scaler`` (state dicts), ``epoch``, ``position`` (batches done in the epoch),
+``extra`` (any dict). Values must be plain python data or tensors (checked before writing).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from specc.atomic import (
+    TEMP_PATTERN,
+    clean_stale_temps,
+    fsync_dir,
+    fsync_file,
+    pid_alive,
+    sha256_file,
+    temp_name,
+)
+from specc.errors import UsageError
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "STATE_FILE",
+    "capture_rng_state",
+    "checkpoint_dir",
+    "clean_stale",
+    "find_latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+FORMAT = 1
+_REQUIRED = (MODEL_FILE, STATE_FILE)
+_STEP_RE = re.compile(r"^step-(\d{8,})$")
+_ALIASES_KEY = "specc.aliases"
+
+# What torch.load(weights_only=True) accepts (checked before a save, so a resume never fails on it).
+_LEAVES: tuple[type, ...] = (
+    type(None), bool, int, float, complex, str, bytes, bytearray,
+    torch.Tensor, torch.Size, torch.dtype, torch.device,
+)  # fmt: skip
+_CONTAINERS: tuple[type, ...] = (dict, OrderedDict, list, tuple, set)
+
+
+class _Invalid(Exception):
+    """A checkpoint folder fails validation; the message says why."""
+
+
+def _specc_version() -> str:
+    try:
+        return importlib.metadata.version("specc")
+    except importlib.metadata.PackageNotFoundError:
+        import specc
+
+        return str(getattr(specc, "__version__", "unknown"))
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def checkpoint_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
+    """Returns the folder of the checkpoint of ``step``: ``RUN/checkpoints/step-{step:08d}``."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Lists the ``step-*`` folders of a run (valid or not), oldest step first.
+
+    Args:
+        run_dir: Run folder.
+
+    Returns:
+        ``(step, folder)`` pairs sorted by step.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = _STEP_RE.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match[1]), entry))
+    return sorted(found)
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Captures the global RNG states of python ``random``, numpy, torch CPU and (if used) CUDA.
+
+    numpy's legacy global generator is captured (``np.random.*``); ``np.random.default_rng``
+    generators are objects of the caller and are not. Every value loads with ``weights_only=True``.
+
+    Returns:
+        ``{"python": ..., "numpy": {...}, "torch": ByteTensor[, "cuda": [ByteTensor, ...]]}``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    # An uninitialised CUDA has not drawn anything: its state follows from the seed alone.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restores RNG states captured by :func:`capture_rng_state`; absent keys are left alone.
+
+    A CUDA state is restored on as many devices as both sides have; a mismatch is logged.
+
+    Args:
+        state: The dict :func:`capture_rng_state` returned (possibly after a save and load).
+    """
+    if "python" in state:
+        random.setstate(_as_tuple(state["python"]))
+    if "numpy" in state:
+        np_state = state["numpy"]
+        keys = np_state["keys"]
+        keys_np = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        np.random.set_state(
+            (
+                str(np_state["kind"]),
+                keys_np.astype(np.uint32),
+                int(np_state["pos"]),
+                int(np_state["has_gauss"]),
+                float(np_state["cached_gaussian"]),
+            )
+        )
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    cuda_states = state.get("cuda")
+    if cuda_states:
+        if not torch.cuda.is_available():
+            log.warning("CUDA RNG state in the checkpoint not restored: CUDA is not available")
+            return
+        count = torch.cuda.device_count()
+        if count != len(cuda_states):
+            log.warning(
+                "checkpoint has CUDA RNG states of %d devices, this machine %d", len(cuda_states), count
+            )
+        for device, cuda_state in enumerate(cuda_states[:count]):
+            torch.cuda.set_rng_state(torch.as_tensor(cuda_state, dtype=torch.uint8).cpu(), device)
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Raises TypeError where ``value`` holds something torch.load(weights_only=True) refuses."""
+    if isinstance(value, _LEAVES):
+        return
+    if type(value) not in _CONTAINERS:
+        raise TypeError(
+            f"{where}: {type(value).__module__}.{type(value).__qualname__} cannot be loaded with "
+            "torch.load(weights_only=True); store plain python data (dict/list/tuple/str/int/float/"
+            "bool/None) or tensors"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_loadable(key, f"{where} key {key!r}")
+            _check_loadable(item, f"{where}[{key!r}]")
+    else:
+        for index, item in enumerate(value):
+            _check_loadable(item, f"{where}[{index}]")
+
+
+def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
+    start = tensor.data_ptr()
+    return start, start + tensor.numel() * tensor.element_size()
+
+
+def _prepare_model_state(
+    model_state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Makes a state dict savable by safetensors.
+
+    Identical views of one storage (tied weights) are stored once and recorded as aliases;
+    other overlapping views are cloned; non-contiguous tensors are made contiguous.
+
+    Returns:
+        Tensors to store and ``{alias name: stored name}``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple[Any, ...], str] = {}
+    for name, value in model_state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"model_state: key {name!r} is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"model_state[{name!r}]: expected a tensor, got {type(value).__name__}")
+        tensor = value.detach()
+        if tensor.device.type == "meta":
+            raise ValueError(f"model_state[{name!r}]: a meta tensor has no data to save")
+        if tensor.numel() > 0:
+            view = (
+                tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                tuple(tensor.shape), tensor.stride(), tensor.dtype,
+            )  # fmt: skip
+            if view in views:
+                aliases[name] = views[view]
+                continue
+            views[view] = name
+        tensors[name] = tensor.contiguous()
+
+    # Stored tensors that still share memory must not overlap (safetensors refuses); clone those.
+    by_storage: dict[tuple[Any, int], list[str]] = {}
+    for name, tensor in tensors.items():
+        if tensor.numel() > 0:
+            by_storage.setdefault((tensor.device, tensor.untyped_storage().data_ptr()), []).append(name)
+    for names in by_storage.values():
+        if len(names) < 2:
+            continue
+        names.sort(key=lambda n: _byte_range(tensors[n]))
+        last_stop = _byte_range(tensors[names[0]])[1]
+        for name in names[1:]:
+            start, stop = _byte_range(tensors[name])
+            if start < last_stop:
+                tensors[name] = tensors[name].clone()
+            else:
+                last_stop = stop
+    return tensors, aliases
+
+
+def _write_model(path: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    save_file(tensors, path, metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases, sort_keys=True)})
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    torch.save(state, path)
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Renames the finished temporary folder to ``final``, replacing an existing one."""
+    old: Path | None = None
+    if final.exists() or final.is_symlink():
+        old = final.parent / temp_name(final.name)
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    # Rename first: a crash during the removal leaves a hidden leftover, not a half checkpoint.
+    trash = path.parent / temp_name(path.name)
+    try:
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+    except OSError as exc:
+        log.warning("could not remove old checkpoint %s: %s", path, exc)
+
+
+def _has_complete_manifest(path: Path) -> bool:
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("complete") is True
+
+
+def _prune(run_dir: Path, keep: int, step: int, final: Path) -> None:
+    """Keeps the ``keep`` newest complete checkpoints up to ``step`` (always ``final``)."""
+    newer = [p for s, p in list_checkpoints(run_dir) if s > step]
+    if newer:
+        log.warning(
+            "checkpoints of later steps than %d exist (%s); they are kept and find_latest_checkpoint prefers them",
+            step,
+            ", ".join(p.name for p in newer),
+        )
+    kept = 0
+    removed = False
+    for _, path in reversed([(s, p) for s, p in list_checkpoints(run_dir) if s <= step]):
+        if path == final or (kept < keep and _has_complete_manifest(path)):
+            kept += 1
+        elif kept >= keep:
+            _remove_checkpoint(path)
+            removed = True
+    if removed:
+        fsync_dir(run_dir / CHECKPOINTS_DIR)
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    model_state: Mapping[str, torch.Tensor],
+    train_state: Mapping[str, Any],
+    keep: int | None = 3,
+) -> Path:
+    """Writes the checkpoint of ``step`` atomically, then removes old ones.
+
+    Args:
+        run_dir: Run folder (created if missing).
+        step: Optimizer steps done (>= 0); names the folder ``step-{step:08d}``.
+        model_state: The model's ``state_dict()``; tied tensors are stored once.
+        train_state: Optimizer/scheduler/grad-scaler state dicts, epoch, position, extra, ...
+            ``"step"`` is set to ``step``; ``"rng"`` defaults to :func:`capture_rng_state`.
+        keep: How many complete checkpoints (the new one included) to keep; None keeps all.
+
+    Returns:
+        The new checkpoint folder.
+
+    Raises:
+        TypeError: A value cannot be stored (not a tensor in ``model_state``; not loadable with
+            ``weights_only=True`` in ``train_state``). Nothing is written then.
+        ValueError: Bad ``step`` or ``keep``, or ``train_state["step"]`` differs from ``step``.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be an int >= 1 or None, got {keep!r}")
+    state = dict(train_state)
+    if state.setdefault("step", step) != step:
+        raise ValueError(f"train_state['step'] is {state['step']!r} but the checkpoint is of step {step}")
+    if "rng" not in state:
+        state["rng"] = capture_rng_state()
+    _check_loadable(state, "train_state")
+    tensors, aliases = _prepare_model_state(model_state)
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    root = run / CHECKPOINTS_DIR
+    if not root.is_dir():
+        root.mkdir()
+        fsync_dir(run)
+    final = checkpoint_dir(run, step)
+    tmp = root / temp_name(final.name)
+    tmp.mkdir()
+    try:
+        _write_model(tmp / MODEL_FILE, tensors, aliases)
+        _write_state(tmp / STATE_FILE, state)
+        files = {}
+        for name in _REQUIRED:
+            fsync_file(tmp / name)
+            files[name] = sha256_file(tmp / name)
+        manifest = {
+            "format": FORMAT,
+            "step": step,
+            "files": files,
+            "complete": True,
+            "specc_version": _specc_version(),
+        }
+        _write_manifest(tmp / MANIFEST_FILE, manifest)
+        fsync_dir(tmp)
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved checkpoint %s", final)
+    if keep is not None:
+        _prune(run, keep, step, final)
+    return final
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+def _validate(path: Path, *, verify_hashes: bool = True) -> dict[str, Any]:
+    """Checks a checkpoint folder; returns its manifest or raises _Invalid with the reason."""
+    if not path.is_dir():
+        raise _Invalid("not a checkpoint folder (missing or not a folder)")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _Invalid(f"no {MANIFEST_FILE} (incomplete or not a checkpoint)") from None
+    except (OSError, ValueError) as exc:
+        raise _Invalid(f"unreadable {MANIFEST_FILE}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
+        raise _Invalid(f"{MANIFEST_FILE} does not mark the checkpoint complete")
+    fmt = manifest.get("format", FORMAT)
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise _Invalid(f"checkpoint format {fmt!r} is newer than this specc reads ({FORMAT})")
+    step = manifest.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise _Invalid(f"{MANIFEST_FILE} has no integer step")
+    match = _STEP_RE.match(path.name)
+    if match and int(match[1]) != step:
+        raise _Invalid(f"{MANIFEST_FILE} says step {step}, the folder name step {int(match[1])}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or any(name not in files for name in _REQUIRED):
+        raise _Invalid(f"{MANIFEST_FILE} does not list {', '.join(_REQUIRED)}")
+    for name, digest in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise _Invalid(f"{MANIFEST_FILE} lists a bad file name {name!r}")
+        file = path / name
+        if not file.is_file():
+            raise _Invalid(f"{name} is missing")
+        if verify_hashes:
+            try:
+                actual = sha256_file(file)
+            except OSError as exc:
+                raise _Invalid(f"{name} is unreadable: {exc}") from None
+            if actual != digest:
+                raise _Invalid(
+                    f"{name} is corrupt (SHA-256 {actual[:12]}..., manifest {str(digest)[:12]}...)"
+                )
+    return manifest
+
+
+def find_latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Returns the newest valid checkpoint of a run, or None.
+
+    Valid: manifest present and complete, every listed file present with the recorded SHA-256.
+    Invalid ones are skipped with a logged warning.
+
+    Args:
+        run_dir: Run folder.
+    """
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            _validate(path)
+        except _Invalid as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+            continue
+        return path
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, verify: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Loads a checkpoint folder onto the CPU.
+
+    Args:
+        path: A ``step-*`` folder.
+        verify: Checks the files' SHA-256 against the manifest (skip if just checked by
+            :func:`find_latest_checkpoint`).
+
+    Returns:
+        ``(model_state, train_state)``; tied names share one tensor again; ``train_state`` has
+        ``"step"`` and ``"rng"`` (pass it to :func:`restore_rng_state`).
+
+    Raises:
+        UsageError: The folder is missing, incomplete or corrupt.
+    """
+    folder = Path(path)
+    try:
+        _validate(folder, verify_hashes=verify)
+    except _Invalid as exc:
+        raise UsageError(f"{folder}: {exc}") from None
+
+    model_file = folder / MODEL_FILE
+    try:
+        tensors = load_file(model_file, device="cpu")
+        with safe_open(model_file, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+        aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
+    except Exception as exc:  # safetensors raises its own error types
+        raise UsageError(f"{folder}: cannot read {MODEL_FILE}: {exc}") from None
+    if not isinstance(aliases, dict):
+        raise UsageError(f"{folder}: {MODEL_FILE} has a bad {_ALIASES_KEY} header")
+    for alias, target in aliases.items():
+        if target not in tensors:
+            raise UsageError(f"{folder}: {MODEL_FILE}: tied tensor {alias!r} points to missing {target!r}")
+        tensors[alias] = tensors[target]
+
+    try:
+        state = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as exc:  # zip, unpickling and weights_only errors all land here
+        raise UsageError(f"{folder}: cannot read {STATE_FILE}: {exc}") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{folder}: {STATE_FILE} does not hold a dict")
+    return tensors, state
+
+
+# ----------------------------------------------------------------------------------------------- clean
+
+
+def clean_stale(run_dir: str | os.PathLike[str], *, skip_live: bool = True) -> list[Path]:
+    """Removes leftovers of interrupted saves: hidden temporary folders and files.
+
+    Call at the start of a run. Valid or invalid ``step-*`` folders are never touched.
+
+    Args:
+        run_dir: Run folder (a missing one is fine).
+        skip_live: Keeps leftovers whose writer process (another one than this) still runs.
+
+    Returns:
+        The removed paths.
+    """
+    run = Path(run_dir)
+    removed = clean_stale_temps(run, skip_live=skip_live)
+    root = run / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return removed
+    removed += clean_stale_temps(root, skip_live=skip_live)
+    found = False
+    for entry in sorted(root.iterdir()):
+        match = TEMP_PATTERN.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        if skip_live and pid_alive(int(match["pid"])):
+            log.info("keeping %s: its writer (pid %s) still runs", entry, match["pid"])
+            continue
+        try:
+            shutil.rmtree(entry)
+        except OSError as exc:
+            log.warning("could not remove stale checkpoint folder %s: %s", entry, exc)
+            continue
+        found = True
+        removed.append(entry)
+        log.info("removed stale checkpoint folder %s", entry)
+    if found:
+        fsync_dir(root)
+    return removed
