@@ -60,6 +60,6 @@ def _register_optional() -> None:
     """Commands of later stages live in their own modules; import those that exist."""
     import importlib.util
 
-    for name in ("train_cmds", "export_cmds"):
+    for name in ("graph_cmd", "train_cmds", "export_cmds"):
         if importlib.util.find_spec(f"specc.cli.{name}") is not None:
             __import__(f"specc.cli.{name}")
