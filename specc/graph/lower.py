@@ -121,8 +121,6 @@ class Lowerer:
         first = Ref(next(iter(inputs)))
         last = self.seq(raw["layers"], "", "layers", root, first, (), collapse=False)
         outputs = self.outputs(root, last)
-        if self.diags:
-            raise LowerError(self.diags)
         return Graph(self.spec.name, inputs, self.nodes, outputs, self.spec.labels, dict(self.spec.dims),
                      self.doc.sha256)  # fmt: skip
 
@@ -443,7 +441,7 @@ class Lowerer:
             new = self.seq(item["dense"], join(path, str(k)), ctx.src, inner, out, ctx.via)
             if new is None:
                 return None
-            cat = OPS["concat"](dim=0)
+            cat = OPS["concat"].model_validate({"dim": 0})
             out = self.add_node(cat, [out, new], join(path, f"cat{k}"), None, None, ctx, scope)
             if growth is not None:
                 self.growth_checks.append((new, growth, ctx))
@@ -467,7 +465,7 @@ class Lowerer:
             if out is None:
                 return None
             outs.append(out)
-        op = OPS["concat"](dim=dim) if merge == "concat" else OPS["add"]()
+        op = OPS["concat"].model_validate({"dim": dim}) if merge == "concat" else OPS["add"]()
         return self.add_node(op, outs, join(path, "merge"), None, None, ctx, scope)
 
 
@@ -494,10 +492,18 @@ def _as_list(items: Any) -> LList:
     return out
 
 
-def lower(doc: SpecDocument) -> Graph:
-    """Lower a parsed document to a flat graph. Raises :class:`LowerError` with every problem found."""
+def lower_collect(doc: SpecDocument) -> tuple[Graph, list[Diagnostic]]:
+    """Lower as far as possible: the graph of every item that lowered, and the problems found."""
     lowerer = Lowerer(doc)
     graph = lowerer.run()
     graph.meta["growth_checks"] = [(ref, k, c.src, c.loc) for ref, k, c in lowerer.growth_checks]
+    return graph, lowerer.diags
+
+
+def lower(doc: SpecDocument) -> Graph:
+    """Lower a parsed document to a flat graph. Raises :class:`LowerError` with every problem found."""
+    graph, diags = lower_collect(doc)
+    if diags:
+        raise LowerError(diags)
     return graph
 

@@ -49,7 +49,8 @@ _StrictResolver.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)
 _StrictResolver.add_implicit_resolver(
     _FLOAT,
     re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+0123456789."),
 )
@@ -60,7 +61,7 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader's parser and composer with the strict resolver."""
 
 
-_Loader.yaml_implicit_resolvers = _StrictResolver.yaml_implicit_resolvers  # type: ignore[attr-defined]
+_Loader.yaml_implicit_resolvers = _StrictResolver.yaml_implicit_resolvers
 
 
 def _loc(file: str, mark: Any) -> Location:

@@ -60,7 +60,8 @@ class _Activation(Op):
             kwargs[arg] = getattr(self, arg)
         cls = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
                "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}[fn]  # fmt: skip
-        return cls(**kwargs)
+        module: nn.Module = cls(**kwargs)
+        return module
 
 
 @register

@@ -71,8 +71,9 @@ class _ConvNd(Op):
         _, cin_g, *k = inferred.param_shapes[0]
         pad = self.padding if isinstance(self.padding, str) else tuple_n(self.padding, self.nd, "padding")
         stride, dilation = tuple_n(self.stride, self.nd, "stride"), tuple_n(self.dilation, self.nd, "dilation")
-        return cls(cin_g * self.groups, self.out_channels, tuple(k), stride=stride, padding=pad,
-                   dilation=dilation, groups=self.groups, bias=self.bias)  # fmt: skip
+        module: nn.Module = cls(cin_g * self.groups, self.out_channels, tuple(k), stride=stride, padding=pad,  # type: ignore[arg-type]
+                                dilation=dilation, groups=self.groups, bias=self.bias)  # type: ignore[arg-type]  # fmt: skip
+        return module
 
 
 @register

@@ -57,7 +57,7 @@ class Flatten(Op):
         if self.start_dim >= max(x.rank, 1):
             raise ShapeMismatch(f"start_dim {self.start_dim} is out of range for {x.rank}-d input {x}")
         tail = x.shape[self.start_dim :]
-        size: Dim = math.prod(tail) if all(isinstance(d, int) for d in tail) else "*".join(map(str, tail))  # type: ignore[arg-type]
+        size: Dim = math.prod(tail) if all(isinstance(d, int) for d in tail) else "*".join(map(str, tail))  # type: ignore[arg-type,unused-ignore]
         return Inferred([TensorType((*x.shape[: self.start_dim], size), x.dtype)])
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
@@ -82,9 +82,10 @@ class Reshape(Op):
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         (x,) = inputs
-        if any(not isinstance(d, int) for d in x.shape):
+        sizes = [d for d in x.shape if isinstance(d, int)]
+        if len(sizes) != x.rank:
             raise ShapeMismatch(f"reshape needs a fixed-size input, got {x}")
-        total = math.prod(x.shape)  # type: ignore[arg-type]
+        total = math.prod(sizes)
         target = list(self.shape)
         if target.count(-1) > 1 or any(d == 0 or d < -1 for d in target):
             raise ShapeMismatch(f"shape {target} may hold positive sizes and at most one -1")

@@ -19,9 +19,8 @@ use ``layer`` or ``rms``: they normalise the last (feature) axis.
 
 from __future__ import annotations
 
-
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
@@ -85,7 +84,7 @@ def make_norm(
     if kind == "none":
         return nn.Identity()
     ns = normalized_shape(word, shape)
-    kw = {} if eps is None else {"eps": eps}
+    kw: dict[str, Any] = {} if eps is None else {"eps": eps}
     if kind == "batch":
         cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
         return cls(ns[0], affine=affine, momentum=0.1 if momentum is None else momentum, **kw)

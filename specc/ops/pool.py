@@ -43,7 +43,8 @@ class _Pool(Op):
         cls = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d}
         stride = self.stride if self.stride is not None else self.kernel_size
         args = [tuple_n(v, self.nd, "") for v in (self.kernel_size, stride, self.padding)]
-        return cls[(self.kind, self.nd)](*args, ceil_mode=self.ceil_mode)
+        module: nn.Module = cls[(self.kind, self.nd)](*args, ceil_mode=self.ceil_mode)
+        return module
 
 
 @register
@@ -116,7 +117,8 @@ class _Adaptive(Op):
 
         cls = {("avg", 1): nn.AdaptiveAvgPool1d, ("avg", 2): nn.AdaptiveAvgPool2d,
                ("max", 1): nn.AdaptiveMaxPool1d, ("max", 2): nn.AdaptiveMaxPool2d}  # fmt: skip
-        return cls[(self.kind, self.nd)](tuple_n(self.output_size, self.nd, ""))
+        module: nn.Module = cls[(self.kind, self.nd)](tuple_n(self.output_size, self.nd, ""))
+        return module
 
 
 @register

@@ -55,7 +55,7 @@ class Projection(Op):
         if x.rank == 3 and target.rank == 3:
             self._stride(x, target)
             cin, cout = expect_int(x.shape[0], "channels"), expect_int(target.shape[0], "channels")
-            shapes = [(cout, cin, 1, 1)] + ([(cout,)] if self.bias else [])
+            shapes: list[tuple[int, ...]] = [(cout, cin, 1, 1)] + ([(cout,)] if self.bias else [])
             shapes += norm_param_shapes(self.norm or "batch", target.shape)
             return Inferred([target], shapes, ctx.numel(target.shape) * cin)
         if x.shape[:-1] == target.shape[:-1]:

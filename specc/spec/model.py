@@ -72,7 +72,7 @@ class Spec(Strict):
     dims: dict[str, PositiveInt] = Field(
         default_factory=dict, description="nominal sizes of symbolic axes (for MACs and limits)"
     )
-    defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[arg-type]
+    defaults: Defaults = Field(default_factory=Defaults)
     vars: dict[str, Any] = Field(default_factory=dict)
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named sets of var values")
     blocks: dict[str, Any] = Field(default_factory=dict)

@@ -69,7 +69,7 @@ def validate(model: type[M], tree: Any, base_path: str, fallback: Location | Non
             key = loc[: _data_prefix(plain, loc[:-1])] + (("__missing__", loc[-1]),) if loc else loc
         else:
             key = loc[: _data_prefix(plain, loc)]
-        groups[key].append(err)
+        groups[key].append(dict(err))
     diags = []
     for key, errs in groups.items():
         data_loc = tuple(k for k in key if not isinstance(k, tuple))
