@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from specc.api import check, check_text, compile_graph
-from specc.errors import SpecError, SpeccError
+from specc.errors import SpeccError, SpecError
 
 if TYPE_CHECKING:
     from specc.build import CompiledModel

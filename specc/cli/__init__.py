@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from specc.errors import SpecError, SpeccError
+from specc.errors import SpeccError, SpecError
 
 app = typer.Typer(
     name="specc",
