@@ -75,12 +75,12 @@ def _resolve_include(name: str, base: Path, loc: Location | None) -> Path:
 
 
 def _load_library(path: Path, shown: str, seen: tuple[Path, ...], blocks: dict[str, Block],
-                  diags: list[Diagnostic]) -> None:  # fmt: skip
+                  diags: list[Diagnostic], loc: Location | None) -> None:  # fmt: skip
     if path in seen:
-        diags.append(Diagnostic(f"include cycle: {' -> '.join(p.name for p in (*seen, path))}", None, "include"))
+        diags.append(Diagnostic(f"include cycle: {' -> '.join(p.name for p in (*seen, path))}", loc, "include"))
         return
     if len(seen) > MAX_INCLUDE_DEPTH:
-        diags.append(Diagnostic(f"includes nested deeper than {MAX_INCLUDE_DEPTH}", None, "include"))
+        diags.append(Diagnostic(f"includes nested deeper than {MAX_INCLUDE_DEPTH}", loc, "include"))
         return
     raw = load_yaml_file(path) if not shown.startswith("std:") else load_text(path.read_text(), shown)
     if not isinstance(raw, LMap):
@@ -97,7 +97,7 @@ def _load_library(path: Path, shown: str, seen: tuple[Path, ...], blocks: dict[s
         except ParseError as exc:
             diags.extend(exc.diagnostics)
             continue
-        _load_library(target, inc if inc.startswith("std:") else str(target), (*seen, path), blocks, diags)
+        _load_library(target, inc if inc.startswith("std:") else str(target), (*seen, path), blocks, diags, loc)
     _collect_blocks(raw, shown + ": ", blocks, diags)
 
 
@@ -162,7 +162,8 @@ def parse_tree(raw: Any, path: str, *, base: Path | None = None, sets: tuple[str
             loc = raw["include"].value_loc(i)
             try:
                 target = _resolve_include(inc, base, loc)
-                _load_library(target, inc if inc.startswith("std:") else str(Path(path).parent / inc), (), blocks, diags)
+                shown = inc if inc.startswith("std:") else str(Path(path).parent / inc)
+                _load_library(target, shown, (), blocks, diags, loc)
             except (LoadError, ParseError) as exc:
                 diags.extend(exc.diagnostics)
         local: dict[str, Block] = {}

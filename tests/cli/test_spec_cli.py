@@ -1,0 +1,113 @@
+"""CLI commands on specs: check (no torch), render, schema, ops, build limits, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, run_cli, write_spec
+
+SMALL = """specc: 1
+name: small
+inputs: {image: {shape: [1, 8, 8]}}
+vars: {width: 4}
+defaults: {activation: relu}
+layers:
+  - conv2d: {out_channels: $width, kernel_size: 3, padding: 1}
+  - act
+  - global_avgpool
+  - linear: {out_features: 3, name: logits}
+outputs: [logits]
+labels: [a, b, c]
+"""
+
+
+def test_check_ok_and_json(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, SMALL)
+    result = run_cli("check", str(spec))
+    assert result.code == 0, result.err
+    assert "small: 55 params" in result.out
+    report = json.loads(run_cli("check", "--json", str(spec)).out)
+    assert report["params"] == 55 and report["outputs"] == {"logits": ["batch", 3]}
+    verbose = run_cli("check", "-v", str(spec)).out
+    assert "global_avgpool" in verbose and "total" in verbose
+
+
+def test_check_many_files_reports_all(tmp_path: Path) -> None:
+    good = write_spec(tmp_path, SMALL, "good.yaml")
+    bad = write_spec(tmp_path, SMALL.replace("kernel_size: 3", "kernel_size: 0"), "bad.yaml")
+    result = run_cli("check", str(good), str(bad), str(tmp_path / "missing.yaml"))
+    assert result.code == 2
+    assert "good.yaml: ok" in result.out
+    assert "bad.yaml:7:" in result.err and "missing.yaml" in result.err
+
+
+def test_check_does_not_import_torch(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, SMALL)
+    code = (
+        "import sys; from specc.cli import main\n"
+        "try:\n    main(['check', sys.argv[1]])\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'check imported torch'\n"
+        "assert 'onnx' not in sys.modules\nprint('clean')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("clean")
+
+
+def test_render_resolves_defaults_and_vars(tmp_path: Path) -> None:
+    import yaml
+
+    spec = write_spec(tmp_path, SMALL)
+    result = run_cli("render", str(spec), "--set", "width=6")
+    assert result.code == 0, result.err
+    doc = yaml.safe_load(result.out)
+    assert doc["vars"] == {"width": 6}
+    assert doc["layers"][0]["conv2d"]["out_channels"] == 6
+    assert doc["layers"][1]["act"]["fn"] == "relu"  # the default, made visible
+    assert doc["layers"][0]["conv2d"]["init"] == "default"
+    assert doc["totals"]["params"] == 6 * 9 + 6 + 6 * 3 + 3
+
+
+def test_set_unknown_key_gets_hint(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, SMALL)
+    result = run_cli("check", str(spec), "--set", "defaults.activaton=gelu")
+    assert result.code == 2
+    assert "<--set>:1:1: defaults.activaton: unknown key 'activaton' (did you mean 'activation'?)" in result.err
+
+
+def test_schema_lists_ops() -> None:
+    result = run_cli("schema")
+    schema = json.loads(result.out)
+    layer_variants = schema["$defs"]["Layer"]["anyOf"]
+    named = {v["required"][0] for v in layer_variants if v.get("type") == "object" and "required" in v}
+    assert {"conv2d", "linear", "norm", "residual", "repeat"} <= named
+
+
+def test_ops_listing_and_detail() -> None:
+    listing = run_cli("ops").out
+    assert "conv2d" in listing and "global_avgpool" in listing
+    detail = run_cli("ops", "conv2d")
+    assert "out_channels" in detail.out and "```yaml" in detail.out
+    assert run_cli("ops", "conv3d").code == 2
+
+
+def test_build_refuses_huge_spec_fast(tmp_path: Path) -> None:
+    import time
+
+    spec = write_spec(tmp_path, "specc: 1\nname: huge\ninputs: {x: {shape: [400000]}}\nlayers:\n  - linear: 250000\n")
+    start = time.perf_counter()
+    result = run_cli("build", str(spec))
+    assert result.code == 2
+    assert "100,000,250,000 parameters" in result.err
+    assert time.perf_counter() - start < 5  # refused before any allocation (generous bound for CI noise)
+
+
+def test_missing_file_and_no_traceback(tmp_path: Path) -> None:
+    result = run_cli("check", str(tmp_path / "nope.yaml"))
+    assert result.code == 2 and "no such file" in result.err and "Traceback" not in result.err
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    result = run_cli("check", str(tmp_path / "bin.yaml"))
+    assert result.code == 2 and "not UTF-8" in result.err
