@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import textwrap
 from typing import Any
 
 from specc.graph.lower import STRUCTURAL
@@ -65,22 +66,51 @@ def doc_summary(cls: type[Op]) -> str:
     return (inspect.getdoc(cls) or "").split("\n")[0]
 
 
+def _doc_markdown(doc: str) -> str:
+    """Docstring → markdown: the ``Example::`` block becomes a fenced YAML block."""
+    text, _, example = doc.partition("Example::")
+    if not example:
+        return text.strip()
+    return text.strip() + "\n\n```yaml\n" + textwrap.dedent(example.strip("\n")).rstrip() + "\n```"
+
+
+def _type_text(schema: dict[str, Any]) -> str:
+    """A short type description from a JSON schema fragment: ``int > 0 or list of int > 0``."""
+    if "anyOf" in schema:
+        parts = [_type_text(s) for s in schema["anyOf"] if s.get("type") != "null"]
+        return " or ".join(dict.fromkeys(parts))
+    if "enum" in schema:
+        return " \\| ".join(f"`{v}`" for v in schema["enum"])
+    if "const" in schema:
+        return f"`{schema['const']}`"
+    kind = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}.get(schema.get("type", ""), "")
+    if schema.get("type") == "array":
+        return "list of " + _type_text(schema.get("items", {}))
+    bounds = [f"{op} {schema[k]}" for k, op in (("exclusiveMinimum", ">"), ("minimum", "≥"),
+                                                 ("exclusiveMaximum", "<"), ("maximum", "≤")) if k in schema]  # fmt: skip
+    return " ".join([kind or "object", *bounds])
+
+
 def op_reference(cls: type[Op]) -> str:
     """Markdown for one op: docstring (with its YAML example) and an argument table."""
-    lines = [f"### `{cls.op_name}`", "", inspect.getdoc(cls) or "", ""]
+    lines = [f"### `{cls.op_name}`", "", _doc_markdown(inspect.getdoc(cls) or ""), ""]
     rows = []
+    props = cls.model_json_schema(by_alias=True).get("properties", {})
     for name, info in cls.model_fields.items():
         key = info.alias or name
         if key in COMMON:
             continue
-        default = "required" if info.is_required() else repr(info.default)
-        ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        rows.append(f"| `{key}` | `{ann}` | {default} | {info.description or ''} |")
+        default = "required" if info.is_required() else f"`{info.default!r}`"
+        meaning = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `{key}` | {_type_text(props.get(key, {}))} | {default} | {meaning} |")
     if rows:
         lines += ["| argument | type | default | meaning |", "|---|---|---|---|", *rows, ""]
     if cls.shorthand:
         lines += [f"Scalar shorthand: `{cls.op_name}: VALUE` sets `{cls.shorthand}`.", ""]
-    return "\n".join(lines).replace("Example::\n\n", "Example:\n\n```yaml\n").replace("\n\n|", "\n```\n\n|")
+    if cls.from_defaults:
+        filled = ", ".join(f"`{f}` ← `defaults.{d}`" for f, d in cls.from_defaults.items())
+        lines += [f"Unset fields taken from the spec's defaults: {filled}.", ""]
+    return "\n".join(lines)
 
 
 def ops_text() -> str:
