@@ -197,6 +197,9 @@ def load_dataset(
     if task is not None and ds.task != task:
         raise DataError(f"data '{source}' is a {ds.task} data set but the spec asks for {task}")
     _final_check(ds, shape)
+    if num_samples is not None and source not in SYNTHETIC_SOURCES:
+        unit = "windows" if ds.task == "language_model" else "samples"
+        ds.notes.append(f"capped at about {num_samples} {unit} (num_samples) before splitting")
     return ds
 
 

@@ -342,7 +342,7 @@ def test_text_file_and_errors(tmp_path: Path) -> None:
 def _target(row: np.ndarray) -> list[int]:
     eos = int(np.flatnonzero(row == EOS_ID)[0])
     assert (row[eos + 1:] == PAD_ID).all()
-    return row[:eos].tolist()
+    return [int(t) for t in row[:eos]]
 
 
 @pytest.mark.parametrize("kind", ["copy", "reverse", "sort"])
