@@ -1,20 +1,20 @@
 """specc — a declarative model-spec compiler: YAML → static shapes → PyTorch → ONNX.
 
-Torch-free entry points are imported here; :func:`build` imports torch when called.
+Attributes are loaded lazily so that ``import specc.runtime`` (deployment) pulls in neither the
+compiler nor torch; :func:`check` never imports torch, :func:`build` does.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from specc.api import check, check_text, compile_graph
-from specc.errors import SpeccError, SpecError
-
-if TYPE_CHECKING:
-    from specc.build import CompiledModel
-
 __version__ = "0.1.0"
 __all__ = ["SpecError", "SpeccError", "__version__", "build", "check", "check_text", "compile_graph"]
+
+if TYPE_CHECKING:
+    from specc.api import check, check_text, compile_graph
+    from specc.build import CompiledModel
+    from specc.errors import SpeccError, SpecError
 
 
 def build(spec: Any, **kwargs: Any) -> CompiledModel:
@@ -22,3 +22,15 @@ def build(spec: Any, **kwargs: Any) -> CompiledModel:
     from specc.build import build as _build
 
     return _build(spec, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("check", "check_text", "compile_graph"):
+        from specc import api
+
+        return getattr(api, name)
+    if name in ("SpecError", "SpeccError"):
+        from specc import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module 'specc' has no attribute {name!r}")
