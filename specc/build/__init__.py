@@ -9,6 +9,8 @@ data-dependent control flow, so ``torch.compile`` and ONNX export see one clean 
 from __future__ import annotations
 
 import math
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,8 @@ class CompiledModel(nn.Module):
                     slots[(node.path, k)] = len(slots)
                     out_slots.append(slots[(node.path, k)])
                 modules.append((module, in_slots, tuple(out_slots)))
+        for path, param, owner in graph.meta.get("ties", ()):
+            self._tie(path, param, owner)
         self._num_slots = len(slots)
         self._result = tuple(slots[(r.node, r.index)] for r in graph.outputs.values())
         self._plan = _plan(modules, self._result)
@@ -72,6 +76,19 @@ class CompiledModel(nn.Module):
                 parent.add_module(part, child)
             parent = child
         parent.add_module(leaf, module)
+
+    def _tie(self, path: str, param: str, owner: str) -> None:
+        """Make node ``path`` use node ``owner``'s parameter ``param`` (weight tying)."""
+        shared = getattr(self.get_submodule(owner), param, None)
+        module = self.get_submodule(path)
+        own = getattr(module, param, None)
+        if not isinstance(shared, nn.Parameter) or not isinstance(own, nn.Parameter):
+            holder = owner if not isinstance(shared, nn.Parameter) else path
+            raise BuildError(f"{path}: cannot tie '{param}' to node '{owner}': '{holder}' has no parameter '{param}'")
+        if own.shape != shared.shape:
+            raise BuildError(f"{path}: cannot tie '{param}' of shape {tuple(own.shape)} to '{owner}.{param}' "
+                             f"of shape {tuple(shared.shape)}")  # fmt: skip
+        setattr(module, param, shared)
 
     @property
     def plan(self) -> list[Step]:
@@ -117,12 +134,19 @@ def check_param_limit(graph: Graph, max_params: int = DEFAULT_MAX_PARAMS) -> Non
 
 
 def apply_init(model: CompiledModel, seed: int | None = None) -> None:
-    """Initialise every node's parameters as its ``init``/``bias_init`` say (``default`` keeps torch's)."""
+    """Initialise every node's parameters as its ``init``/``bias_init`` say (``default`` keeps torch's).
+
+    A tied (shared) parameter is initialised once, by the first node in graph order that holds it.
+    """
     if seed is not None:
         torch.manual_seed(seed)
+    seen: set[int] = set()
     for node in model.graph.nodes:
         module = model.get_submodule(node.path)
         for name, param in module.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
             leaf = name.rsplit(".", 1)[-1]
             if param.dim() >= 2 and "weight" in leaf:
                 _init_tensor(param, node.op.init)
@@ -189,3 +213,14 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     with atomic_path(target) as tmp:
         save_model(model, str(tmp), metadata={"format": "pt", "specc": "1"})
     return target
+
+
+class _CallableModule(types.ModuleType):
+    """``specc.build`` is both this subpackage and the :func:`build` function: importing the
+    subpackage rebinds the name on ``specc``, so the module itself must be callable."""
+
+    def __call__(self, spec: Any, **kwargs: Any) -> CompiledModel:
+        return build(spec, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -57,6 +57,7 @@ class Scope:
     names: dict[str, tuple[Ref, Location | None]] = field(default_factory=dict)
     parent: Scope | None = None
     outputs: list[Ref] = field(default_factory=list)  # outputs of the items so far (for -1, -2)
+    incoming: Ref | None = None  # the sequence's input: what -1 means for its first item
 
     def child(self, **extra: Any) -> Scope:
         return Scope({**self.vars, **extra}, parent=self)
@@ -100,6 +101,7 @@ class Lowerer:
         self.paths: dict[str, Node] = {}
         self.defaults = self.spec.defaults.model_dump(mode="python")
         self.growth_checks: list[tuple[Ref, int, _Ctx]] = []
+        self.ties: list[tuple[str, str, str]] = []  # (node path, parameter, owner node path)
 
     # ---- errors -----------------------------------------------------------------------------
     def error(self, message: str, ctx: _Ctx, loc: Location | None = None, src: str | None = None) -> _Abort:
@@ -112,9 +114,9 @@ class Lowerer:
     # ---- entry ------------------------------------------------------------------------------
     def run(self) -> Graph:
         raw = self.doc.raw
-        inputs = {k: TensorType(tuple(v.shape), v.dtype) for k, v in self.spec.inputs.items()}
         top = _Ctx("vars", raw.value_loc("vars") if "vars" in raw else raw.loc)
         variables = self.eval_vars(raw.get("vars"), top)
+        inputs = self.input_types(variables)
         root = Scope(variables)
         for name in inputs:
             root.names[name] = (Ref(name), raw["inputs"].key_locs.get(name))
@@ -123,6 +125,27 @@ class Lowerer:
         outputs = self.outputs(root, last)
         return Graph(self.spec.name, inputs, self.nodes, outputs, self.spec.labels, dict(self.spec.dims),
                      self.doc.sha256)  # fmt: skip
+
+    def input_types(self, variables: dict[str, Any]) -> dict[str, TensorType]:
+        """Input types, with ``$expressions`` in shapes evaluated (so scales can set resolution)."""
+        out = {}
+        for name, spec in self.spec.inputs.items():
+            shape_node = self.doc.raw["inputs"][name]["shape"]
+            dims: list[int | str] = []
+            for i, d in enumerate(spec.shape):
+                if is_expr(d):
+                    ctx = _Ctx(f"inputs.{name}.shape[{i}]", shape_node.value_loc(i))
+                    try:
+                        d = substitute(d, variables)
+                    except ExprError as exc:
+                        self.error(str(exc), ctx)
+                        d = 1
+                    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                        self.error(f"an input size must be a positive int, got {d!r}", ctx)
+                        d = 1
+                dims.append(d)
+            out[name] = TensorType(tuple(dims), spec.dtype)
+        return out
 
     def eval_vars(self, raw_vars: Any, ctx: _Ctx) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -158,6 +181,7 @@ class Lowerer:
         if not isinstance(items, LList):
             items = _as_list(items)
         scope.outputs = []
+        scope.incoming = x
         for i, item in enumerate(items):
             single = collapse and len(items) == 1
             ctx = _Ctx(f"{src}[{i}]", items.value_loc(i), via)
@@ -237,7 +261,11 @@ class Lowerer:
                 self.error(d.message, ctx, d.loc, d.path)
             raise _Abort()
         inputs = self.inputs_for(src_from, args, cls.min_inputs, cls.op_name, ctx, scope, x)
-        return self.add_node(op, inputs, prefix, index, op.name, ctx, scope)
+        ref = self.add_node(op, inputs, prefix, index, op.name, ctx, scope)
+        for param, owner in op.tied().items():
+            tctx = _Ctx(f"{ctx.src}.tie", ctx.loc, ctx.via)
+            self.ties.append((ref.node, param, self.resolve(owner, scope, tctx).node))
+        return ref
 
     def inputs_for(self, src_from: Any, args: LMap, min_inputs: int, what: str, ctx: _Ctx, scope: Scope,
                    x: Ref | None) -> list[Ref]:  # fmt: skip
@@ -282,9 +310,10 @@ class Lowerer:
         if isinstance(ref, bool) or not isinstance(ref, (int, str)):
             raise self.error(f"from: expects a node name, an input name or -1/-2/..., got {ref!r}", ctx)
         if isinstance(ref, int):
-            if ref >= 0 or -ref > len(scope.outputs):
+            history = scope.outputs if scope.incoming is None else [scope.incoming, *scope.outputs]
+            if ref >= 0 or -ref > len(history):
                 raise self.error(f"from: {ref} does not point at an earlier layer of this sequence", ctx)
-            return scope.outputs[ref]
+            return history[ref]
         name, _, idx = ref.partition(":")
         index = 0
         if idx:
@@ -497,6 +526,7 @@ def lower_collect(doc: SpecDocument) -> tuple[Graph, list[Diagnostic]]:
     lowerer = Lowerer(doc)
     graph = lowerer.run()
     graph.meta["growth_checks"] = [(ref, k, c.src, c.loc) for ref, k, c in lowerer.growth_checks]
+    graph.meta["ties"] = list(lowerer.ties)
     return graph, lowerer.diags
 
 

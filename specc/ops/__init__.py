@@ -1,6 +1,19 @@
 """Ops: each module registers its ops in :data:`specc.ops.registry.OPS` when imported."""
 
-from specc.ops import activation, conv, linear, merge, misc, norm, pool, projection  # noqa: F401
+from specc.ops import (  # noqa: F401  (importing registers the ops)
+    activation,
+    attention,
+    conv,
+    embedding,
+    linear,
+    merge,
+    misc,
+    norm,
+    pool,
+    projection,
+    recurrent,
+    sequence,
+)
 from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType
 from specc.ops.registry import OPS, get_op, register
 

@@ -146,6 +146,15 @@ class Op(BaseModel):
         """The torch module computing this op; ``forward`` takes the inputs positionally."""
         raise NotImplementedError
 
+    def tied(self) -> dict[str, str]:
+        """Parameters shared with another node: ``{parameter name: node name}``.
+
+        Lowering resolves each node name to its path; the builder replaces this module's parameter
+        by the other node's, after every module exists. Shape rules leave tied parameters out of
+        ``param_shapes``, so a shared tensor is counted once (as torch's ``parameters()`` does).
+        """
+        return {}
+
     def args(self) -> dict[str, Any]:
         """The op's own arguments (without the common node fields), for render and tables."""
         common = {"name", "from_", "init", "bias_init"}

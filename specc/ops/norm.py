@@ -60,6 +60,8 @@ def normalized_shape(word: str, shape: tuple[Dim, ...]) -> tuple[int, ...]:
         return tuple(expect_int(d, "a normalised axis") for d in axes)
     if kind == "instance" and len(shape) < 2:
         raise ShapeMismatch("instance norm needs (C, L) or (C, H, W) input, got features only")
+    if kind == "instance" and all(d == 1 for d in shape[1:]):
+        raise ShapeMismatch(f"instance norm needs more than one spatial element per channel, got {TensorType(shape)}")
     return (expect_int(shape[0], "the channel axis"),)
 
 

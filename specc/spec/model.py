@@ -30,15 +30,17 @@ class Strict(BaseModel):
 class InputSpec(Strict):
     """One named input: per-sample ``shape`` (ints, or names for symbolic axes) and ``dtype``."""
 
-    shape: list[PositiveInt | str] = Field(description="one sample's shape; the batch axis is implicit")
+    shape: list[PositiveInt | str] = Field(
+        description="one sample's shape; the batch axis is implicit; a name is a symbolic axis, '$expr' a value"
+    )
     dtype: DType = "float32"
 
     @field_validator("shape")
     @classmethod
     def _symbols(cls, v: list[int | str]) -> list[int | str]:
         for d in v:
-            if isinstance(d, str) and not d.isidentifier():
-                raise ValueError(f"symbolic axis {d!r} must be a name like 'seq'")
+            if isinstance(d, str) and not d.isidentifier() and "$" not in d:
+                raise ValueError(f"symbolic axis {d!r} must be a name like 'seq' (or an expression with $)")
         return v
 
 

@@ -1,0 +1,133 @@
+"""Commands on exported models: export, predict, bench."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specc.cli import app
+from specc.cli.spec_cmds import JsonOpt, ScaleOpt, SetOpt
+from specc.errors import UsageError
+
+ExporterOpt = Annotated[str, typer.Option("--exporter", help="torchscript (default: fast, opset 17) or dynamo (opset 18)")]  # noqa: E501
+
+
+def _log_to_stderr() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+
+
+@app.command("export")
+def export_cmd(
+    spec: Path,
+    out: Annotated[Path, typer.Option("--out", "-o", help="the .onnx file to write")],
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help=".safetensors file or a `specc train` run folder")] = None,  # noqa: UP045, E501
+    sets: SetOpt = None,
+    scale: ScaleOpt = None,
+    exporter: ExporterOpt = "torchscript",
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 17 torchscript, 18 dynamo)")] = None,  # noqa: UP045, E501
+    static: Annotated[bool, typer.Option("--static", help="fixed batch 1 and symbol sizes from dims:")] = False,
+    atol: Annotated[float, typer.Option("--atol", help="parity tolerance: |Δ| <= atol + rtol·|ref|")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: |Δ| <= atol + rtol·|ref|")] = 1e-3,
+    optimize: Annotated[bool, typer.Option("--optimize", help="also write M.opt.onnx (onnxruntime-optimised)")] = False,  # noqa: E501
+    int8: Annotated[bool, typer.Option("--int8", help="also write M.int8.onnx (dynamic quantisation) and check it")] = False,  # noqa: E501
+    fp16: Annotated[bool, typer.Option("--fp16", help="also write M.fp16.onnx and check it")] = False,
+    seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export to ONNX, verify parity with PyTorch in onnxruntime (exit 3 on a miss), write metadata,
+    the SHA-256 manifest M.onnx.sha256 and the report M.onnx.json."""
+    from specc.export import EXPORTERS, ExportOptions, export_spec
+
+    _log_to_stderr()
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
+    if atol < 0 or rtol < 0:
+        raise UsageError("--atol and --rtol must be non-negative")
+    options = ExportOptions(exporter=exporter, opset=opset, static=static, atol=atol, rtol=rtol)  # type: ignore[arg-type]
+    variants = [k for k, on in (("opt", optimize), ("int8", int8), ("fp16", fp16)) if on]
+    report = export_spec(spec, out, weights=weights, sets=sets or [], scale=scale, seed=seed,
+                         options=options, variants=variants)  # type: ignore[arg-type]  # fmt: skip
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(_summary(report))
+
+
+def _summary(report: dict[str, object]) -> str:
+    diffs = report["max_diff"]
+    assert isinstance(diffs, dict)
+    worst = max((d["max_abs"] for d in diffs.values()), default=0.0)
+    sizes = report["sizes_tested"]
+    assert isinstance(sizes, list)
+    lines = [
+        f"wrote {report['model']} ({report['exporter']}, opset {report['opset']}, {report['size_bytes']:,} bytes)",
+        f"parity ok at {len(sizes)} size(s): max |Δ| {worst:.3g}; sha256 {report['sha256']}",
+    ]
+    variants = report["variants"]
+    assert isinstance(variants, dict)
+    for kind, v in variants.items():
+        change = max(o["max_abs"] for o in v["output_change"].values())
+        acc = v.get("accuracy")
+        acc_text = f", accuracy {acc['fp32']:.4f} -> {acc[kind]:.4f}" if acc else ""
+        lines.append(f"wrote {v['file']}: max |Δ| vs fp32 {change:.3g}{acc_text}")
+    return "\n".join(lines)
+
+
+@app.command()
+def predict(
+    model: Path,
+    input_file: Annotated[Path, typer.Option("--input", "-i", help=".npy, .npz, image or .txt file")],
+    top_k: Annotated[int, typer.Option("--top-k", help="classes to show")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run an exported model on a file with onnxruntime (no torch); inputs are checked first."""
+    from specc.runtime import load
+
+    _log_to_stderr()
+    result = load(model).predict_file(input_file, top_k=top_k)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for i, rows in enumerate(result.get("top_k", [])):
+        print(f"sample {i}: " + ", ".join(f"{r['label']} {r['prob']:.4f}" for r in rows))
+    if "top_k" not in result:
+        for name, value in result.get("outputs", {}).items():
+            print(f"{name}: {json.dumps(value)[:2000]}")
+
+
+@app.command()
+def bench(
+    target: Annotated[Path, typer.Argument(help="a spec, or an exported .onnx file")],
+    batch: Annotated[int, typer.Option("--batch", help="batch size of the throughput test")] = 32,
+    iters: Annotated[int, typer.Option("--iters", help="timed batch-1 calls per engine")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="untimed calls first")] = 5,
+    seq: Annotated[int, typer.Option("--seq", help="size of symbolic axes (sequence length)")] = 128,
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help=".safetensors or run folder")] = None,  # noqa: UP045
+    sets: SetOpt = None,
+    scale: ScaleOpt = None,
+    no_compile: Annotated[bool, typer.Option("--no-compile", help="skip torch.compile")] = False,
+    compile_timeout: Annotated[float, typer.Option("--compile-timeout", help="seconds before torch.compile is skipped")] = 180.0,  # noqa: E501
+    as_json: JsonOpt = False,
+) -> None:
+    """Batch-1 latency (median, p90) and batch throughput: torch eager, torch.compile, onnxruntime
+    fp32 and int8 (with an .onnx file: onnxruntime only)."""
+    from specc.export.bench import BenchSettings, bench_onnx, bench_spec, table
+
+    _log_to_stderr()
+    if batch < 1 or iters < 1 or warmup < 0 or seq < 1:
+        raise UsageError("--batch, --iters and --seq must be positive, --warmup non-negative")
+    s = BenchSettings(batch=batch, iters=iters, warmup=warmup, seq=seq, compile=not no_compile,
+                      compile_timeout_s=compile_timeout)  # fmt: skip
+    if not target.is_file():
+        raise UsageError(f"file not found: {target}")
+    if target.suffix == ".onnx":
+        result = bench_onnx(target, s)
+    else:
+        result = bench_spec(target, s, sets=sets or [], scale=scale, weights=str(weights) if weights else None)
+    print(json.dumps(result, indent=2) if as_json else table(result))

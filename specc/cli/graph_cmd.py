@@ -1,0 +1,37 @@
+"""``specc graph``: the architecture as a Mermaid or DOT diagram (SVG through Graphviz's ``dot``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specc.cli import app, fail
+from specc.cli.spec_cmds import ScaleOpt, SetOpt
+
+
+@app.command()
+def graph(
+    spec: Annotated[Path, typer.Argument(help="spec file")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="mermaid, dot or svg")] = "mermaid",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output file")] = None,  # noqa: UP045
+    depth: Annotated[int, typer.Option("--depth", help="path parts per box (1: blocks collapsed)")] = 1,
+    sets: SetOpt = None,
+    scale: ScaleOpt = None,
+) -> None:
+    """Draw the architecture: repeated blocks collapse into one box, edges carry tensor shapes."""
+    from specc.api import check as check_spec
+    from specc.graphviz import render_graph
+
+    try:
+        text = render_graph(check_spec(spec, sets or [], scale), fmt, depth)
+        if out is None:
+            print(text, end="")
+            return
+        from specc.atomic import atomic_write_text
+
+        atomic_write_text(out, text)
+    except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
+        fail(exc)
+    print(f"wrote {fmt} diagram to {out}")

@@ -1,0 +1,329 @@
+"""Export a compiled model to ONNX and prove it computes what PyTorch computes.
+
+Steps (all in a hidden work folder next to the target, so a reader never sees a half-made file):
+eval-mode deep copy → ``torch.onnx.export`` with the chosen exporter and opset → metadata →
+``onnx.checker.check_model(full_check=True)`` → parity in onnxruntime at several batch sizes (and
+sequence lengths) → rename into place, then ``M.onnx.sha256`` and ``M.onnx.json``. On a parity miss
+the model is kept as ``M.failed.onnx`` (for inspection; no manifest, never loaded by default) and
+:class:`~specc.errors.ExportVerificationError` (exit 3) is raised; an existing ``M.onnx`` is left
+untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+import torch
+
+from specc.atomic import atomic_write_text, fsync_dir, sha256_file, temp_name
+from specc.errors import BuildError, ExportVerificationError, UsageError
+from specc.export.metadata import build_metadata, set_metadata, write_manifest
+from specc.export.samples import (
+    SampleSizes,
+    dynamic_axes,
+    example_sizes,
+    make_inputs,
+    parity_sizes,
+    symbols_of,
+)
+from specc.export.verify import (
+    ATOL,
+    RTOL,
+    ParityCase,
+    ort_runner,
+    ort_session,
+    parity,
+    raise_on_failure,
+    summarise,
+    torch_runner,
+)
+from specc.graph import Graph
+
+Exporter = Literal["torchscript", "dynamo"]
+EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
+DEFAULT_OPSET: dict[str, int] = {"torchscript": 17, "dynamo": 18}
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB limit, with headroom
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export and verify (see ``specc export --help``)."""
+
+    exporter: Exporter = "torchscript"
+    opset: int | None = None
+    static: bool = False
+    atol: float = ATOL
+    rtol: float = RTOL
+    batches: tuple[int, ...] = (1, 2, 7)
+    seq_lens: tuple[int, ...] = (5, 17)
+
+    @property
+    def opset_version(self) -> int:
+        return self.opset if self.opset is not None else DEFAULT_OPSET[self.exporter]
+
+
+@dataclass
+class ExportInfo:
+    """What goes into the metadata besides the graph: data labels, preprocessing, task."""
+
+    labels: list[str] | None = None
+    preprocess: dict[str, Any] | None = None
+    task: str | None = None
+    weights: str | None = None
+
+
+@dataclass
+class ExportReport:
+    """Everything ``specc export --json`` prints and ``M.onnx.json`` holds."""
+
+    model: str
+    spec_name: str
+    exporter: str
+    opset: int
+    static: bool
+    sha256: str = ""
+    size_bytes: int = 0
+    external_data: list[str] = field(default_factory=list)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    tolerance: dict[str, float] = field(default_factory=dict)
+    parity: list[ParityCase] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    weights: str | None = None
+    node_names: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.parity)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "spec_name": self.spec_name, "ok": self.ok,
+            "exporter": self.exporter, "opset": self.opset, "static": self.static,
+            "sha256": self.sha256, "size_bytes": self.size_bytes, "external_data": self.external_data,
+            "weights": self.weights,
+            "dynamic_axes": {k: {str(a): s for a, s in v.items()} for k, v in self.dynamic_axes.items()},
+            "tolerance": self.tolerance,
+            "sizes_tested": [c.sizes.to_json() for c in self.parity],
+            "max_diff": summarise(self.parity),
+            "parity": [c.to_json() for c in self.parity],
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+            "node_names": self.node_names, "warnings": self.warnings, "variants": self.variants,
+        }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def static_sizes(graph: Graph) -> SampleSizes:
+    """Sizes of a ``--static`` export: batch 1, each symbol at its nominal size from ``dims:``."""
+    missing = [s for s in symbols_of(graph) if s not in graph.dims]
+    if missing:
+        raise UsageError(
+            f"--static needs a size for the symbolic axes {', '.join(missing)}; "
+            f"set them with --set dims.{missing[0]}=N"
+        )
+    return SampleSizes(1, {s: graph.dims[s] for s in symbols_of(graph)})
+
+
+@contextlib.contextmanager
+def _quiet(notes: list[str]) -> Iterator[None]:
+    """Keep stdout clean (``--json``) and collect the exporter's warnings into ``notes``."""
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed" and friends
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        torch_onnx_log.setLevel(level)
+    for w in caught:
+        text = str(w.message).splitlines()[0][:200]
+        if text not in notes:
+            notes.append(text)
+
+
+def to_onnx(model: torch.nn.Module, graph: Graph, path: Path, options: ExportOptions,
+            notes: list[str]) -> None:  # fmt: skip
+    """Run ``torch.onnx.export`` on an eval-mode model with dynamic batch/symbol axes."""
+    sizes = static_sizes(graph) if options.static else example_sizes(graph)
+    feeds = make_inputs(graph, sizes)
+    args = tuple(torch.from_numpy(feeds[n]) for n in graph.inputs)
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as e:  # a build bug, not an export one: say so before the exporter muddles it
+        shapes = ", ".join(f"{n} {tuple(v.shape)} {v.dtype}" for n, v in feeds.items())
+        raise BuildError(f"the PyTorch model '{graph.name}' fails on example inputs ({shapes}): {e}") from e
+    names = dict(input_names=list(graph.inputs), output_names=list(graph.outputs))
+    with _quiet(notes), torch.inference_mode(False), torch.no_grad():
+        try:
+            if options.exporter == "torchscript":
+                torch.onnx.export(
+                    model, args, str(path), dynamo=False, opset_version=options.opset_version,
+                    dynamic_axes=None if options.static else dynamic_axes(graph),
+                    do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL, **names,
+                )  # fmt: skip
+            else:
+                torch.onnx.export(
+                    model, args, str(path), dynamo=True, opset_version=options.opset_version,
+                    dynamic_shapes=None if options.static else (_dynamo_shapes(graph),),
+                    external_data=True, verbose=False, optimize=True, **names,
+                )  # fmt: skip
+        except Exception as e:  # the exporters raise many types; the message is what matters
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportVerificationError(f"torch.onnx.export ({options.exporter}) failed: {first}") from e
+
+
+def _dynamo_shapes(graph: Graph) -> tuple[dict[int, Any], ...]:
+    dims: dict[str, Any] = {}
+
+    def dim(name: str) -> Any:
+        if name not in dims:
+            dims[name] = torch.export.Dim(name, min=1)
+        return dims[name]
+
+    axes = dynamic_axes(graph)
+    return tuple({a: dim(s) for a, s in axes[n].items()} for n in graph.inputs)
+
+
+def _tensor_bytes(proto: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in proto.graph.initializer)
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save ``proto``; tensors go to one external ``NAME.data`` file only above ~2 GB."""
+    if _tensor_bytes(proto) < EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(proto, str(path))
+        return []
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)  # fmt: skip
+    return [data]
+
+
+def node_name_stats(proto: onnx.ModelProto) -> dict[str, Any]:
+    """How many ONNX nodes point back at a spec path: torchscript puts the module scope in the node
+    name (``/layer1.0/conv1/Conv``), dynamo in the ``pkg.torch.onnx.name_scopes`` node metadata."""
+    traced = []
+    for node in proto.graph.node:
+        scopes = {m.key: m.value for m in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+        if node.name.startswith("/") and node.name.count("/") >= 2:
+            traced.append(node.name)
+        elif scopes and any(part.strip("' ") for part in scopes.strip("[]").split(",")[:-1]):
+            traced.append(f"{node.name} {scopes}")
+    return {"total": len(proto.graph.node), "with_spec_path": len(traced), "examples": traced[:5]}
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def export_model(model: torch.nn.Module, graph: Graph, out: str | os.PathLike[str],
+                 options: ExportOptions = ExportOptions(), info: ExportInfo | None = None) -> ExportReport:  # fmt: skip
+    """Export ``model`` (a :class:`~specc.build.CompiledModel` or any module taking the graph's
+    inputs) to ``out``, verify it and publish it with its manifest and JSON report."""
+    info = info or ExportInfo()
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {target.parent}")
+    if target.suffix != ".onnx":
+        raise UsageError(f"the output must end in .onnx, got '{target.name}'")
+    report = ExportReport(str(target), graph.name, options.exporter, options.opset_version, options.static,
+                          tolerance={"atol": options.atol, "rtol": options.rtol}, weights=info.weights)  # fmt: skip
+    report.dynamic_axes = {} if options.static else dynamic_axes(graph)
+    work = target.parent / temp_name(target.name)
+    work.mkdir()
+    try:
+        _export_in(work, model, graph, target, options, info, report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _export_in(work: Path, model: torch.nn.Module, graph: Graph, target: Path, options: ExportOptions,
+               info: ExportInfo, report: ExportReport) -> None:  # fmt: skip
+    start = time.perf_counter()
+    net = copy.deepcopy(model).cpu().eval()
+    raw = work / "raw.onnx"
+    to_onnx(net, graph, raw, options, report.warnings)
+    report.timings_s["export"] = time.perf_counter() - start
+
+    t = time.perf_counter()
+    proto = onnx.load(str(raw))
+    static = static_sizes(graph) if options.static else None
+    meta = build_metadata(graph, labels=info.labels, preprocess=info.preprocess, task=info.task,
+                          static=static.to_json() if static else None)  # fmt: skip
+    set_metadata(proto, meta)
+    report.node_names = node_name_stats(proto)
+    staged = work / target.name
+    external = save_model(proto, staged)
+    del proto
+    try:
+        onnx.checker.check_model(str(staged), full_check=True)
+    except Exception as e:  # onnx raises ValidationError / InferenceError
+        raise ExportVerificationError(f"onnx.checker rejected the export: {e}") from e
+    report.timings_s["check"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sizes = [static] if static else parity_sizes(graph, options.batches, options.seq_lens)
+    report.parity = parity(torch_runner(net, list(graph.inputs)), ort_runner(ort_session(staged)), graph, sizes,
+                           atol=options.atol, rtol=options.rtol)  # fmt: skip
+    report.timings_s["verify"] = time.perf_counter() - t
+    report.timings_s["total"] = time.perf_counter() - start
+    if not report.ok:
+        _keep_failed(staged, external, target, report)
+        raise_on_failure(report.parity, f"export of '{graph.name}' failed verification", options.atol, options.rtol)
+    _publish(staged, external, target, report)
+
+
+def failed_path(target: Path) -> Path:
+    return target.with_name(target.stem + ".failed.onnx")
+
+
+def report_path(target: Path) -> Path:
+    return target.with_name(target.name + ".json")
+
+
+def _keep_failed(staged: Path, external: list[Path], target: Path, report: ExportReport) -> None:
+    """Keep a failed export as ``M.failed.onnx`` (single-file models only) with its report."""
+    if external:
+        report.warnings.append("the failed model used external data and was deleted")
+        return
+    failed = failed_path(target)
+    os.replace(staged, failed)
+    report.model = str(failed)
+    atomic_write_text(report_path(failed), json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def _publish(staged: Path, external: list[Path], target: Path, report: ExportReport) -> None:
+    for data in external:
+        os.replace(data, target.parent / data.name)
+    os.replace(staged, target)
+    fsync_dir(target.parent)
+    finals = [target.parent / d.name for d in external]
+    write_manifest(target, finals)
+    report.sha256 = sha256_file(target)
+    report.size_bytes = target.stat().st_size + sum(f.stat().st_size for f in finals)
+    report.external_data = [f.name for f in finals]
+    write_report(target, report.to_json())
+
+
+def write_report(target: Path, data: Mapping[str, Any]) -> Path:
+    path = report_path(target)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path

@@ -1,0 +1,235 @@
+"""Derived deployment files of a verified export: onnxruntime-optimised, int8 and fp16.
+
+Each variant is written next to ``M.onnx`` (``M.opt.onnx``, ``M.int8.onnx``, ``M.fp16.onnx``) with
+the same ``specc.*`` metadata plus ``specc.variant``, its own SHA-256 manifest, and a check against
+the fp32 model in onnxruntime: output difference on random inputs and, where a validation split is
+available, accuracy before and after. Variants are approximations: their checks are reported, not
+enforced (the fp32 ``M.onnx`` is the verified reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+from specc.atomic import atomic_path, sha256_file
+from specc.export.metadata import get_metadata, write_manifest
+from specc.export.samples import SampleSizes, make_inputs
+from specc.export.verify import ort_runner, ort_session
+from specc.graph import Graph
+
+log = logging.getLogger(__name__)
+
+Variant = Literal["opt", "int8", "fp16"]
+KEY_VARIANT = "specc.variant"
+FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
+             "LayerNormalization", "FastGelu", "BiasGelu", "Gelu", "FusedConv", "FusedMatMul")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """A labelled split to measure accuracy on: inputs by name, integer targets."""
+
+    feeds: dict[str, NDArray[Any]]
+    targets: NDArray[Any]
+    source: str
+
+
+def variant_path(target: Path, kind: Variant) -> Path:
+    return target.with_name(f"{target.stem}.{kind}.onnx")
+
+
+def transformer_shape(graph: Graph) -> tuple[int, int] | None:
+    """``(num_heads, hidden_size)`` of the first op that has ``num_heads`` (a BERT-like model)."""
+    for node in graph.nodes:
+        heads = getattr(node.op, "num_heads", None)
+        if isinstance(heads, int) and heads > 0:
+            for attr in ("embed_dim", "d_model", "hidden_size", "dim"):
+                hidden = getattr(node.op, attr, None)
+                if isinstance(hidden, int) and hidden > 0:
+                    return heads, hidden
+            return heads, 0
+    return None
+
+
+# ------------------------------------------------------------------------------------ converters
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(old, level))
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+
+def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Graph optimisation: the BERT fusions of ``onnxruntime.transformers`` for attention models,
+    else onnxruntime's level ALL saved through ``SessionOptions.optimized_model_filepath``.
+
+    A level-ALL file may hold layout-specific contrib ops: load it with onnxruntime on the same
+    kind of CPU, with graph optimisation off or on (both work)."""
+    if transformer is not None:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        heads, hidden = transformer
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+        with atomic_path(dst) as tmp:
+            opt.save_model_to_file(str(tmp))
+        return {"method": "onnxruntime.transformers.optimizer (bert)", "num_heads": heads, "hidden_size": hidden}
+    import onnxruntime as ort
+
+    with atomic_path(dst) as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
+    return {"method": "onnxruntime SessionOptions level ALL"}
+
+
+def quantize_int8(src: Path, dst: Path, conv: bool = False) -> dict[str, Any]:
+    """Dynamic int8 quantisation of the weights (activations quantised at run time).
+
+    Conv is left in fp32 unless ``conv``: onnxruntime runs a dynamically quantised Conv as
+    ``ConvInteger``, which is several times slower than fp32 on CPU (static quantisation with
+    calibration data is the way to speed up CNNs). ``Gemm`` (2-d Linear) has no dynamic int8 form.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    ops = [op for op in IntegerOpsRegistry if conv or op != "Conv"]
+    with _root_log_level(logging.ERROR), atomic_path(dst) as tmp:  # "consider pre-processing" warning
+        # DefaultTensorType: outputs of fused contrib ops (Attention, ...) have no inferred type
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(dst), load_external_data=False).graph.node:
+        if node.op_type in _INT8_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    info: dict[str, Any] = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+                            "op_types": ops, "int8_ops": counts}  # fmt: skip
+    if not counts:
+        info["note"] = "no op was quantised (Conv/Gemm only model): the file is fp32"
+    return info
+
+
+_INT8_OPS = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeLSTM", "QEmbedLayerNormalization",
+             "DynamicQuantizeMatMul", "QGemm")  # fmt: skip
+
+
+def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """fp16 weights and compute, fp32 inputs and outputs (so the metadata's dtypes still hold)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    converted = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
+    converted.topological_sort()  # the io casts are appended at the end
+    with atomic_path(dst) as tmp:
+        onnx.save_model(converted.model, str(tmp))
+    return {"method": "onnxruntime.transformers.float16 (keep_io_types)"}
+
+
+CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {"opt": optimize, "int8": quantize_int8, "fp16": convert_fp16}
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def _copy_metadata(src: Path, dst: Path, kind: str) -> None:
+    meta = get_metadata(onnx.load(str(src), load_external_data=False))
+    model = onnx.load(str(dst))
+    del model.metadata_props[:]
+    for key, value in {**meta, KEY_VARIANT: kind}.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(dst) as tmp:
+        onnx.save_model(model, str(tmp))
+
+
+def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequence[SampleSizes]) -> dict[str, Any]:
+    """Max/mean absolute difference per output and top-1 agreement vs the fp32 model."""
+    ref, cand = ort_runner(ort_session(reference)), ort_runner(ort_session(candidate))
+    stats: dict[str, dict[str, float]] = {}
+    for k, s in enumerate(sizes):
+        feeds = make_inputs(graph, s, seed=100 + k)
+        a, b = ref(feeds), cand(feeds)
+        for name in a:
+            d = np.abs(a[name].astype(np.float64) - b[name].astype(np.float64))
+            cur = stats.setdefault(name, {"max_abs": 0.0, "mean_abs": 0.0, "ref_max_abs": 0.0, "top1_agree": 1.0})
+            cur["max_abs"] = max(cur["max_abs"], float(d.max()) if d.size else 0.0)
+            cur["mean_abs"] = max(cur["mean_abs"], float(d.mean()) if d.size else 0.0)
+            cur["ref_max_abs"] = max(cur["ref_max_abs"], float(np.abs(a[name]).max()) if d.size else 0.0)
+            if a[name].ndim >= 2 and a[name].dtype.kind == "f":
+                agree = float(np.mean(a[name].argmax(-1) == b[name].argmax(-1)))
+                cur["top1_agree"] = min(cur["top1_agree"], agree)
+    return stats
+
+
+def accuracy(path: Path, data: EvalData, batch: int = 256) -> float:
+    """Top-1 accuracy (per token for sequence outputs) of an ONNX model on a labelled split."""
+    run = ort_runner(ort_session(path))
+    n = len(data.targets)
+    hits = total = 0
+    for i in range(0, n, batch):
+        out = next(iter(run({k: v[i : i + batch] for k, v in data.feeds.items()}).values()))
+        y = data.targets[i : i + batch]
+        pred = out.argmax(-1)
+        if pred.shape != y.shape:
+            raise ValueError(f"prediction shape {pred.shape} does not match targets {y.shape}")
+        hits += int((pred == y).sum())
+        total += int(y.size)
+    return hits / max(total, 1)
+
+
+def make_variant(kind: Variant, target: Path, graph: Graph, sizes: Sequence[SampleSizes],
+                 eval_data: EvalData | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write one variant of the verified ``target`` and check it; returns its report entry."""
+    dst = variant_path(target, kind)
+    start = time.perf_counter()
+    src = target
+    transformer = transformer_shape(graph) if kind == "opt" else None
+    info = CONVERTERS[kind](src, dst, transformer) if kind == "opt" else CONVERTERS[kind](src, dst)
+    _copy_metadata(target, dst, kind)
+    entry: dict[str, Any] = {"file": str(dst), **info, "convert_s": round(time.perf_counter() - start, 3)}
+    entry["checker"] = _checker(dst)
+    entry["output_change"] = output_change(target, dst, graph, sizes)
+    if eval_data is not None:
+        entry["accuracy"] = {"split": f"{eval_data.source} (validation, {len(eval_data.targets)} samples)",
+                             "fp32": accuracy(target, eval_data), kind: accuracy(dst, eval_data)}  # fmt: skip
+    else:
+        entry["accuracy"] = None
+        entry["accuracy_note"] = "no validation split available (random inputs only)"
+    write_manifest(dst)
+    entry["sha256"] = sha256_file(dst)
+    entry["size_bytes"] = dst.stat().st_size
+    entry["fused_ops"] = _fused_ops(dst) if kind == "opt" else None
+    return entry
+
+
+def _checker(path: Path) -> str:
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as e:  # contrib ops of the optimiser are unknown to onnx
+        return f"not passed: {str(e).splitlines()[0][:160]}"
+    return "passed"
+
+
+def _fused_ops(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type in FUSED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
