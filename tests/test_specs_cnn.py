@@ -1,7 +1,7 @@
 """Every bundled CNN spec: checks, matches its reference network tensor for tensor, and runs.
 
 The ImageNet-sized references are compared on the meta device (no memory, no time); each spec is
-then built small (its ``tiny`` scale and/or a smaller input through ``--set``) on CPU, run forward
+then built small (its ``tiny`` scale, which also shrinks the input) on CPU, run forward
 and backward, and every node's real output shape is compared with the statically inferred one.
 """
 
@@ -12,27 +12,29 @@ import torch
 from conftest import SPECS
 from reference_models import EXPECTED_PARAMS, REFERENCES, param_shapes
 
+from specc.api import check
 from specc.build import CompiledModel
 from specc.build import build as build_model
 
 # NB: `specc.build(...)` is shadowed by the `specc.build` subpackage once that is imported, so the
 # tests call `specc.build.build` directly.
 
-# spec -> (scale, --set overrides) that make it small enough for a CPU test
+# spec -> (scale, --set overrides) that make it small enough for a CPU test; the big specs' `tiny`
+# scales also set the input resolution (`res`), so they need no --set
 SMALL: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "mlp": (None, ()),
     "lenet": (None, ()),
     "lenet_bn": (None, ()),
-    "alexnet": ("tiny", ("inputs.image.shape=[3,64,64]",)),
-    "vgg11": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "vgg16": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "vgg11_bn": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "nin": (None, ("inputs.image.shape=[1,96,96]",)),
-    "googlenet": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "resnet18": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "resnet34": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "resnet50": ("tiny", ("inputs.image.shape=[3,32,32]",)),
-    "densenet121": ("tiny", ("inputs.image.shape=[3,32,32]",)),
+    "alexnet": ("tiny", ()),
+    "vgg11": ("tiny", ()),
+    "vgg16": ("tiny", ()),
+    "vgg11_bn": ("tiny", ()),
+    "nin": ("tiny", ()),
+    "googlenet": ("tiny", ()),
+    "resnet18": ("tiny", ()),
+    "resnet34": ("tiny", ()),
+    "resnet50": ("tiny", ()),
+    "densenet121": ("tiny", ()),
     "small_resnet": (None, ()),
     "small_densenet": (None, ()),
     "small_inception": (None, ()),
@@ -99,6 +101,9 @@ def run_and_compare_shapes(model: CompiledModel, batch: int = 2) -> torch.Tensor
         for h in hooks:
             h.remove()
     for node in model.graph.nodes:
+        if getattr(model.get_submodule(node.path), "passthrough", False):
+            assert node.outputs == [model.graph.type_of(node.inputs[0])], node.path  # aliased, never called
+            continue
         assert seen[node.path] == [(batch, *t.shape) for t in node.outputs], node.path
     assert isinstance(y, torch.Tensor)
     return y
@@ -116,6 +121,17 @@ def test_builds_small_runs_forward_backward(name: str) -> None:
     y.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", [n for n in WITH_REFERENCE if SMALL[n][0] == "tiny"])
+def test_tiny_scale_sets_the_resolution(name: str) -> None:
+    """`res` defaults to the reference resolution; `tiny` shrinks it, and --set still wins."""
+    (default,) = check(spec_path(name)).inputs.values()
+    (tiny,) = check(spec_path(name), (), "tiny").inputs.values()
+    (custom,) = check(spec_path(name), ("res=96",), "tiny").inputs.values()
+    assert default.shape[1:] == (224, 224)
+    assert tiny.shape[0] == custom.shape[0] == default.shape[0]
+    assert tiny.shape[1] == tiny.shape[2] < 224 and custom.shape[1:] == (96, 96)
 
 
 @pytest.mark.parametrize("norm", ["group", "layer", "instance", "none"])

@@ -48,6 +48,7 @@ class CompiledModel(nn.Module):
         self.output_names = list(graph.outputs)
         slots: dict[tuple[str, int], int] = {(name, 0): i for i, name in enumerate(graph.inputs)}
         modules: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+        next_slot = len(slots)
         with torch.device(device or "cpu"):
             for node in graph.nodes:
                 assert node.inferred is not None, f"node {node.path} was not inferred"
@@ -55,14 +56,18 @@ class CompiledModel(nn.Module):
                 module = node.op.build(ins, node.inferred)
                 self._attach(node.path, module)
                 in_slots = tuple(slots[(r.node, r.index)] for r in node.inputs)
+                if getattr(module, "passthrough", False):
+                    slots[(node.path, 0)] = in_slots[0]  # identity: alias the input, no plan step
+                    continue
                 out_slots = []
                 for k in range(len(node.outputs)):
-                    slots[(node.path, k)] = len(slots)
+                    slots[(node.path, k)] = next_slot
+                    next_slot += 1
                     out_slots.append(slots[(node.path, k)])
                 modules.append((module, in_slots, tuple(out_slots)))
         for path, param, owner in graph.meta.get("ties", ()):
             self._tie(path, param, owner)
-        self._num_slots = len(slots)
+        self._num_slots = next_slot
         self._result = tuple(slots[(r.node, r.index)] for r in graph.outputs.values())
         self._plan = _plan(modules, self._result)
 

@@ -71,6 +71,11 @@ class GlobalPool(nn.Module):
 class Shortcut(nn.Sequential):
     """A residual shortcut: runs its layers on input 0; input 1 (the body output) only gave the shape."""
 
+    @property
+    def passthrough(self) -> bool:
+        """An empty shortcut is the identity: the plan aliases its input instead of calling it."""
+        return len(self) == 0
+
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         for module in self:
             x = module(x)
