@@ -44,8 +44,10 @@ def test_depth_expands_and_parallel_is_not_a_repeat(cli) -> None:
 
 
 def test_set_and_scale_apply(cli) -> None:
-    out = cli("graph", RESNET18, "--scale", "tiny", "--set", "inputs.image.shape=[3,32,32]").out
+    out = cli("graph", RESNET18, "--scale", "tiny").out  # tiny sets width, classes and res=32
     assert "(3, 32, 32)" in out and "(10)" in out
+    out = cli("graph", RESNET18, "--scale", "tiny", "--set", "inputs.image.shape=[3,48,48]").out
+    assert "(3, 48, 48)" in out and "(10)" in out  # --set wins over the scale
 
 
 def test_collapse_units_and_edges() -> None:
