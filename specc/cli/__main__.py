@@ -1,5 +1,8 @@
-"""``python -m specc.cli ...`` (also what torchrun launches)."""
+"""``python -m specc.cli`` (also what ``torchrun -m specc.cli train ...`` runs in each worker)."""
+
+from __future__ import annotations
 
 from specc.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -29,13 +29,13 @@ def check(
     from specc.api import check as check_spec
     from specc.report import graph_json, node_table, summary_line
 
-    results = []
-    failed = False
+    results: list[dict[str, object]] = []
+    errors = 0
     for path in specs:
         try:
             graph = check_spec(path, sets or [], scale)
         except SpecError as exc:
-            failed = True
+            errors += len(exc.diagnostics)
             results.append({"file": str(path), "ok": False, "errors": [d.to_json() for d in exc.diagnostics]})
             if not as_json:
                 for d in exc.diagnostics:
@@ -48,10 +48,9 @@ def check(
                 print(node_table(graph))
     if as_json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
-    elif failed:
-        n = sum(len(r["errors"]) for r in results if not r["ok"])  # type: ignore[arg-type]
-        print(f"{n} error{'s' if n != 1 else ''}", file=sys.stderr)
-    if failed:
+    elif errors:
+        print(f"{errors} error{'s' if errors != 1 else ''}", file=sys.stderr)
+    if errors:
         raise typer.Exit(2)
 
 

@@ -1,0 +1,156 @@
+"""Training benchmarks (issue 5): accuracy targets and the overhead of ``specc train``'s step.
+
+    .venv/bin/python benchmarks/bench_train.py [lenet resnet lstm seq2seq overhead]
+
+Each task runs ``specc train`` in-process into ``runs/bench-*`` and prints a table row. ``overhead``
+times the trainer's step against a minimal hand-written loop on the same model and batches,
+interleaved in one process (ratios measured side by side).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+
+def _train(name: str, spec: str, data: str, *sets: str) -> tuple[dict[str, float], float]:
+    from specc.cli import main
+
+    run = ROOT / "runs" / f"bench-{name}"
+    args = ["train", str(SPECS / spec), "--data", data, "--out", str(run), "--quiet", "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(args)
+        except SystemExit as exc:
+            if exc.code:
+                raise RuntimeError(f"{name}: specc train exited {exc.code}") from None
+    wall = time.perf_counter() - start
+    return json.loads((run / "metrics.json").read_text())["final"], wall
+
+
+def lenet() -> str:
+    final, wall = _train("lenet", "lenet.yaml", "digits", "train.epochs=15", "train.batch_size=64",
+                         "train.lr=0.02", "train.schedule=cosine", "train.warmup_steps=20")  # fmt: skip
+    return f"| LeNet (sigmoid) on digits 28x28 | test accuracy {final['test_accuracy']:.2%} (target ≥ 97%) | {wall:.1f} s |"
+
+
+def resnet() -> str:
+    final, wall = _train("resnet", "small_resnet.yaml", "digits", "train.epochs=15", "train.batch_size=64",
+                         "train.lr=0.005", "train.schedule=cosine", "train.augment=crop")  # fmt: skip
+    return f"| small_resnet on digits 28x28 | test accuracy {final['test_accuracy']:.2%} (target ≥ 98%) | {wall:.1f} s |"
+
+
+def lstm() -> str:
+    final, wall = _train("lstm", "lstm_lm.yaml", "text:stdlib", "train.epochs=1", "train.batch_size=32",
+                         "train.seq_len=64", "train.num_samples=3000", "train.lr=0.003", "train.grad_clip=1.0",
+                         "embed=32", "hidden=128")  # fmt: skip
+    baseline = _unigram_perplexity(3000, 64)
+    return (f"| char LSTM (h=128) on text:stdlib, 3000 windows x 64 | val perplexity {final['val_perplexity']:.2f} "
+            f"vs unigram {baseline:.2f} | {wall:.1f} s |")
+
+
+def _unigram_perplexity(num_samples: int, seq_len: int) -> float:
+    from specc.data import load_dataset
+
+    ds = load_dataset("text:stdlib", input_shape=(seq_len,), input_dtype="int64", num_samples=num_samples)
+    counts = np.bincount(ds.train.y.ravel(), minlength=ds.num_classes or 1).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(math.exp(-logp[ds.val.y.ravel()].mean()))
+
+
+def seq2seq() -> str:
+    final, wall = _train("seq2seq", "seq2seq_attention.yaml", "reverse", "train.epochs=20", "train.batch_size=64",
+                         "train.lr=0.005", "train.grad_clip=1.0", "train.schedule=cosine", "dropout=0.0")  # fmt: skip
+    return (f"| seq2seq + additive attention on reverse (len ≤ 16) | test exact match {final['test_exact_match']:.2%} "
+            f"(target ≥ 95%), token accuracy {final['test_accuracy']:.2%} | {wall:.1f} s |")
+
+
+def overhead(steps: int = 200, rounds: int = 5) -> str:
+    """Per-step CPU time of Trainer._step vs a minimal loop (same model/batches), interleaved, 1 thread."""
+    torch.set_num_threads(1)
+    from specc.build import build
+    from specc.train.config import TrainConfig
+    from specc.train.data import ModelIO, epoch_permutation, global_batch, load_for_model
+    from specc.train.distributed import Dist
+    from specc.train.loop import StopRequest, Trainer
+    from specc.train.report import RunReport
+
+    graph_spec = SPECS / "lenet.yaml"
+    from specc.api import check
+
+    graph = check(graph_spec)
+    io_ = ModelIO.from_graph(graph)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, optimizer="sgd")
+    ds = load_for_model("digits", io_, seed=0)
+    run = ROOT / "runs" / "bench-overhead"
+    run.mkdir(parents=True, exist_ok=True)
+    model_a, model_b = build(graph, seed=0), build(graph, seed=0)
+    trainer = Trainer(model_a, io_, ds, cfg, run, torch.device("cpu"), Dist(), RunReport(run, write=False, quiet=True, log_every=10**9))
+    opt = torch.optim.SGD(model_b.parameters(), lr=0.01, momentum=0.9)
+    x, y = trainer.train_data.inputs[0], trainer.train_data.target
+    perm = epoch_permutation(0, 0, len(y))
+    batches = [global_batch(perm, i % trainer.spe, 64) for i in range(steps)]
+
+    def plain() -> None:
+        model_b.train()
+        for idx in batches:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model_b(x[idx]), y[idx]).backward()
+            opt.step()
+
+    def specc_step() -> None:
+        with StopRequest() as stop:
+            for idx in batches:
+                trainer._step(idx, stop)
+
+    t_plain, t_specc = _interleave(plain, specc_step, rounds)
+    ratio = t_specc / t_plain
+    return (f"| step overhead, LeNet on digits, batch 64, {steps} steps x {rounds} rounds (median) | "
+            f"specc {t_specc / steps * 1e3:.2f} ms/step vs hand-written {t_plain / steps * 1e3:.2f} ms/step: "
+            f"{(ratio - 1):+.1%} (target ≤ +5%) | |")
+
+
+def _interleave(a: Callable[[], None], b: Callable[[], None], rounds: int) -> tuple[float, float]:
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(rounds):
+        for fn, times in ((a, ta), (b, tb)):
+            start = time.process_time()  # CPU time: less noisy than wall time on a shared machine
+            fn()
+            times.append(time.process_time() - start)
+    return float(np.median(ta)), float(np.median(tb))
+
+
+TASKS = {"lenet": lenet, "resnet": resnet, "lstm": lstm, "seq2seq": seq2seq, "overhead": overhead}
+
+
+def main(names: list[str]) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| benchmark | result | wall |\n|---|---|---|")
+    for name in names or list(TASKS):
+        if name not in TASKS:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(TASKS)}")
+        print(TASKS[name](), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

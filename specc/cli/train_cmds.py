@@ -1,0 +1,68 @@
+"""``specc train``: parse options, then call :func:`specc.train.runner.train` (or the launcher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specc.cli import app, fail
+from specc.cli.spec_cmds import ScaleOpt, SetOpt
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="spec file")],
+    data: Annotated[str, Opt("--data", help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, "
+                                             "sort, text:PATH, or a .npz/.npy/.csv/.txt file or image folder")],
+    out: Annotated[Path, Opt("--out", help="run folder (checkpoints, metrics, final weights)")],
+    sets: SetOpt = None,
+    scale: ScaleOpt = None,
+    config: Annotated[Optional[Path], Opt("--config", help="training config YAML (instead of the spec's train:)")] = None,  # noqa: UP045
+    resume: Annotated[bool, Opt("--resume", help="continue from the newest valid checkpoint in --out")] = False,
+    init_from: Annotated[Optional[Path], Opt("--init-from", help="weights (.safetensors or run folder) to start from")] = None,  # noqa: UP045
+    freeze: Annotated[Optional[list[str]], Opt("--freeze", help="glob of parameter names not to train (repeatable)")] = None,  # noqa: UP045
+    device: Annotated[str, Opt("--device", help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, Opt("--quiet", help="plain log lines instead of progress bars")] = False,
+    nproc_per_node: Annotated[Optional[int], Opt("--nproc-per-node", help="processes on this node (torch.distributed.run)")] = None,  # noqa: UP045
+    nnodes: Annotated[str, Opt("--nnodes", help="number of nodes, or MIN:MAX (elastic)")] = "1",
+    node_rank: Annotated[int, Opt("--node-rank", help="this node's rank (multi-node)")] = 0,
+    rdzv_endpoint: Annotated[Optional[str], Opt("--rdzv-endpoint", help="HOST:PORT of the rendezvous (default 127.0.0.1)")] = None,  # noqa: UP045
+    max_restarts: Annotated[int, Opt("--max-restarts", help="restart failed workers this often (they resume)")] = 0,
+) -> None:
+    """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
+    from specc.train import distributed
+
+    worker = _worker_args(spec, data, out, sets, scale, config, resume, init_from, freeze, device, quiet)
+    try:
+        if nproc_per_node is not None and not distributed.in_launcher_env():
+            opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
+            code = distributed.launch(opts, worker)
+            raise typer.Exit(code)
+        from specc.train.runner import TrainRequest
+        from specc.train.runner import train as run_train
+
+        run_train(TrainRequest(spec, data, out, tuple(sets or ()), scale, config, resume, init_from,
+                               tuple(freeze or ()), device, quiet))  # fmt: skip
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
+        fail(exc)
+
+
+def _worker_args(spec: Path, data: str, out: Path, sets: list[str] | None, scale: str | None,
+                 config: Path | None, resume: bool, init_from: Path | None, freeze: list[str] | None,
+                 device: str, quiet: bool) -> list[str]:  # fmt: skip
+    """The same command without the launcher options, for each worker process."""
+    args = ["train", str(spec), "--data", data, "--out", str(out), "--device", device]
+    for item in sets or ():
+        args += ["--set", item]
+    for flag, value in (("--scale", scale), ("--config", config), ("--init-from", init_from)):
+        if value is not None:
+            args += [flag, str(value)]
+    for pattern in freeze or ():
+        args += ["--freeze", pattern]
+    return args + (["--resume"] if resume else []) + (["--quiet"] if quiet else [])

@@ -1,0 +1,378 @@
+"""The training loop: steps, evaluation, checkpoints, exact resume, SIGTERM and non-finite stops.
+
+Exact resume rests on three rules: the visiting order of epoch ``e`` is ``permutation(seed, e)``;
+the randomness of step ``s`` on rank ``r`` (dropout, augmentation) is seeded from ``(seed, s, r)``;
+and a checkpoint stores the epoch, the batches done in it, and the optimizer, scheduler and
+grad-scaler states. A run stopped anywhere and resumed therefore replays exactly the same steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from specc.data import Dataset
+from specc.errors import SpeccError
+from specc.train import checkpoint as ckpt
+from specc.train.config import TrainConfig
+from specc.train.data import (
+    ModelIO,
+    TensorSplit,
+    epoch_permutation,
+    global_batch,
+    shard,
+    steps_per_epoch,
+    to_tensors,
+)
+from specc.train.distributed import Dist
+from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
+from specc.train.optim import make_optimizer, make_scheduler
+from specc.train.report import RunReport
+
+NONFINITE_EXIT = 2
+
+
+class NonFiniteError(SpeccError):
+    """The loss or a gradient became NaN/inf; training stopped before applying that step."""
+
+    exit_code = NONFINITE_EXIT
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary. A second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Progress:
+    """Everything of the loop's position that a checkpoint must restore (plus history for the files)."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    loss_sum: float = 0.0
+    loss_count: float = 0.0
+
+
+@dataclass
+class Outcome:
+    status: str  # "completed", "early_stopped", "interrupted"
+    step: int
+    final: dict[str, Any] | None
+    checkpoint: Path | None = None
+
+
+class Trainer:
+    """Trains ``model`` on ``ds`` as ``cfg`` says; rank 0 writes into ``run``."""
+
+    def __init__(self, model: nn.Module, io: ModelIO, ds: Dataset, cfg: TrainConfig, run: Path,
+                 device: torch.device, dist: Dist, report: RunReport) -> None:  # fmt: skip
+        self.model, self.io, self.ds, self.cfg, self.run = model, io, ds, cfg, run
+        self.device, self.dist, self.report = device, dist, report
+        self.loss_kind = loss_name(cfg, ds.task)
+        self.loss_fn, self.count_fn = make_loss(self.loss_kind, cfg)
+        self.sums = EvalSums(metric_names(cfg, ds.task))
+        self.train_data = to_tensors(ds.train, ds.task, io, device)
+        self.spe = steps_per_epoch(len(self.train_data), cfg.batch_size)
+        self.total_steps = min(cfg.max_steps or math.inf, (cfg.epochs or math.inf) * self.spe)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(self.params, cfg, device)
+        self.sched = make_scheduler(self.opt, cfg, int(self.total_steps))
+        self.constant_lr = cfg.schedule == "none" and cfg.warmup_steps == 0
+        self._one = torch.ones(1, device=device)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.aug_gen = torch.Generator()
+        self.state = Progress()
+        self.net: nn.Module = model
+        self.ddp: Any = None
+
+    # ------------------------------------------------------------------------------ setup
+
+    def resume(self) -> int | None:
+        """Restore the newest valid checkpoint of the run; returns its step (None: nothing to resume)."""
+        path = ckpt.find_latest_checkpoint(self.run)
+        if path is None:
+            return None
+        weights, st = ckpt.load_checkpoint(path, verify=False)
+        self.model.load_state_dict(weights)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        if self.scaler is not None and st.get("grad_scaler"):
+            self.scaler.load_state_dict(st["grad_scaler"])
+        ckpt.restore_rng_state(st["rng"])
+        extra = st["extra"]
+        self.state = Progress(st["step"], st["epoch"], st["position"], list(extra["history"]), extra["best"],
+                              extra["bad_epochs"], extra["stopped_early"], extra["loss_sum"], extra["loss_count"])
+        return int(st["step"])
+
+    def wrap(self) -> None:
+        """DDP (after loading weights: DDP broadcasts rank 0's) and torch.compile."""
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = self.ddp = DDP(net, device_ids=ids)
+        if self.cfg.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        self.net = net
+
+    # ------------------------------------------------------------------------------ loop
+
+    def fit(self, stop: StopRequest) -> Outcome:
+        st = self.state
+        wall = time.perf_counter()
+        while not self._done():
+            rate, stopped = self._epoch(stop)
+            if stopped:
+                return Outcome("interrupted", st.step, None, self._save())
+            if st.position >= self.spe or (self._done() and st.position > 0):
+                self._end_epoch(rate)  # a last partial epoch (max_steps) gets its row too
+        final = self._final(time.perf_counter() - wall)
+        status = "early_stopped" if st.stopped_early else "completed"
+        return Outcome(status, st.step, final)
+
+    def _epoch(self, stop: StopRequest) -> tuple[float, bool]:
+        """Steps of the current epoch from ``position``; returns (samples/s, stop requested)."""
+        st = self.state
+        perm = epoch_permutation(self.cfg.seed, st.epoch, len(self.train_data))
+        self.report.start_epoch(st.epoch, self.cfg.epochs, self.spe, st.position)
+        t0, samples, rate = time.perf_counter(), 0, 0.0
+        try:
+            while st.position < self.spe and not self._done():
+                idx = global_batch(perm, st.position, self.cfg.batch_size)
+                loss, stop_now = self._step(idx, stop)
+                st.position += 1
+                samples += len(idx)
+                rate = samples / max(time.perf_counter() - t0, 1e-9)
+                self.report.step(st.step, st.epoch, loss, rate, float(self.sched.get_last_lr()[0]))
+                if stop_now:
+                    return rate, True
+                if self.cfg.checkpoint_every and st.step % self.cfg.checkpoint_every == 0:
+                    self._save()
+        finally:
+            self.report.end_epoch()
+        return rate, False
+
+    def _done(self) -> bool:
+        st = self.state
+        return st.stopped_early or st.step >= self.total_steps
+
+    def _step(self, idx: torch.Tensor, stop: StopRequest) -> tuple[float, bool]:
+        """One optimizer step on the global batch ``idx``; returns (local mean loss, stop requested)."""
+        st = self.state
+        self._seed_step(st.step)
+        norm = self.count_fn(self.train_data.target[idx.to(self.device)]).clamp_min(1.0)
+        if not self.model.training:
+            self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        total = self._backward(shard(idx, self.dist.rank, self.dist.world).to(self.device), norm)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        bad = self._nonfinite_flag(total)
+        stopping = stop.signum is not None
+        if self.dist.enabled:  # one all-reduce: every rank stops (or fails) at the same step
+            flags = self.dist.all_max(torch.stack([bad, torch.tensor(float(stopping), device=self.device)]))
+            bad, stopping = flags[0], bool(flags[1])
+        total_f, norm_f, bad_f = torch.stack([total, norm, bad]).tolist()
+        if bad_f:
+            self._nonfinite(total_f, norm_f)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        if not self.constant_lr:
+            self.sched.step()
+        st.step += 1
+        local_count = norm_f / self.dist.world
+        st.loss_sum += total_f
+        st.loss_count += local_count
+        return total_f / max(local_count, 1.0), stopping
+
+    def _backward(self, local: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """Forward/backward over ``grad_accum`` micro-batches; returns the local loss sum (detached).
+
+        Each micro-batch's loss sum is divided by the global target count (times the world size,
+        which DDP's gradient averaging divides out), so any split gives the global-batch gradient.
+        """
+        total = torch.zeros((), device=self.device)
+        micro = torch.tensor_split(local, self.cfg.grad_accum) if self.cfg.grad_accum > 1 else (local,)
+        for i, part in enumerate(micro):
+            sync = self.ddp is None or i == len(micro) - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss_sum = self._forward_loss(part)
+                loss = loss_sum * (self.dist.world / norm)
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()  # type: ignore[no-untyped-call]
+            total += loss_sum.detach()
+        return total
+
+    def _nonfinite_flag(self, total: torch.Tensor) -> torch.Tensor:
+        """1.0 when the loss or any gradient element is NaN/inf (fp16: the grad scaler handles grads)."""
+        found = (~torch.isfinite(total)).float().reshape(())
+        if self.cfg.grad_clip:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            return found + (~torch.isfinite(gnorm)).float()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.scaler is None and grads:
+            flag = torch.zeros(1, device=self.device)
+            # one fused pass over every gradient: sets flag on any NaN/inf, multiplies by 1 (no change)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, self._one)
+            found = found + flag[0]
+        return found
+
+    def _seed_step(self, step: int) -> None:
+        seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self.dist.rank
+        torch.default_generator.manual_seed(seed % (2**63))  # torch.manual_seed would also queue CUDA seeding
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed % (2**63))
+        self.aug_gen.manual_seed((seed + 7919) % (2**63))
+
+    def _forward_loss(self, part: torch.Tensor) -> torch.Tensor:
+        xs, y = self.train_data.take(part)
+        xs = self._prepare(xs, augment=True)
+        with self._autocast():
+            out = self.net(*xs)
+        if isinstance(out, tuple):
+            out = out[0]
+        return self.loss_fn(out, y)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self, xs: tuple[torch.Tensor, ...], augment: bool) -> tuple[torch.Tensor, ...]:
+        first = xs[0]
+        if augment and self.cfg.augment != "none" and first.dim() == 4 and first.is_floating_point():
+            from specc.data.augment import random_crop_flip
+
+            first = random_crop_flip(first, self.aug_gen, self.cfg.crop_padding, self.cfg.augment == "crop_flip")
+        if self.cfg.channels_last and first.dim() == 4:
+            first = first.contiguous(memory_format=torch.channels_last)
+        return (first, *xs[1:])
+
+    def _nonfinite(self, total: float, norm: float) -> None:
+        st = self.state
+        where = f"step {st.step + 1} (epoch {st.epoch + 1}, batch {st.position + 1})"
+        culprit = next((n for n, p in self.model.named_parameters()
+                        if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+        loss_text = f"{total / max(norm, 1.0):.4g}"
+        if not math.isfinite(total):
+            what = f"non-finite loss ({loss_text}) at {where}"
+            if culprit:
+                what += f"; first non-finite gradient: '{culprit}'"
+        elif culprit:
+            what = f"non-finite gradient of '{culprit}' at {where} (loss {loss_text})"
+        else:
+            what = f"the gradient norm overflowed at {where} (loss {loss_text})"
+        newest = ckpt.find_latest_checkpoint(self.run)
+        kept = f"the newest checkpoint ({newest.name}) holds the last finite weights" if newest else \
+            "no checkpoint was saved yet"
+        self.report.write_metrics(st.history, None, f"failed: {what}")
+        raise NonFiniteError(f"{what}; stopped before applying it; {kept}. "
+                             "Lower train.lr, set train.grad_clip, or check the data and the spec")
+
+    # ------------------------------------------------------------------------------ epochs
+
+    def _end_epoch(self, rate: float) -> None:
+        st = self.state
+        val = self.evaluate(self.ds.val) if len(self.ds.val) else {}
+        row: dict[str, Any] = {"epoch": st.epoch + 1, "step": st.step,
+                               "train_loss": st.loss_sum / max(st.loss_count, 1.0)}
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row.update({"lr": self.sched.get_last_lr()[0], "samples_per_s": rate})
+        st.history.append(row)
+        st.epoch, st.position, st.loss_sum, st.loss_count = st.epoch + 1, 0, 0.0, 0.0
+        self._early_stopping(row)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "step", "lr", "samples_per_s"))
+        self.report.log(f"epoch {row['epoch']} step {st.step}: {shown} ({rate:,.0f} samples/s)")
+        self.report.write_metrics(st.history, None, "running")
+        self._save()
+
+    def _early_stopping(self, row: dict[str, Any]) -> None:
+        es, st = self.cfg.early_stopping, self.state
+        if es is None or es.metric not in row:
+            return
+        value = float(row[es.metric]) * (-1.0 if es.higher_is_better else 1.0)
+        if st.best is None or value < st.best - es.min_delta:
+            st.best, st.bad_epochs = value, 0
+            return
+        st.bad_epochs += 1
+        if st.bad_epochs >= es.patience:
+            st.stopped_early = True
+            self.report.log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
+
+    @torch.no_grad()
+    def evaluate(self, split: Any) -> dict[str, float]:
+        """Loss and metrics over a split (sharded over ranks, sums all-reduced)."""
+        data: TensorSplit = to_tensors(split, self.ds.task, self.io, self.device)
+        acc = self.sums.zeros(self.device)
+        self.model.eval()
+        ignore = self.cfg.ignore_index if self.loss_kind == "lm" else None
+        for idx in self._eval_batches(len(data)):
+            xs, y = data.take(idx)
+            with self._autocast():
+                out = self.model(*self._prepare(xs, augment=False))
+            out = out[0] if isinstance(out, tuple) else out
+            self.sums.update(acc, self.loss_fn(out, y), self.count_fn(y), out.float(), y, ignore)
+        return self.sums.finish(self.dist.all_sum(acc), self.loss_kind)
+
+    def _eval_batches(self, n: int) -> Iterator[torch.Tensor]:
+        mine = torch.arange(self.dist.rank, n, self.dist.world, device=self.device)
+        yield from torch.split(mine, max(self.cfg.batch_size, 256))
+
+    def _final(self, wall: float) -> dict[str, Any]:
+        rates = [row["samples_per_s"] for row in self.state.history]
+        final: dict[str, Any] = {"step": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
+                                 "samples_per_s": sum(rates) / len(rates) if rates else None}
+        for name, split in (("val", self.ds.val), ("test", self.ds.test)):
+            if len(split):
+                final.update({f"{name}_{k}": v for k, v in self.evaluate(split).items()})
+        return final
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def _save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        st = self.state
+        extra = {"history": st.history, "best": st.best, "bad_epochs": st.bad_epochs,
+                 "stopped_early": st.stopped_early, "loss_sum": st.loss_sum, "loss_count": st.loss_count,
+                 "config": self.cfg.model_dump_json()}
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                 "epoch": st.epoch, "position": st.position, "extra": extra}
+        return ckpt.save_checkpoint(self.run, st.step, self.model.state_dict(), state, keep=self.cfg.keep_checkpoints)

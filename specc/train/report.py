@@ -1,0 +1,156 @@
+"""The run folder's human- and machine-readable outputs: log, progress, metrics files, curves.
+
+Only rank 0 creates a :class:`RunReport` that writes; the other ranks get ``write=False``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from specc.atomic import atomic_write_text
+
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+CURVES_PNG = "curves.png"
+LOG_FILE = "train.log"
+
+
+class RunReport:
+    """Log lines (stdout + ``RUN/train.log``), a progress bar, and metrics written atomically."""
+
+    def __init__(self, run: Path, *, write: bool, quiet: bool, log_every: int) -> None:
+        self.run, self.write, self.quiet, self.log_every = run, write, quiet, log_every
+        self._progress: Any = None
+        self._task: Any = None
+        self._tb: Any = None
+        self._last = time.perf_counter()
+
+    # -------------------------------------------------------------------------------------- log
+
+    def log(self, line: str) -> None:
+        if not self.write:
+            return
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, flush=True)
+        with open(self.run / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def start_epoch(self, epoch: int, total_epochs: int | None, steps: int, done: int) -> None:
+        if not self.write or self.quiet or not sys.stdout.isatty():
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
+                TimeRemainingColumn(),
+            )  # fmt: skip
+            self._progress.start()
+        label = f"epoch {epoch + 1}" + (f"/{total_epochs}" if total_epochs else "")
+        self._task = self._progress.add_task(label, total=steps, completed=done, loss="-", rate="-")
+
+    def step(self, step: int, epoch: int, loss: float, rate: float, lr: float) -> None:
+        if not self.write:
+            return
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}", rate=f"{rate:,.0f}")
+        elif step % self.log_every == 0:
+            self.log(f"step {step} epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} samples/s")
+
+    def end_epoch(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.remove_task(self._task)
+            self._task = None
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._tb:
+            self._tb.close()
+
+    # ---------------------------------------------------------------------------------- metrics
+
+    def write_metrics(self, history: list[dict[str, Any]], final: dict[str, Any] | None, status: str) -> None:
+        """``metrics.csv`` (one row per epoch), ``metrics.json`` (epochs + final), ``curves.png``."""
+        if not self.write:
+            return
+        keys: list[str] = []
+        for row in history:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.run / METRICS_CSV, buf.getvalue())
+        doc = {"status": status, "epochs": history, "final": final}
+        atomic_write_text(self.run / METRICS_JSON, json.dumps(_finite(doc), indent=2) + "\n")
+        if history:
+            write_curves(self.run / CURVES_PNG, history)
+        self._tensorboard(history[-1] if history else None)
+
+    def _tensorboard(self, row: dict[str, Any] | None) -> None:
+        if row is None:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self._tb = False
+                return
+            self._tb = SummaryWriter(str(self.run / "tensorboard"))
+        if self._tb is False:
+            return
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                self._tb.add_scalar(key, value, row.get("step", 0))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    """Loss (train/val) and the validation metrics per epoch, as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from specc.atomic import atomic_path
+
+    epochs = [row["epoch"] for row in history]
+    metrics = [k for k in history[-1] if k.startswith("val_") and k != "val_loss"]
+    fig = Figure(figsize=(10 if metrics else 5, 3.6), dpi=100)
+    axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
+    for key in ("train_loss", "val_loss"):
+        axes[0].plot(epochs, [row.get(key, math.nan) for row in history], marker="o", label=key)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    if metrics:
+        for key in metrics:
+            axes[1].plot(epochs, [row.get(key, math.nan) for row in history], marker="o", label=key)
+        axes[1].set_xlabel("epoch")
+        axes[1].set_title("validation metrics")
+        axes[1].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,0 +1,165 @@
+"""``specc train`` end to end (in-process, tiny models, one short epoch each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+from safetensors.torch import load_file
+
+CNN = """specc: 1
+name: tinycnn
+inputs: {image: {shape: [1, 12, 12]}}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, name: conv}
+  - act
+  - maxpool2d: 2
+  - flatten
+  - linear: {out_features: 10, name: head}
+outputs: [head]
+train: {epochs: 1, batch_size: 128, lr: 0.01, augment: crop, log_every: 5}
+"""
+
+MLP = """specc: 1
+name: tinymlp
+inputs: {x: {shape: [FEATURES]}}
+layers:
+  - linear: {out_features: 8, name: hidden}
+  - act
+  - linear: {out_features: CLASSES, name: head}
+train: {epochs: 1, batch_size: 32, lr: 0.01}
+"""
+
+
+def _mlp(tmp_path: Path, features: int, classes: int, name: str = "mlp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(MLP.replace("FEATURES", str(features)).replace("CLASSES", str(classes)))
+    return path
+
+
+def test_digits_run_folder(tmp_path: Path) -> None:
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(CNN)
+    run = tmp_path / "run"
+    result = run_cli("train", str(spec), "--data", "digits", "--out", str(run), "--quiet")
+    assert result.code == 0, result.err
+    assert result.out.count("resized 1x8x8 -> 1x12x12") == 1
+    assert "test_accuracy" in result.out
+    for name in ("spec.yaml", "train.yaml", "run.json", "data.json", "metrics.csv", "metrics.json",
+                 "curves.png", "model.safetensors", "train.log"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["epochs"]) == 1
+    assert {"test_loss", "test_accuracy", "val_accuracy", "samples_per_s"} <= set(metrics["final"])
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,val_loss,val_accuracy")
+    data = json.loads((run / "data.json").read_text())
+    assert data["task"] == "classification" and data["class_names"][:2] == ["0", "1"]
+    assert data["preprocess"]["size"] == [12, 12] and data["inputs"][0]["name"] == "image"
+    weights = load_file(str(run / "model.safetensors"))
+    assert set(weights) == {"conv.weight", "conv.bias", "head.weight", "head.bias"}
+    again = run_cli("train", str(spec), "--data", "digits", "--out", str(run), "--quiet")
+    assert again.code == 2 and "pass --resume" in again.err
+
+
+@pytest.mark.parametrize(("source", "features", "classes"), [("iris", 4, 3), ("wine", 13, 3), ("breast_cancer", 30, 2)])
+def test_sklearn_tables(tmp_path: Path, source: str, features: int, classes: int) -> None:
+    spec = _mlp(tmp_path, features, classes)
+    result = run_cli("train", str(spec), "--data", source, "--out", str(tmp_path / "r"), "--quiet",
+                     "--set", "train.optimizer=sgd", "--set", "train.nesterov=true", "--set", "train.schedule=onecycle")
+    assert result.code == 0, result.err
+    final = json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]
+    assert 0 <= final["test_accuracy"] <= 1
+
+
+def test_more_classes_than_outputs_refused_before_training(tmp_path: Path) -> None:
+    spec = _mlp(tmp_path, 13, 2)
+    result = run_cli("train", str(spec), "--data", "wine", "--out", str(tmp_path / "r"))
+    assert result.code == 2
+    assert "data 'wine' has 3 classes but the spec output 'output' has shape (2,): it cannot predict them all" in result.err
+    assert not (tmp_path / "r").exists()
+
+
+def test_fewer_classes_allowed_with_a_note(tmp_path: Path) -> None:
+    spec = _mlp(tmp_path, 4, 5)
+    result = run_cli("train", str(spec), "--data", "iris", "--out", str(tmp_path / "r"), "--quiet")
+    assert result.code == 0, result.err
+    assert "the extra 2 are never targets" in result.out
+
+
+def test_shape_mismatch_and_bad_files(tmp_path: Path) -> None:
+    spec = _mlp(tmp_path, 5, 3)
+    result = run_cli("train", str(spec), "--data", "iris", "--out", str(tmp_path / "r"))
+    assert result.code == 2 and "shape (4,)" in result.err and "(5,)" in result.err
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"not a zip")
+    result = run_cli("train", str(spec), "--data", str(bad), "--out", str(tmp_path / "r"))
+    assert result.code == 2 and str(bad) in result.err and "Traceback" not in result.err
+    result = run_cli("train", str(spec), "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r"))
+    assert result.code == 2 and "missing.csv" in result.err
+
+
+def test_npz_regression_and_early_stopping(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=(x @ np.array([1.0, -2.0, 0.5], dtype=np.float32)))
+    spec = _mlp(tmp_path, 3, 1)
+    result = run_cli("train", str(spec), "--data", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r"), "--quiet",
+                     "--set", "train.epochs=30", "--set", "train.lr=0.05", "--set", "train.optimizer=sgd",
+                     "--set", "train.early_stopping={patience: 1, metric: val_loss, min_delta: 100}")
+    assert result.code == 0, result.err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["status"] == "early_stopped" and len(metrics["epochs"]) == 2
+    assert "test_loss" in metrics["final"]
+
+
+def test_nonfinite_loss_stops_naming_step_and_tensor(tmp_path: Path) -> None:
+    spec = _mlp(tmp_path, 4, 3)
+    run = tmp_path / "r"
+    result = run_cli("train", str(spec), "--data", "iris", "--out", str(run), "--quiet", "--set", "train.epochs=3",
+                     "--set", "train.optimizer=sgd", "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1")
+    assert result.code == 2
+    assert "non-finite loss (nan) at step 2 (epoch 1, batch 2)" in result.err
+    assert "first non-finite gradient: 'hidden.weight'" in result.err
+    assert "the newest checkpoint (step-00000001) holds the last finite weights" in result.err
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    assert newest.name == "step-00000001"
+    assert all(np.isfinite(t.numpy()).all() for t in load_file(str(newest / "model.safetensors")).values())
+    assert json.loads((run / "metrics.json").read_text())["status"].startswith("failed: non-finite loss")
+
+
+def test_init_from_new_head_and_freeze(tmp_path: Path) -> None:
+    base = _mlp(tmp_path, 13, 3, "base.yaml")
+    assert run_cli("train", str(base), "--data", "wine", "--out", str(tmp_path / "a"), "--quiet").code == 0
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    head5 = _mlp(tmp_path, 13, 5, "head5.yaml")
+    result = run_cli("train", str(head5), "--data", "wine", "--out", str(tmp_path / "b"), "--quiet",
+                     "--init-from", str(tmp_path / "a"), "--freeze", "hidden.*")
+    assert result.code == 0, result.err
+    assert "loaded 2 tensors" in result.out
+    assert "head.weight [3, 8] in file vs [5, 8] in model" in result.out
+    assert "froze 2 parameters: hidden.bias, hidden.weight" in result.out
+    second = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert (second["hidden.weight"] == first["hidden.weight"]).all()
+    assert second["head.weight"].shape == (5, 8)
+    result = run_cli("train", str(head5), "--data", "wine", "--out", str(tmp_path / "c"), "--freeze", "nope*")
+    assert result.code == 2 and "--freeze 'nope*' matches no parameter" in result.err
+    result = run_cli("train", str(head5), "--data", "wine", "--out", str(tmp_path / "c"), "--init-from", str(base))
+    assert result.code == 2 and "cannot read as safetensors" in result.err
+
+
+@pytest.mark.parametrize(("spec", "source", "metric", "extra"), [
+    ("lstm_lm.yaml", "text:stdlib", "test_perplexity", ("--set", "vocab=128")),
+    ("seq2seq_attention.yaml", "reverse", "test_exact_match", ()),
+])
+def test_sequence_specs(tmp_path: Path, spec: str, source: str, metric: str, extra: tuple[str, ...]) -> None:
+    path = ROOT / "specs" / spec
+    if not path.is_file():
+        pytest.skip(f"specs/{spec} not written yet")
+    result = run_cli("train", str(path), "--scale", "tiny", "--data", source, "--out", str(tmp_path / "r"), "--quiet",
+                     "--set", "train.epochs=1", "--set", "train.num_samples=150", "--set", "train.seq_len=16", *extra)
+    assert result.code == 0, result.err
+    assert metric in json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]
