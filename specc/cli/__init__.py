@@ -45,21 +45,12 @@ def fail(exc: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point."""
-    from specc.cli import spec_cmds  # noqa: F401  (registers commands)
+    # command modules register themselves on `app`; none of them imports torch at module level
+    from specc.cli import export_cmds, graph_cmd, spec_cmds, train_cmds  # noqa: F401
 
-    _register_optional()
     try:
         return app(args=argv, standalone_mode=True)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
         fail(exc)
-
-
-def _register_optional() -> None:
-    """Commands of later stages live in their own modules; import those that exist."""
-    import importlib.util
-
-    for name in ("graph_cmd", "train_cmds", "export_cmds"):
-        if importlib.util.find_spec(f"specc.cli.{name}") is not None:
-            __import__(f"specc.cli.{name}")
