@@ -31,8 +31,9 @@ test: $(STAMP) lint
 docs: $(STAMP)
 	$(BIN)/python -m specc.docgen > docs/spec-reference.md
 
+# side-by-side measurements; figures are recorded by hand in benchmarks/RESULTS.md (never asserted in tests)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/check_speed.py
+	for b in check cnn transformer export train ddp; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

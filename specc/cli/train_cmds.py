@@ -32,11 +32,14 @@ def train(
     node_rank: Annotated[int, Opt("--node-rank", help="this node's rank (multi-node)")] = 0,
     rdzv_endpoint: Annotated[Optional[str], Opt("--rdzv-endpoint", help="HOST:PORT of the rendezvous (default 127.0.0.1)")] = None,  # noqa: UP045
     max_restarts: Annotated[int, Opt("--max-restarts", help="restart failed workers this often (they resume)")] = 0,
+    fsdp: Annotated[bool, Opt("--fsdp", help="shard the model over the processes (FSDP2) instead of DDP; "
+                                             "the same as train: {fsdp: true}")] = False,
 ) -> None:
     """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
     from specc.train import distributed
 
     worker = _worker_args(spec, data, out, sets, scale, config, resume, init_from, freeze, device, quiet)
+    worker += ["--fsdp"] if fsdp else []
     try:
         if nproc_per_node is not None and not distributed.in_launcher_env():
             opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
@@ -46,7 +49,7 @@ def train(
         from specc.train.runner import train as run_train
 
         run_train(TrainRequest(spec, data, out, tuple(sets or ()), scale, config, resume, init_from,
-                               tuple(freeze or ()), device, quiet))  # fmt: skip
+                               tuple(freeze or ()), device, quiet, fsdp))  # fmt: skip
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()

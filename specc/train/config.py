@@ -82,6 +82,8 @@ class TrainConfig(_Strict):
     keep_checkpoints: PositiveInt = 3
     log_every: PositiveInt = Field(50, description="steps between plain log lines")
     sync_batchnorm: bool = Field(False, description="convert BatchNorm to SyncBatchNorm when distributed")
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state over the processes "
+                                          "(FSDP2 fully_shard per top-level block) instead of DDP")
     seq_len: PositiveInt | None = Field(None, description="text/synthetic sequence length (default: the spec's)")
     num_samples: PositiveInt | None = Field(None, description="synthetic sample count / cap on samples")
     val_fraction: float = Field(0.1, ge=0, lt=1)
@@ -91,6 +93,9 @@ class TrainConfig(_Strict):
     def _cross(self) -> TrainConfig:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps (or both: training stops at the first reached)")
+        if self.fsdp and self.amp == "fp16":
+            raise ValueError("fsdp does not support amp 'fp16' (the grad scaler does not handle sharded "
+                             "gradients); use amp 'bf16'")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         for b in self.betas:

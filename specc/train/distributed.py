@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from specc.errors import UsageError
 
@@ -89,8 +90,133 @@ def _store(rank: int, world: int) -> Any:
 
 
 def shutdown(d: Dist) -> None:
+    """Leave the group together: without the barrier a rank can tear down gloo while a peer is still
+    sending, and that peer aborts at exit ("terminate called without an active exception")."""
     if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------ FSDP2
+
+
+def fsdp_units(model: nn.Module) -> list[list[nn.Module]]:
+    """The modules to ``fully_shard`` together: one group per block of ``model``.
+
+    The blocks are the root's children that hold parameters; a child that is a mere container of
+    containers (a spec's ``repeat`` of multi-node bodies) is split into its children, so each
+    repeat iteration is a block. For a CompiledModel, whose forward calls the
+    nodes of its plan directly (a container's forward never runs), a block's group is the plan's
+    modules inside it, sharded together (``fully_shard`` of a list: the first one's pre-forward
+    gathers the group). A block whose parameters are shared with another block or the root
+    (weight tying across blocks), or that holds parameters no planned module reaches, is left to
+    the root's group.
+    """
+    plan = getattr(model, "_plan", None)
+    called = list(dict.fromkeys(st.module for st in plan)) if plan is not None else None
+    called_ids = {id(m) for m in called or ()}
+
+    def holds(m: nn.Module) -> bool:
+        return any(True for _ in m.parameters())
+
+    def blocks(m: nn.Module) -> list[nn.Module]:
+        kids = [c for c in m.children() if holds(c)]
+        if called is not None and id(m) not in called_ids and kids and not any(id(k) in called_ids for k in kids):
+            return kids  # a repeat: one block per iteration
+        return [m]
+
+    candidates = [b for c in model.children() if holds(c) for b in blocks(c)]
+    owners: dict[int, int] = {id(p): 1 for p in model.parameters(recurse=False)}
+    for block in candidates:
+        for p in block.parameters():
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    units: list[list[nn.Module]] = []
+    for block in candidates:
+        ids = {id(p) for p in block.parameters()}
+        if any(owners[i] > 1 for i in ids):
+            continue
+        if called is None:
+            units.append([block])
+            continue
+        inside = {id(m) for m in block.modules()}
+        group = [m for m in called if id(m) in inside and holds(m)]
+        if {id(p) for m in group for p in m.parameters()} == ids:
+            units.append(group)
+    return units
+
+
+def fsdp_shard(model: nn.Module, device: torch.device) -> int:
+    """``fully_shard`` each unit of :func:`fsdp_units`, then the root (in place); returns the unit count.
+
+    Parameters become ``DTensor`` shards on ``device`` (the full model need not fit there first);
+    build the optimizer afterwards.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    units = fsdp_units(model)
+    for group in units:
+        fully_shard(group[0] if len(group) == 1 else group, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return len(units)
+
+
+_FULL = {"full_state_dict": True, "cpu_offload": True}
+
+
+def fsdp_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on rank 0's CPU, empty on other ranks; a collective (all ranks call).
+
+    Tied parameters come back as one tensor under each name, as ``state_dict()`` gives them.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(**_FULL))
+    if full:
+        first: dict[int, str] = {}
+        for name, t in model.state_dict(keep_vars=True).items():
+            key = first.setdefault(id(t), name)
+            if key != name and key in full:
+                full[name] = full[key]
+    return full
+
+
+def fsdp_optim_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The full optimizer state (parameter names as keys) on rank 0's CPU, empty elsewhere; a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return dict(get_optimizer_state_dict(model, opt, options=StateDictOptions(**_FULL)))
+
+
+def fsdp_load_optim_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full, name-keyed optimizer state (every rank holds it) into the sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def optim_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``optimizer.state_dict()`` (parameter indices) → parameter names (the FSDP checkpoint form)."""
+    if _keyed_by_name(state):
+        return state
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def optim_state_by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The name-keyed form → what ``optimizer.load_state_dict`` takes (``names``: the optimizer's order)."""
+    if not _keyed_by_name(state):
+        return state
+    index = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def _keyed_by_name(state: dict[str, Any]) -> bool:
+    return any(isinstance(p, str) for g in state.get("param_groups", ()) for p in g["params"])
 
 
 @dataclass(frozen=True)

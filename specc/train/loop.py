@@ -33,6 +33,7 @@ from specc.train.data import (
     steps_per_epoch,
     to_tensors,
 )
+from specc.train import distributed
 from specc.train.distributed import Dist
 from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
 from specc.train.optim import make_optimizer, make_scheduler
@@ -106,9 +107,8 @@ class Trainer:
         self.train_data = to_tensors(ds.train, ds.task, io, device)
         self.spe = steps_per_epoch(len(self.train_data), cfg.batch_size)
         self.total_steps = min(cfg.max_steps or math.inf, (cfg.epochs or math.inf) * self.spe)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = make_optimizer(self.params, cfg, device)
-        self.sched = make_scheduler(self.opt, cfg, int(self.total_steps))
+        self.fsdp = cfg.fsdp and dist.enabled
+        self._build_optimizer()
         self.constant_lr = cfg.schedule == "none" and cfg.warmup_steps == 0
         self._one = torch.ones(1, device=device)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
@@ -117,6 +117,13 @@ class Trainer:
         self.state = Progress()
         self.net: nn.Module = model
         self.ddp: Any = None
+        self._pending_optim: dict[str, Any] | None = None
+
+    def _build_optimizer(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.opt = make_optimizer(self.params, self.cfg, self.device)
+        self.sched = make_scheduler(self.opt, self.cfg, int(self.total_steps))
 
     # ------------------------------------------------------------------------------ setup
 
@@ -126,8 +133,11 @@ class Trainer:
         if path is None:
             return None
         weights, st = ckpt.load_checkpoint(path, verify=False)
-        self.model.load_state_dict(weights)
-        self.opt.load_state_dict(st["optimizer"])
+        self.model.load_state_dict(weights)  # FSDP: into the whole model, sharded afterwards by wrap()
+        if self.fsdp:  # loaded into the sharded optimizer by wrap()
+            self._pending_optim = distributed.optim_state_by_name(st["optimizer"], self.param_names)
+        else:
+            self.opt.load_state_dict(distributed.optim_state_by_index(st["optimizer"], self.param_names))
         self.sched.load_state_dict(st["scheduler"])
         if self.scaler is not None and st.get("grad_scaler"):
             self.scaler.load_state_dict(st["grad_scaler"])
@@ -138,9 +148,11 @@ class Trainer:
         return int(st["step"])
 
     def wrap(self) -> None:
-        """DDP (after loading weights: DDP broadcasts rank 0's) and torch.compile."""
+        """DDP (after loading weights: DDP broadcasts rank 0's) or FSDP2, and torch.compile."""
         net: nn.Module = self.model
-        if self.dist.enabled:
+        if self.fsdp:
+            self._shard()
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -148,6 +160,21 @@ class Trainer:
         if self.cfg.compile:
             net = torch.compile(net)  # type: ignore[assignment]
         self.net = net
+
+    def _shard(self) -> None:
+        """FSDP2: shard the model in place, then rebuild the optimizer and scheduler on the shards."""
+        sched_state = self.sched.state_dict()
+        units = distributed.fsdp_shard(self.model, self.device)
+        self._build_optimizer()
+        if self._pending_optim is not None:
+            distributed.fsdp_load_optim_state(self.model, self.opt, self._pending_optim)
+            self._pending_optim = None
+        self.sched.load_state_dict(sched_state)
+        self.report.log(f"fsdp: parameters sharded over {self.dist.world} processes ({units} blocks + root)")
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The model's full state dict (FSDP: gathered on rank 0, empty elsewhere; every rank must call)."""
+        return distributed.fsdp_model_state(self.model) if self.fsdp else self.model.state_dict()
 
     # ------------------------------------------------------------------------------ loop
 
@@ -231,6 +258,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         micro = torch.tensor_split(local, self.cfg.grad_accum) if self.cfg.grad_accum > 1 else (local,)
         for i, part in enumerate(micro):
+            if self.fsdp and len(micro) > 1:  # reduce-scatter once, after the last micro-batch
+                self.model.set_requires_gradient_sync(i == len(micro) - 1)  # type: ignore[operator]
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 loss_sum = self._forward_loss(part)
@@ -243,9 +272,9 @@ class Trainer:
         """1.0 when the loss or any gradient element is NaN/inf (fp16: the grad scaler handles grads)."""
         found = (~torch.isfinite(total)).float().reshape(())
         if self.cfg.grad_clip:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            gnorm = _local(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip), full=True)
             return found + (~torch.isfinite(gnorm)).float()
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [_local(p.grad) for p in self.params if p.grad is not None]  # FSDP: this rank's shards
         if self.scaler is None and grads:
             flag = torch.zeros(1, device=self.device)
             # one fused pass over every gradient: sets flag on any NaN/inf, multiplies by 1 (no change)
@@ -288,7 +317,7 @@ class Trainer:
         st = self.state
         where = f"step {st.step + 1} (epoch {st.epoch + 1}, batch {st.position + 1})"
         culprit = next((n for n, p in self.model.named_parameters()
-                        if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+                        if p.grad is not None and not torch.isfinite(_local(p.grad)).all()), None)
         loss_text = f"{total / max(norm, 1.0):.4g}"
         if not math.isfinite(total):
             what = f"non-finite loss ({loss_text}) at {where}"
@@ -352,7 +381,13 @@ class Trainer:
 
     def _eval_batches(self, n: int) -> Iterator[torch.Tensor]:
         mine = torch.arange(self.dist.rank, n, self.dist.world, device=self.device)
-        yield from torch.split(mine, max(self.cfg.batch_size, 256))
+        size = max(self.cfg.batch_size, 256)
+        if not self.fsdp:
+            yield from torch.split(mine, size)
+            return
+        # FSDP: each forward is a collective, so every rank runs the same number of batches
+        for part in torch.tensor_split(mine, -(-math.ceil(n / self.dist.world) // size)):
+            yield part
 
     def _final(self, wall: float) -> dict[str, Any]:
         rates = [row["samples_per_s"] for row in self.state.history]
@@ -366,13 +401,24 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
 
     def _save(self) -> Path | None:
+        if self.fsdp:  # gathering is a collective: every rank takes part, rank 0 writes
+            weights, optim = self.model_state(), distributed.fsdp_optim_state(self.model, self.opt)
+        elif self.dist.is_main:
+            weights, optim = self.model.state_dict(), self.opt.state_dict()
         if not self.dist.is_main:
             return None
         st = self.state
         extra = {"history": st.history, "best": st.best, "bad_epochs": st.bad_epochs,
                  "stopped_early": st.stopped_early, "loss_sum": st.loss_sum, "loss_count": st.loss_count,
                  "config": self.cfg.model_dump_json()}
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        state = {"optimizer": optim, "scheduler": self.sched.state_dict(),
                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "epoch": st.epoch, "position": st.position, "extra": extra}
-        return ckpt.save_checkpoint(self.run, st.step, self.model.state_dict(), state, keep=self.cfg.keep_checkpoints)
+        return ckpt.save_checkpoint(self.run, st.step, weights, state, keep=self.cfg.keep_checkpoints)
+
+
+def _local(t: torch.Tensor, full: bool = False) -> torch.Tensor:
+    """A DTensor's local shard (``full``: the whole tensor, a collective); other tensors as they are."""
+    if hasattr(t, "to_local"):
+        return t.full_tensor() if full else t.to_local()  # type: ignore[no-any-return]
+    return t

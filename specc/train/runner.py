@@ -53,6 +53,7 @@ class TrainRequest:
     freeze: tuple[str, ...] = ()
     device: str = "auto"
     quiet: bool = False
+    fsdp: bool = False
 
 
 @dataclass
@@ -100,6 +101,11 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
 
     graph = check(req.spec, req.sets, req.scale)
     cfg = load_train_config(graph.meta["document"].raw, str(req.spec), req.config, req.sets)
+    if req.fsdp and not cfg.fsdp:
+        try:
+            cfg = TrainConfig.model_validate({**cfg.model_dump(), "fsdp": True})
+        except ValueError as exc:
+            raise UsageError(f"--fsdp: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from exc
     wanted = "cuda" if req.device == "cuda" or (req.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist = distributed.init(wanted)
     device = pick_device(req.device, dist)
@@ -177,7 +183,10 @@ def _prepare_model(s: Session, report: RunReport) -> None:
     if s.cfg.sync_batchnorm and s.dist.enabled:
         swapped = sync_batchnorm(s.model)
         report.log(f"sync_batchnorm: {swapped} BatchNorm layers synchronised across processes")
-    s.model.to(s.device)
+    if s.cfg.fsdp and not s.dist.enabled:
+        report.log("fsdp: one process, nothing to shard; training unsharded")
+    if not (s.cfg.fsdp and s.dist.enabled):  # FSDP moves each rank's shards to the device itself
+        s.model.to(s.device)
     if s.cfg.channels_last:
         s.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -227,13 +236,28 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
     from specc.build import save_weights
 
     report.write_metrics(trainer.state.history, outcome.final, outcome.status)
-    if s.dist.is_main:
+    if trainer.fsdp:
+        full = trainer.model_state()  # a collective: every rank gathers, rank 0 holds the result
+        if s.dist.is_main:
+            save_weights(_StateOnly(full), s.run / FINAL_WEIGHTS)
+    elif s.dist.is_main:
         save_weights(s.model, s.run / FINAL_WEIGHTS)
     final = outcome.final or {}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items()
                       if isinstance(v, float) and (k.startswith("test_") or k.startswith("val_")))
     report.log(f"done ({outcome.status}) at step {outcome.step}: {shown}")
     report.log(f"weights: {s.run / FINAL_WEIGHTS}")
+
+
+class _StateOnly(nn.Module):
+    """Hands a gathered state dict to :func:`specc.build.save_weights` (which calls ``state_dict()``)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._state = state
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return self._state
 
 
 def train_module(model: nn.Module, io: ModelIO, ds: Dataset, cfg: TrainConfig, run: Path, *,
