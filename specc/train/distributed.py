@@ -164,9 +164,6 @@ def fsdp_shard(model: nn.Module, device: torch.device) -> int:
     return len(units)
 
 
-_FULL = {"full_state_dict": True, "cpu_offload": True}
-
-
 def fsdp_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict on rank 0's CPU, empty on other ranks; a collective (all ranks call).
 
@@ -174,7 +171,7 @@ def fsdp_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(model, options=StateDictOptions(**_FULL))
+    full: dict[str, Any] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if full:
         first: dict[int, str] = {}
         for name, t in model.state_dict(keep_vars=True).items():
@@ -188,7 +185,7 @@ def fsdp_optim_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, 
     """The full optimizer state (parameter names as keys) on rank 0's CPU, empty elsewhere; a collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return dict(get_optimizer_state_dict(model, opt, options=StateDictOptions(**_FULL)))
+    return dict(get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
 
 
 def fsdp_load_optim_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 from specc.data import Dataset
 from specc.errors import SpeccError
 from specc.train import checkpoint as ckpt
+from specc.train import distributed
 from specc.train.config import TrainConfig
 from specc.train.data import (
     ModelIO,
@@ -33,7 +34,6 @@ from specc.train.data import (
     steps_per_epoch,
     to_tensors,
 )
-from specc.train import distributed
 from specc.train.distributed import Dist
 from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
 from specc.train.optim import make_optimizer, make_scheduler
@@ -386,8 +386,7 @@ class Trainer:
             yield from torch.split(mine, size)
             return
         # FSDP: each forward is a collective, so every rank runs the same number of batches
-        for part in torch.tensor_split(mine, -(-math.ceil(n / self.dist.world) // size)):
-            yield part
+        yield from torch.tensor_split(mine, -(-math.ceil(n / self.dist.world) // size))
 
     def _final(self, wall: float) -> dict[str, Any]:
         rates = [row["samples_per_s"] for row in self.state.history]
@@ -420,5 +419,5 @@ class Trainer:
 def _local(t: torch.Tensor, full: bool = False) -> torch.Tensor:
     """A DTensor's local shard (``full``: the whole tensor, a collective); other tensors as they are."""
     if hasattr(t, "to_local"):
-        return t.full_tensor() if full else t.to_local()  # type: ignore[no-any-return]
+        return t.full_tensor() if full else t.to_local()  # type: ignore[attr-defined,no-any-return]
     return t

@@ -172,6 +172,8 @@ def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
         if outcome.status == "interrupted":
             report.write_metrics(trainer.state.history, None, "interrupted")
             report.log(f"saved checkpoint at step {outcome.step}")
+            if trainer.fsdp:
+                s.dist.barrier()  # as in _finish: rank 0 may still be writing what all ranks gathered
             return outcome
         _finish(s, trainer, outcome, report)
     finally:
@@ -240,6 +242,7 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
         full = trainer.model_state()  # a collective: every rank gathers, rank 0 holds the result
         if s.dist.is_main:
             save_weights(_StateOnly(full), s.run / FINAL_WEIGHTS)
+        s.dist.barrier()  # the others must not tear the process group down while rank 0 writes
     elif s.dist.is_main:
         save_weights(s.model, s.run / FINAL_WEIGHTS)
     final = outcome.final or {}
