@@ -166,7 +166,7 @@ def test_tiny_gpt2_matches_reference() -> None:
     from reference_models import GPT2LMHeadModel
 
     model = build(tiny("gpt2_small")).eval()
-    ref = GPT2LMHeadModel(vocab_size=64, n_positions=32, num_layers=2, hidden=16, heads=2).eval()
+    ref = GPT2LMHeadModel(vocab_size=128, n_positions=32, num_layers=2, hidden=16, heads=2).eval()
     _copy_in_order(model, ref)
     (tokens,) = make_inputs(model.graph, 2, 11)
     torch.testing.assert_close(model(tokens), ref(tokens), atol=1e-5, rtol=1e-5)

@@ -117,14 +117,30 @@ class Lowerer:
         top = _Ctx("vars", raw.value_loc("vars") if "vars" in raw else raw.loc)
         variables = self.eval_vars(raw.get("vars"), top)
         inputs = self.input_types(variables)
+        dims = self.nominal_dims(variables)
         root = Scope(variables)
         for name in inputs:
             root.names[name] = (Ref(name), raw["inputs"].key_locs.get(name))
         first = Ref(next(iter(inputs)))
         last = self.seq(raw["layers"], "", "layers", root, first, (), collapse=False)
         outputs = self.outputs(root, last)
-        return Graph(self.spec.name, inputs, self.nodes, outputs, self.spec.labels, dict(self.spec.dims),
-                     self.doc.sha256)  # fmt: skip
+        return Graph(self.spec.name, inputs, self.nodes, outputs, self.spec.labels, dims, self.doc.sha256)
+
+    def nominal_dims(self, variables: dict[str, Any]) -> dict[str, int]:
+        """``dims:`` with expressions evaluated: nominal sizes of the symbolic axes."""
+        out: dict[str, int] = {}
+        for name, value in self.spec.dims.items():
+            ctx = _Ctx(f"dims.{name}", self.doc.raw["dims"].value_loc(name))
+            try:
+                size = substitute(value, variables)
+            except ExprError as exc:
+                self.error(str(exc), ctx)
+                continue
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                self.error(f"a nominal size must be a positive int, got {size!r}", ctx)
+                continue
+            out[name] = size
+        return out
 
     def input_types(self, variables: dict[str, Any]) -> dict[str, TensorType]:
         """Input types, with ``$expressions`` in shapes evaluated (so scales can set resolution)."""

@@ -80,6 +80,9 @@ class PositionalEncoding(Op):
         dim = expect_int(x.shape[1], "the feature axis")
         if isinstance(x.shape[0], int) and x.shape[0] > self.max_len:
             raise ShapeMismatch(f"sequence length {x.shape[0]} is longer than max_len {self.max_len}")
+        if isinstance(x.shape[0], str) and ctx.dims.get(x.shape[0], 0) > self.max_len:
+            raise ShapeMismatch(f"the sequence axis '{x.shape[0]}' is {ctx.dims[x.shape[0]]} long (dims or data) "
+                                f"but max_len is {self.max_len}")  # fmt: skip
         shapes: list[tuple[int, ...]] = [(self.max_len, dim)] if self.kind == "learned" else []
         return Inferred([x], shapes, ctx.numel(x.shape))
 

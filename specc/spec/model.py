@@ -71,8 +71,10 @@ class Spec(Strict):
         None, description="output names (node names) or {output: node}; default: the last node"
     )
     labels: list[str] | None = Field(None, description="class names of a classifier's output")
-    dims: dict[str, PositiveInt] = Field(
-        default_factory=dict, description="nominal sizes of symbolic axes (for MACs and limits)"
+    dims: dict[str, PositiveInt | str] = Field(
+        default_factory=dict,
+        description="nominal sizes of symbolic axes (MACs, limits such as max_len, default sequence length); "
+        "ints or $expressions",
     )
     defaults: Defaults = Field(default_factory=Defaults)
     vars: dict[str, Any] = Field(default_factory=dict)

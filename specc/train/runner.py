@@ -26,7 +26,8 @@ from torch import nn
 
 from specc.atomic import atomic_write_text
 from specc.data import Dataset
-from specc.errors import UsageError
+from specc.errors import DataError, ShapeError, UsageError
+from specc.graph import Graph, infer
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
 from specc.train.config import TrainConfig, load_train_config
@@ -112,8 +113,10 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     resume = req.resume or distributed.restart_count() > 0
     _check_out(req.out, resume)
     io = ModelIO.from_graph(graph)
-    ds = load_for_model(req.data, io, seed=cfg.seed, seq_len=cfg.seq_len, num_samples=cfg.num_samples,
-                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)  # fmt: skip
+    ds = load_for_model(req.data, io, seed=cfg.seed, seq_len=cfg.seq_len or nominal_seq_len(graph),
+                        num_samples=cfg.num_samples, val_fraction=cfg.val_fraction,
+                        test_fraction=cfg.test_fraction)  # fmt: skip
+    bind_sequence_dims(graph, ds)
     _determinism(cfg)
     model = build(graph, seed=cfg.seed)
     notes = []
@@ -131,6 +134,31 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
         return run_session(session, stop)
     finally:
         distributed.shutdown(dist)
+
+
+def nominal_seq_len(graph: Graph) -> int | None:
+    """The default sequence length: the nominal size (``dims:``) of the first input's first axis."""
+    first = next(iter(graph.inputs.values()))
+    axis = first.shape[0] if first.shape else None
+    return graph.dims.get(axis) if isinstance(axis, str) else None
+
+
+def bind_sequence_dims(graph: Graph, ds: Dataset) -> None:
+    """Re-run shape inference with the data's real sequence lengths, so a spec that cannot take them
+    (e.g. a learned position table shorter than the windows) is refused before training."""
+    types = list(graph.inputs.values())
+    sizes = {d: n for d, n in zip(types[0].shape, ds.train.x.shape[1:], strict=False) if isinstance(d, str)}
+    if ds.task == "seq2seq" and len(types) > 1 and types[1].shape and isinstance(types[1].shape[0], str):
+        sizes[types[1].shape[0]] = int(ds.train.y.shape[1])
+    if not sizes:
+        return
+    graph.dims.update(sizes)
+    try:
+        infer(graph)
+    except ShapeError as exc:
+        told = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise DataError(f"data '{ds.name}' ({told}) does not fit the spec: "
+                        + "; ".join(d.message for d in exc.diagnostics)) from None  # fmt: skip
 
 
 def _check_out(out: Path, resume: bool) -> None:
