@@ -86,10 +86,8 @@ def render(graph: Graph) -> str:
     out: dict[str, Any] = {"specc": 1, "name": graph.name}
     if doc is not None:
         out["defaults"] = doc.spec.defaults.model_dump(mode="json")
-        if doc.spec.vars:
-            from specc.graph.lower import Lowerer
-
-            out["vars"] = Lowerer(doc).eval_vars(doc.raw.get("vars"), None)  # type: ignore[arg-type]
+        if graph.meta.get("vars"):
+            out["vars"] = graph.meta["vars"]
         if doc.scale:
             out["scale"] = doc.scale
     out["inputs"] = {k: {"shape": list(t.shape), "dtype": t.dtype} for k, t in graph.inputs.items()}

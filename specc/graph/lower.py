@@ -124,7 +124,9 @@ class Lowerer:
         first = Ref(next(iter(inputs)))
         last = self.seq(raw["layers"], "", "layers", root, first, (), collapse=False)
         outputs = self.outputs(root, last)
-        return Graph(self.spec.name, inputs, self.nodes, outputs, self.spec.labels, dims, self.doc.sha256)
+        graph = Graph(self.spec.name, inputs, self.nodes, outputs, self.spec.labels, dims, self.doc.sha256)
+        graph.meta["vars"] = variables
+        return graph
 
     def nominal_dims(self, variables: dict[str, Any]) -> dict[str, int]:
         """``dims:`` with expressions evaluated: nominal sizes of the symbolic axes."""

@@ -158,7 +158,8 @@ class Op(BaseModel):
     def args(self) -> dict[str, Any]:
         """The op's own arguments (without the common node fields), for render and tables."""
         common = {"name", "from_", "init", "bias_init"}
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in common}
+        # unset optional arguments (None: "not used by this function" or "torch's default") are left out
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in common and v is not None}
 
 
 def expect_rank(t: TensorType, ranks: tuple[int, ...], what: str) -> None:
