@@ -7,8 +7,17 @@
    :func:`specc.export.export_model`: torch eager vs onnxruntime fp32 (plain and with the
    ``onnxruntime.transformers`` BERT fusions, target ≥ 1.3×) vs int8 (target ≥ 3× over fp32 ORT),
    with the output change of each.
+3. The same encoder written in specc: ``specs/bert_base.yaml --set num_layers=4`` (plus its pooler),
+   exported with specc's exporter; the same engines (``specc export --optimize`` / ``--int8``).
 
-Usage: ``.venv/bin/python benchmarks/bench_export.py [--iters 50] [--json out.json]``.
+Timing: every engine runs in blocks of ``--block`` consecutive calls; blocks alternate between the
+engines (order reversed every round), and each block starts with a 0.2 s pause and 3 untimed calls.
+Calling the engines one call each in turn measures something else: the intra-op threads of the
+engine that just ran keep spinning for a while and take a core from the next one (the first 2-3
+calls after a switch ran 1.5-3× slower). ORT sessions: level ALL, sequential, 1 inter-op thread,
+``--threads`` intra-op threads; torch eager gets ``torch.set_num_threads(--threads)``.
+
+Usage: ``.venv/bin/python benchmarks/bench_export.py [--iters 60] [--block 10] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -40,17 +50,38 @@ from specc.graph import Graph  # noqa: E402
 from specc.ops.base import TensorType  # noqa: E402
 
 
-def latencies(fns: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
-    """Batch-1 latency of every engine, interleaved call by call so that load from other processes
-    on the machine hits all engines alike; median, p90 and min in ms."""
+def latencies(fns: dict[str, Any], feeds: dict[str, np.ndarray], iters: int, block: int = 10,
+              pause_s: float = 0.2, warmup: int = 3) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Batch-1 latency of every engine: blocks of ``block`` consecutive timed calls, alternating
+    between engines (order reversed every round) so that load from other processes hits all engines
+    alike; each block starts after a pause and ``warmup`` untimed calls (see the module docstring).
+    Median, p90 and min over all timed calls, in ms."""
     for fn in fns.values():
-        time_calls(fn, feeds, 1, warmup=3)
+        time_calls(fn, feeds, 1, warmup=5)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k] += time_calls(fn, feeds, 1, warmup=0)
+    names = list(fns)
+    for r in range(max(1, math.ceil(iters / block))):
+        for k in names if r % 2 == 0 else names[::-1]:
+            time.sleep(pause_s)
+            times[k] += time_calls(fns[k], feeds, block, warmup=warmup)
     return {k: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * float(np.percentile(t, 90)),
-                "min_ms": 1e3 * min(t)} for k, t in times.items()}  # fmt: skip
+                "min_ms": 1e3 * min(t), "calls": len(t)} for k, t in times.items()}  # fmt: skip
+
+
+def first(out: Any) -> np.ndarray:
+    """The first output of an engine call (torch tensor, tuple of them, or an ORT dict) as numpy."""
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type != "Constant"]
+    return {op: ops.count(op) for op in sorted(set(ops))}
 
 
 def change(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -68,7 +99,7 @@ def resnet_graph() -> tuple[Graph, str]:
     return check(path), str(path.relative_to(ROOT))
 
 
-def bench_resnet(iters: int, tmp: Path) -> dict[str, Any]:
+def bench_resnet(iters: int, tmp: Path, block: int = 10, threads: int = 2) -> dict[str, Any]:
     graph, spec = resnet_graph()
     model = build(graph, seed=0).eval()
     t = time.perf_counter()
@@ -77,8 +108,8 @@ def bench_resnet(iters: int, tmp: Path) -> dict[str, Any]:
     quantize_int8(tmp / "resnet18.onnx", tmp / "resnet18.int8.onnx")
     x = {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)}
     eager = torch_fn(model, ["image"])
-    fp32, int8 = ort_fn(tmp / "resnet18.onnx"), ort_fn(tmp / "resnet18.int8.onnx")
-    rows = latencies({"torch eager": eager, "onnxruntime fp32": fp32, "onnxruntime int8": int8}, x, iters)
+    fp32, int8 = ort_fn(tmp / "resnet18.onnx", threads), ort_fn(tmp / "resnet18.int8.onnx", threads)
+    rows = latencies({"torch eager": eager, "onnxruntime fp32": fp32, "onnxruntime int8": int8}, x, iters, block)
     ref = eager(x).numpy()
     return {
         "spec": spec, "params": graph.params,
@@ -152,7 +183,23 @@ class _HandGraph(Graph):
         return dict(self._outs)
 
 
-def bench_bert(iters: int, tmp: Path, seq: int = 128) -> dict[str, Any]:
+def bert_summary(rows: dict[str, dict[str, float]], eager: np.ndarray, outs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Speed-ups of the medians and the output change of each ORT engine vs torch eager."""
+    med = {k: v["median_ms"] for k, v in rows.items()}
+    fused = next(k for k in med if k.startswith("onnxruntime fp32 "))  # the fused / --optimize graph
+    best = min(med["onnxruntime fp32"], med[fused])
+    return {
+        "speedup_fp32_vs_eager": med["torch eager"] / med["onnxruntime fp32"],
+        "speedup_fused_fp32_vs_eager": med["torch eager"] / med[fused],
+        "speedup_best_fp32_vs_eager": med["torch eager"] / best,
+        "speedup_int8_vs_plain_fp32": med["onnxruntime fp32"] / med["onnxruntime int8"],
+        "speedup_int8_vs_fused_fp32": med[fused] / med["onnxruntime int8"],
+        "speedup_int8_vs_best_fp32": best / med["onnxruntime int8"],
+        "output_change_vs_torch": {k: change(eager, v) for k, v in outs.items()},
+    }  # fmt: skip
+
+
+def bench_bert(iters: int, tmp: Path, seq: int = 128, block: int = 10, threads: int = 2) -> dict[str, Any]:
     torch.manual_seed(0)
     model = BertEncoder().eval()
     graph = _HandGraph("bert_bench", {"input_ids": TensorType(("seq",), "int64"),
@@ -164,27 +211,55 @@ def bench_bert(iters: int, tmp: Path, seq: int = 128) -> dict[str, Any]:
     export_s = time.perf_counter() - t
     fused = tmp / "bert.opt.onnx"
     info = optimize(onnx_path, fused, transformer=(12, 768))
-    quantize_int8(onnx_path, tmp / "bert.int8.onnx")  # from the plain graph: ORT fuses it at load
+    int8_info = quantize_int8(onnx_path, tmp / "bert.int8.onnx")  # the plain graph: ORT fuses it at load
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(0, 30522, (1, seq)), "attention_mask": np.ones((1, seq), np.int64)}
     fns = {"torch eager": torch_fn(model, ["input_ids", "attention_mask"]),
-           "onnxruntime fp32": ort_fn(onnx_path), "onnxruntime fp32 fused": ort_fn(fused),
-           "onnxruntime int8": ort_fn(tmp / "bert.int8.onnx")}  # fmt: skip
-    rows = latencies(fns, feeds, iters)
-    ref = fns["torch eager"](feeds).numpy()
-    outs = {k: next(iter(fns[k](feeds).values())) for k in list(fns)[1:]}
-    med = {k: v["median_ms"] for k, v in rows.items()}
-    import onnx
-
-    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+           "onnxruntime fp32": ort_fn(onnx_path, threads), "onnxruntime fp32 fused": ort_fn(fused, threads),
+           "onnxruntime int8": ort_fn(tmp / "bert.int8.onnx", threads)}  # fmt: skip
+    rows = latencies(fns, feeds, iters, block)
+    ref = first(fns["torch eager"](feeds))
+    outs = {k: first(fns[k](feeds)) for k in list(fns)[1:]}
     return {
         "export_and_verify_s": export_s, "parity_max_abs": report.to_json()["max_diff"]["hidden"]["max_abs"],
-        "optimizer": info, "fused_ops": {op: ops.count(op) for op in sorted(set(ops))},
-        "latency_b1_T128": rows,
-        "speedup_fused_fp32_vs_eager": med["torch eager"] / med["onnxruntime fp32 fused"],
-        "speedup_int8_vs_fused_fp32": med["onnxruntime fp32 fused"] / med["onnxruntime int8"],
-        "speedup_int8_vs_plain_fp32": med["onnxruntime fp32"] / med["onnxruntime int8"],
-        "output_change_vs_torch": {k: change(ref, v) for k, v in outs.items()},
+        "optimizer": info, "fused_ops": op_counts(fused), "int8": int8_info,
+        "latency_b1_T128": rows, **bert_summary(rows, ref, outs),
+    }  # fmt: skip
+
+
+def bench_spec_bert(iters: int, tmp: Path, seq: int = 128, block: int = 10, threads: int = 2,
+                    layers: int = 4) -> dict[str, Any]:  # fmt: skip
+    """``specs/bert_base.yaml --set num_layers=4`` built by specc and exported by specc's exporter."""
+    from specc.export.source import load_source
+    from specc.export.variants import transformer_shape
+
+    spec = ROOT / "specs/bert_base.yaml"
+    model = load_source(spec, sets=(f"num_layers={layers}",), seed=0).model.eval()
+    graph = model.graph
+    onnx_path = tmp / "bert_base.onnx"
+    t = time.perf_counter()
+    report = export_model(model, graph, onnx_path, ExportOptions(batches=(1, 2)))
+    export_s = time.perf_counter() - t
+    shape = transformer_shape(graph)
+    opt = tmp / "bert_base.opt.onnx"
+    info = optimize(onnx_path, opt, transformer=shape)  # what `specc export --optimize` does
+    int8_info = quantize_int8(onnx_path, tmp / "bert_base.int8.onnx")  # `specc export --int8`
+    rng = np.random.default_rng(0)
+    feeds = {"tokens": rng.integers(1, 30522, (1, seq)), "token_types": np.zeros((1, seq), np.int64),
+             "attention_mask": np.ones((1, seq), bool)}  # fmt: skip
+    fns = {"torch eager": torch_fn(model, list(graph.inputs)), "onnxruntime fp32": ort_fn(onnx_path, threads),
+           "onnxruntime fp32 --optimize": ort_fn(opt, threads),
+           "onnxruntime int8": ort_fn(tmp / "bert_base.int8.onnx", threads)}  # fmt: skip
+    rows = latencies(fns, feeds, iters, block)
+    ref = first(fns["torch eager"](feeds))  # the sequence output (1, T, 768)
+    outs = {k: first(fns[k](feeds)) for k in list(fns)[1:]}
+    fused_ops = op_counts(opt)
+    return {
+        "spec": f"{spec.relative_to(ROOT)} --set num_layers={layers}", "params": graph.params,
+        "export_and_verify_s": export_s,
+        "parity_max_abs": max(d["max_abs"] for d in report.to_json()["max_diff"].values()),
+        "optimizer": info, "fused_ops": fused_ops, "attention_fused": fused_ops.get("Attention", 0) > 0,
+        "int8": int8_info, "latency_b1_T128": rows, **bert_summary(rows, ref, outs),
     }  # fmt: skip
 
 
@@ -193,32 +268,67 @@ def bench_bert(iters: int, tmp: Path, seq: int = 128) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=100, help="interleaved rounds per model")
+    parser.add_argument("--iters", type=int, default=60, help="timed calls per engine and model")
+    parser.add_argument("--block", type=int, default=10, help="consecutive calls per engine and block")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--only", choices=("resnet18", "bert", "spec_bert"), action="append", default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", file=sys.stderr)
+    torch.set_num_threads(args.threads)
+    import onnxruntime
+
+    env = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": args.threads,
+           "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}  # fmt: skip
+    print(f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, threads {args.threads}, "
+          f"load average {env['loadavg_start'][0]:.2f}", file=sys.stderr)  # fmt: skip
+    parts = {"resnet18": bench_resnet, "bert": bench_bert, "spec_bert": bench_spec_bert}
+    result: dict[str, Any] = {"env": env}
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"resnet18": bench_resnet(args.iters, Path(tmp)), "bert": bench_bert(args.iters, Path(tmp))}
+        for name, fn in parts.items():
+            if args.only is None or name in args.only:
+                result[name] = fn(args.iters, Path(tmp), block=args.block, threads=args.threads)
+    env["loadavg_end"] = os.getloadavg()
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
 
+def _rows(rows: dict[str, dict[str, float]]) -> None:
+    for k, v in rows.items():
+        print(f"  {k:<28} b1 median {v['median_ms']:8.2f} ms  p90 {v['p90_ms']:8.2f} ms  min {v['min_ms']:8.2f} ms")
+
+
+def _bert_lines(b: dict[str, Any]) -> None:
+    _rows(b["latency_b1_T128"])
+    print(f"  fp32 vs eager: plain {b['speedup_fp32_vs_eager']:.2f}x, fused {b['speedup_fused_fp32_vs_eager']:.2f}x "
+          f"(target >= 1.3)")  # fmt: skip
+    print(f"  int8 vs fp32: plain {b['speedup_int8_vs_plain_fp32']:.2f}x, fused "
+          f"{b['speedup_int8_vs_fused_fp32']:.2f}x, best fp32 {b['speedup_int8_vs_best_fp32']:.2f}x (target >= 3)")  # fmt: skip
+    print(f"  fused ops: {b['fused_ops']}")
+    print(f"  int8 ops: {b['int8']['int8_ops']}")
+    for k, v in b["output_change_vs_torch"].items():
+        print(f"  {k:<28} vs torch: max |Δ| {v['max_abs']:.3g}, rel L2 {v['rel_l2']:.3g}, cosine {v['cosine']:.6f}")
+
+
 def print_table(r: dict[str, Any]) -> None:
-    res, bert = r["resnet18"], r["bert"]
-    print(f"ResNet-18 ({res['spec']}, {res['params']:,} params): export + verify {res['export_and_verify_s']:.1f} s")
-    for k, v in res["latency_b1"].items():
-        print(f"  {k:<26} b1 median {v['median_ms']:8.2f} ms  p90 {v['p90_ms']:8.2f} ms  min {v['min_ms']:8.2f} ms")
-    print(f"  ORT fp32 vs eager: {res['speedup_ort_fp32_vs_eager']:.2f}x (target >= 2)")
-    print(f"BERT-style encoder (4 x 768, 12 heads, FFN 3072, T=128, batch 1): export + verify "
-          f"{bert['export_and_verify_s']:.1f} s")  # fmt: skip
-    for k, v in bert["latency_b1_T128"].items():
-        print(f"  {k:<26} b1 median {v['median_ms']:8.2f} ms  p90 {v['p90_ms']:8.2f} ms  min {v['min_ms']:8.2f} ms")
-    print(f"  fused fp32 vs eager: {bert['speedup_fused_fp32_vs_eager']:.2f}x (target >= 1.3)")
-    print(f"  int8 vs fused fp32: {bert['speedup_int8_vs_fused_fp32']:.2f}x, vs plain fp32: "
-          f"{bert['speedup_int8_vs_plain_fp32']:.2f}x (target >= 3)")  # fmt: skip
-    for k, v in bert["output_change_vs_torch"].items():
-        print(f"  {k:<26} vs torch: max |Δ| {v['max_abs']:.3g}, rel L2 {v['rel_l2']:.3g}, cosine {v['cosine']:.5f}")
+    env = r["env"]
+    print(f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {env['threads']} threads, {env['cpus']} CPUs, "
+          f"load average {env['loadavg_start'][0]:.2f} -> {env['loadavg_end'][0]:.2f}")  # fmt: skip
+    if "resnet18" in r:
+        res = r["resnet18"]
+        print(f"ResNet-18 ({res['spec']}, {res['params']:,} params): export + verify {res['export_and_verify_s']:.1f} s")
+        _rows(res["latency_b1"])
+        print(f"  ORT fp32 vs eager: {res['speedup_ort_fp32_vs_eager']:.2f}x (target >= 2)")
+    if "bert" in r:
+        bert = r["bert"]
+        print(f"BERT-style encoder, hand-written (4 x 768, 12 heads, FFN 3072, T=128, batch 1): export + verify "
+              f"{bert['export_and_verify_s']:.1f} s")  # fmt: skip
+        _bert_lines(bert)
+    if "spec_bert" in r:
+        sb = r["spec_bert"]
+        print(f"specc {sb['spec']} ({sb['params']:,} params, T=128, batch 1): export + verify "
+              f"{sb['export_and_verify_s']:.1f} s, attention fused: {sb['attention_fused']}")  # fmt: skip
+        _bert_lines(sb)
 
 
 if __name__ == "__main__":
