@@ -9,6 +9,9 @@ PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/demo-lenet}
 SPEC=${SPEC:-specs/lenet.yaml}
 
+echo "== check every bundled spec (static shapes and parameter counts; no torch import)"
+"$SPECC" check specs/*.yaml
+
 rm -rf "$RUN"
 echo "== train $SPEC on digits -> $RUN"
 "$SPECC" train "$SPEC" --data digits --out "$RUN" --quiet --device cpu \

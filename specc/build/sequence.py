@@ -110,31 +110,30 @@ def _initial(h0: torch.Tensor | None, x: torch.Tensor, layers: int, hidden: int)
     return x.new_zeros(layers, x.shape[0], hidden)
 
 
-class RNN(nn.RNN):
+class _SingleState(nn.Module):
+    """Shared by :class:`RNN` and :class:`GRU` (one state tensor); mixed in before the torch class."""
+
+    num_layers: int
+    bidirectional: bool
+    hidden_size: int
+
+    def __init__(self, *args: object, output: str = "sequence", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.output = output
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        y, h = super().forward(x, _initial(h0, x, layers, self.hidden_size))
+        return _recurrent_output(y, h, self.output)
+
+
+class RNN(_SingleState, nn.RNN):  # type: ignore[misc]
     """Batch-first ``nn.RNN``: ``(B, T, F)`` [, initial state ``(B, L·dirs, H)``] → sequence
     ``(B, T, dirs·H)`` and/or final state ``(B, L·dirs, H)`` as ``output`` says."""
 
-    def __init__(self, *args: object, output: str = "sequence", **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.output = output
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:  # type: ignore[override]
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        y, h = super().forward(x, _initial(h0, x, layers, self.hidden_size))
-        return _recurrent_output(y, h, self.output)
-
-
-class GRU(nn.GRU):
+class GRU(_SingleState, nn.GRU):  # type: ignore[misc]
     """Batch-first ``nn.GRU``; inputs and outputs as :class:`RNN`."""
-
-    def __init__(self, *args: object, output: str = "sequence", **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.output = output
-
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:  # type: ignore[override]
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        y, h = super().forward(x, _initial(h0, x, layers, self.hidden_size))
-        return _recurrent_output(y, h, self.output)
 
 
 class LSTM(nn.LSTM):

@@ -10,49 +10,30 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
-from safetensors.torch import load_file
+from dist_runs import mlp_spec, run_train, run_weights, train_cmd, train_env
 
-SPEC = """specc: 1
-name: ddpmlp
-inputs: {x: {shape: [64]}}
-layers:
-  - linear: {out_features: 32, name: hidden}
-  - act
-  - linear: {out_features: 10, name: logits}
-train: {optimizer: sgd, momentum: 0.9, lr: 0.05, batch_size: 32, max_steps: 24, epochs: null,
-        checkpoint_every: 4, log_every: 1}
-"""
+SPEC = mlp_spec("ddpmlp")
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def _cmd(spec: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--out", str(run),
-            "--quiet", "--device", "cpu", *extra]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
 
 
 def _watch(cmd: list[str], step: int) -> tuple[subprocess.Popen[str], list[str]]:
     """Start ``cmd`` and read its output until rank 0 logs ``step N``."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
     assert proc.stdout is not None
     lines = []
@@ -68,16 +49,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ddp")
     spec = root / "spec.yaml"
     spec.write_text(SPEC)
-    two = _run(_cmd(spec, root / "two", "--nproc-per-node", "2"))
+    two = run_train(train_cmd(spec, root / "two", "--nproc-per-node", "2"))
     assert two.returncode == 0, two.stdout + two.stderr
     return spec, root / "two"
 
 
 def test_two_processes_equal_one_process(runs: tuple[Path, Path], tmp_path: Path) -> None:
     spec, two = runs
-    one = _run(_cmd(spec, tmp_path / "one"))
+    one = run_train(train_cmd(spec, tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    a, b = _weights(tmp_path / "one"), _weights(two)
+    a, b = run_weights(tmp_path / "one"), run_weights(two)
     for name in a:
         rel = ((a[name] - b[name]).abs().max() / a[name].abs().max()).item()
         assert rel < 1e-6, (name, rel)
@@ -87,31 +68,31 @@ def test_two_processes_equal_one_process(runs: tuple[Path, Path], tmp_path: Path
 def test_sigterm_to_launcher_saves_once_and_resume_is_exact(runs: tuple[Path, Path], tmp_path: Path) -> None:
     spec, two = runs
     run = tmp_path / "run"
-    proc, lines = _watch(_cmd(spec, run, "--nproc-per-node", "2"), 6)
+    proc, lines = _watch(train_cmd(spec, run, "--nproc-per-node", "2"), 6)
     proc.send_signal(signal.SIGTERM)
     out = "".join(lines) + proc.communicate(timeout=60)[0]
     saved = [line for line in out.splitlines() if line.startswith("saved checkpoint at step ")]
     assert len(saved) == 1, out
     step = int(saved[0].rsplit(" ", 1)[1])
     assert (run / "checkpoints" / f"step-{step:08d}").is_dir()
-    resumed = _run(_cmd(spec, run, "--nproc-per-node", "2", "--resume"))
+    resumed = run_train(train_cmd(spec, run, "--nproc-per-node", "2", "--resume"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed from step {step}" in resumed.stdout
-    a, b = _weights(two), _weights(run)
+    a, b = run_weights(two), run_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_max_restarts_restarts_a_killed_worker(runs: tuple[Path, Path], tmp_path: Path) -> None:
     spec, two = runs
     run = tmp_path / "run"
-    proc, _ = _watch(_cmd(spec, run, "--nproc-per-node", "2", "--max-restarts", "1"), 10)
+    proc, _ = _watch(train_cmd(spec, run, "--nproc-per-node", "2", "--max-restarts", "1"), 10)
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
     out = proc.communicate(timeout=180)[0]
     assert proc.returncode == 0, out
     assert "resumed from step" in out
-    a, b = _weights(two), _weights(run)
+    a, b = run_weights(two), run_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -7,50 +7,30 @@ the optimizer state is stored by parameter name (loadable with or without FSDP).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
-from safetensors.torch import load_file
+from dist_runs import mlp_spec, run_train, run_weights, train_cmd, train_env
 
 from specc.build import build
 from specc.train import distributed
 from specc.train.config import TrainConfig
 
-SPEC = """specc: 1
-name: fsdpmlp
-inputs: {x: {shape: [64]}}
-layers:
-  - linear: {out_features: 32, name: hidden}
-  - act
-  - linear: {out_features: 10, name: logits}
-train: {optimizer: sgd, momentum: 0.9, lr: 0.05, batch_size: 32, max_steps: 24, epochs: null,
-        checkpoint_every: 4, log_every: 1}
-"""
+SPEC = mlp_spec("fsdpmlp")
 
 dist_only = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def _cmd(spec: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--out", str(run),
-            "--quiet", "--device", "cpu", *extra]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +38,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("fsdp")
     spec = root / "spec.yaml"
     spec.write_text(SPEC)
-    two = _run(_cmd(spec, root / "two", "--nproc-per-node", "2", "--fsdp"))
+    two = run_train(train_cmd(spec, root / "two", "--nproc-per-node", "2", "--fsdp"))
     assert two.returncode == 0, two.stdout + two.stderr
     assert "fsdp: parameters sharded over 2 processes (2 blocks + root)" in two.stdout
     return spec, root / "two"
@@ -67,9 +47,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @dist_only
 def test_fsdp_two_processes_equal_one_process(runs: tuple[Path, Path], tmp_path: Path) -> None:
     spec, two = runs
-    one = _run(_cmd(spec, tmp_path / "one"))
+    one = run_train(train_cmd(spec, tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    a, b = _weights(tmp_path / "one"), _weights(two)
+    a, b = run_weights(tmp_path / "one"), run_weights(two)
     assert sorted(a) == sorted(b)
     for name in a:
         rel = ((a[name] - b[name]).abs().max() / a[name].abs().max()).item()
@@ -82,7 +62,7 @@ def test_fsdp_two_processes_equal_one_process(runs: tuple[Path, Path], tmp_path:
 def test_fsdp_sigterm_and_resume_is_exact(runs: tuple[Path, Path], tmp_path: Path) -> None:
     spec, two = runs
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(spec, run, "--nproc-per-node", "2", "--fsdp"), cwd=ROOT, env=_env(),
+    proc = subprocess.Popen(train_cmd(spec, run, "--nproc-per-node", "2", "--fsdp"), cwd=ROOT, env=train_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     assert proc.stdout is not None
     lines = []
@@ -95,10 +75,10 @@ def test_fsdp_sigterm_and_resume_is_exact(runs: tuple[Path, Path], tmp_path: Pat
     saved = [line for line in out.splitlines() if line.startswith("saved checkpoint at step ")]
     assert len(saved) == 1, out
     step = int(saved[0].rsplit(" ", 1)[1])
-    resumed = _run(_cmd(spec, run, "--nproc-per-node", "2", "--fsdp", "--resume"))
+    resumed = run_train(train_cmd(spec, run, "--nproc-per-node", "2", "--fsdp", "--resume"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed from step {step}" in resumed.stdout
-    a, b = _weights(two), _weights(run)
+    a, b = run_weights(two), run_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

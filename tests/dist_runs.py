@@ -1,0 +1,43 @@
+"""Helpers shared by the multi-process training tests: a plain MLP spec and `specc train` runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import ROOT
+from safetensors.torch import load_file
+
+
+def mlp_spec(name: str) -> str:
+    """A plain MLP (no dropout, no BatchNorm), so process count cannot change the maths."""
+    return f"""specc: 1
+name: {name}
+inputs: {{x: {{shape: [64]}}}}
+layers:
+  - linear: {{out_features: 32, name: hidden}}
+  - act
+  - linear: {{out_features: 10, name: logits}}
+train: {{optimizer: sgd, momentum: 0.9, lr: 0.05, batch_size: 32, max_steps: 24, epochs: null,
+        checkpoint_every: 4, log_every: 1}}
+"""
+
+
+def train_cmd(spec: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--out", str(run),
+            "--quiet", "--device", "cpu", *extra]
+
+
+def train_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_train(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
+
+
+def run_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
