@@ -214,7 +214,11 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
 
     from specc.atomic import atomic_path
 
+    from specc.errors import UsageError
+
     target = Path(path)
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
     with atomic_path(target) as tmp:
         save_model(model, str(tmp), metadata={"format": "pt"})  # one key: header bytes are deterministic
     return target

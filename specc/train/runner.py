@@ -170,6 +170,11 @@ def _check_out(out: Path, resume: bool) -> None:
     if used:
         raise UsageError(f"--out {out} already holds a run ({', '.join(used)}); pass --resume to continue it "
                          "or choose another --out")
+    existing = out.absolute()
+    while not existing.exists():  # fail now, before loading data, if the folder cannot be made
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot create the run folder ({existing} is not a writable folder)")
 
 
 def _determinism(cfg: TrainConfig) -> None:
@@ -182,7 +187,10 @@ def _determinism(cfg: TrainConfig) -> None:
 def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
     """Train a prepared session: write the run files, resume if asked, fit, save the final weights."""
     check_fit(s.ds, s.io)
+try:
     s.run.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise UsageError(f"--out {s.run}: cannot create the run folder ({exc.strerror})") from None
     report = RunReport(s.run, write=s.dist.is_main, quiet=s.quiet, log_every=s.cfg.log_every)
     if s.dist.is_main:
         ckpt.clean_stale(s.run)
