@@ -213,7 +213,6 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     from safetensors.torch import save_model
 
     from specc.atomic import atomic_path
-
     from specc.errors import UsageError
 
     target = Path(path)

@@ -187,10 +187,10 @@ def _determinism(cfg: TrainConfig) -> None:
 def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
     """Train a prepared session: write the run files, resume if asked, fit, save the final weights."""
     check_fit(s.ds, s.io)
-try:
-    s.run.mkdir(parents=True, exist_ok=True)
-except OSError as exc:
-    raise UsageError(f"--out {s.run}: cannot create the run folder ({exc.strerror})") from None
+    try:
+        s.run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {s.run}: cannot create the run folder ({exc.strerror})") from None
     report = RunReport(s.run, write=s.dist.is_main, quiet=s.quiet, log_every=s.cfg.log_every)
     if s.dist.is_main:
         ckpt.clean_stale(s.run)
