@@ -24,9 +24,10 @@ def tiny(name: str) -> Graph:
 
 
 def vocab_of(graph: Graph, input_name: str) -> int:
-    """num_embeddings of the embedding that reads this int64 input."""
-    return min(n.op.num_embeddings for n in graph.nodes  # type: ignore[attr-defined]
-               if any(r.node == input_name for r in n.inputs) and hasattr(n.op, "num_embeddings"))  # fmt: skip
+    """The exclusive bound of an int64 input's values (the embedding that reads it)."""
+    bound = graph.index_bound(input_name)
+    assert bound is not None, f"no op bounds the ids of input {input_name}"
+    return bound
 
 
 def make_inputs(graph: Graph, batch: int, seq: int, seed: int = 0) -> list[torch.Tensor]:

@@ -51,15 +51,11 @@ def input_dims(graph: Graph, name: str, static: Mapping[str, int] | None = None)
     return [static[d] if isinstance(d, str) else d for d in dims]
 
 
-def vocab_size(graph: Graph, input_name: str | None = None) -> int:
-    """``num_embeddings`` of the first op reading ``input_name`` that has one, else of the first op
-    that has one, else :data:`SMALL_INT` (token-type ids must stay below 2, not below the vocab)."""
-    sizes = [(node, getattr(node.op, "num_embeddings", None)) for node in graph.nodes]
-    sizes = [(node, n) for node, n in sizes if isinstance(n, int) and n > 0]
-    for node, n in sizes:
-        if any(ref.node == input_name for ref in node.inputs):
-            return int(n)
-    return int(sizes[0][1]) if sizes else SMALL_INT
+def vocab_size(graph: Graph, input_name: str) -> int:
+    """Upper bound (exclusive) for random ids of an int64 input: the tightest ``index_bound`` of the
+    ops reading it (an embedding's size; token-type ids stay below 2), else :data:`SMALL_INT`."""
+    bound = graph.index_bound(input_name)
+    return bound if bound is not None else SMALL_INT
 
 
 def parity_sizes(graph: Graph, batches: tuple[int, ...] = PARITY_BATCHES,

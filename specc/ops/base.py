@@ -155,6 +155,10 @@ class Op(BaseModel):
         """
         return {}
 
+    def index_bound(self) -> int | None:
+        """For ops that index with an int64 input (embeddings): values must be below this bound."""
+        return None
+
     def args(self) -> dict[str, Any]:
         """The op's own arguments (without the common node fields), for render and tables."""
         common = {"name", "from_", "init", "bias_init"}

@@ -41,6 +41,9 @@ class Embedding(Op):
             raise ValueError(f"padding_idx {self.padding_idx} is outside 0..{self.num_embeddings - 1}")
         return self
 
+    def index_bound(self) -> int:
+        return self.num_embeddings
+
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         (ids,) = inputs
         out = TensorType((*ids.shape, self.embedding_dim))
