@@ -94,12 +94,9 @@ def torch_runner(model: Any, input_names: Sequence[str]) -> Runner:
 def ort_session(path: Path, *, threads: int | None = None, optimization: str = "all") -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    if optimization == "none":
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from specc.runtime.session import session_options
+
+    options = session_options(threads, optimization="none" if optimization == "none" else "all")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -68,6 +68,7 @@ from specc.runtime.inputs import (
     text_vocab,
     unsupported_file,
 )
+from specc.runtime.session import session_options
 
 log = logging.getLogger(__name__)
 
@@ -605,10 +606,9 @@ def load(
         not isinstance(intra_op_threads, int) or isinstance(intra_op_threads, bool) or intra_op_threads < 0
     ):
         raise UsageError(f"intra_op_threads must be a non-negative integer, got {intra_op_threads!r}")
-    options = ort.SessionOptions()
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
     chosen = _providers(providers)
+    cpu_only = all((p[0] if isinstance(p, tuple) else p) == "CPUExecutionProvider" for p in chosen)
+    options = session_options(intra_op_threads, cpu_fusions=cpu_only)
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
     except Exception as e:

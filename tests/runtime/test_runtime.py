@@ -534,7 +534,7 @@ def test_import_does_not_pull_torch() -> None:
         "import sys, specc.runtime\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "extra = sorted(m for m in sys.modules if m.startswith('specc') and m not in "
-        "{'specc', 'specc.errors', 'specc.runtime', 'specc.runtime.model', 'specc.runtime.inputs'})\n"
+        "{'specc', 'specc.errors', 'specc.runtime', 'specc.runtime.model', 'specc.runtime.inputs', 'specc.runtime.session'})\n"
         "assert not extra, extra\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -542,3 +542,47 @@ def test_import_does_not_pull_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _residual_layernorm_model(path: Path) -> Path:
+    """x (B, 4, 8) -> MatMul + bias + x -> LayerNormalization: the pattern SkipLayerNormFusion fuses."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+             numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "beta")]  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]),
+             helper.make_node("Add", ["hb", "x"], ["r"]),
+             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)]  # fmt: skip
+    graph = helper.make_graph(nodes, "skip_ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, 8])], inits)  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_sessions_leave_skip_layer_norm_unfused(tmp_path: Path) -> None:
+    """specc's CPU sessions keep Add + LayerNormalization (SkipLayerNormalization's CPU kernel was
+    6x slower); plain onnxruntime fuses the same graph, so the setting is what makes the difference."""
+    import onnxruntime as ort
+
+    from specc.runtime.session import DISABLE_KEY, session_options
+
+    src = _residual_layernorm_model(tmp_path / "m.onnx")
+
+    def optimised_ops(options: Any) -> set[str]:
+        options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
+        return {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    assert "SkipLayerNormalization" in optimised_ops(plain)
+    ours = session_options()
+    ours.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # ALL adds CPU layouts
+    ops = optimised_ops(ours)
+    assert {"Add", "LayerNormalization"} <= ops and "SkipLayerNormalization" not in ops
+    model = load(src, verify_manifest=False)
+    assert model.session.get_session_options().get_session_config_entry(DISABLE_KEY) == "SkipLayerNormFusion"
+    x = np.random.default_rng(1).standard_normal((2, 4, 8)).astype(np.float32)
+    reference = ort.InferenceSession(str(src), sess_options=plain, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model(x=x)["y"], reference, rtol=1e-5, atol=1e-5)
