@@ -35,7 +35,9 @@ def export_cmd(
     atol: Annotated[float, typer.Option("--atol", help="parity tolerance: |Δ| <= atol + rtol·|ref|")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: |Δ| <= atol + rtol·|ref|")] = 1e-3,
     optimize: Annotated[bool, typer.Option("--optimize", help="also write M.opt.onnx (onnxruntime-optimised)")] = False,  # noqa: E501
-    int8: Annotated[bool, typer.Option("--int8", help="also write M.int8.onnx (dynamic quantisation) and check it")] = False,  # noqa: E501
+    int8: Annotated[bool, typer.Option("--int8", help="also write M.int8.onnx and check it (static for CNNs with calibration data, else dynamic)")] = False,  # noqa: E501
+    int8_mode: Annotated[str, typer.Option("--int8-mode", help="auto (default), dynamic or static quantisation")] = "auto",  # noqa: E501
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="static int8 calibration inputs: .npy/.npz or a folder of images (default: the run's training split)")] = None,  # noqa: UP045, E501
     fp16: Annotated[bool, typer.Option("--fp16", help="also write M.fp16.onnx and check it")] = False,
     seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
     as_json: JsonOpt = False,
@@ -49,10 +51,13 @@ def export_cmd(
         raise UsageError(f"unknown exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must be non-negative")
+    if (int8_mode != "auto" or calibration is not None) and not int8:
+        raise UsageError("--int8-mode and --calibration go with --int8")
     options = ExportOptions(exporter=exporter, opset=opset, static=static, atol=atol, rtol=rtol)  # type: ignore[arg-type]
     variants = [k for k, on in (("opt", optimize), ("int8", int8), ("fp16", fp16)) if on]
     report = export_spec(spec, out, weights=weights, sets=sets or [], scale=scale, seed=seed,
-                         options=options, variants=variants)  # type: ignore[arg-type]  # fmt: skip
+                         options=options, variants=variants, calibration=calibration,
+                         int8_mode=int8_mode)  # type: ignore[arg-type]  # fmt: skip
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -75,7 +80,10 @@ def _summary(report: dict[str, object]) -> str:
         change = max(o["max_abs"] for o in v["output_change"].values())
         acc = v.get("accuracy")
         acc_text = f", accuracy {acc['fp32']:.4f} -> {acc[kind]:.4f}" if acc else ""
-        lines.append(f"wrote {v['file']}: max |Δ| vs fp32 {change:.3g}{acc_text}")
+        mode = f" ({v['mode']})" if v.get("mode") else ""
+        lines.append(f"wrote {v['file']}{mode}: max |Δ| vs fp32 {change:.3g} ({v['output_change_inputs']}){acc_text}")
+        if v.get("note"):
+            lines.append(f"  note: {v['note']}")
     return "\n".join(lines)
 
 

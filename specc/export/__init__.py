@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specc.errors import DataError, UsageError
 from specc.export.onnx_export import (
     EXPORTERS,
@@ -27,6 +29,7 @@ from specc.export.onnx_export import (
     static_sizes,
     write_report,
 )
+from specc.export.quantize import CALIBRATION_SAMPLES, INT8_MODES, Calibration, Int8Mode, load_calibration
 from specc.export.samples import parity_sizes
 from specc.export.source import RunInfo, Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
@@ -51,11 +54,25 @@ MAX_EVAL_SAMPLES = 2000
 
 def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None = None,
                 sets: Sequence[str] = (), scale: str | None = None, seed: int = 0,
-                options: ExportOptions = ExportOptions(), variants: Sequence[Variant] = ()) -> dict[str, Any]:  # fmt: skip
+                options: ExportOptions = ExportOptions(), variants: Sequence[Variant] = (),
+                calibration: str | Path | None = None, int8_mode: Int8Mode = "auto") -> dict[str, Any]:  # fmt: skip
     """Build ``spec`` (with ``weights``: a .safetensors file or a run folder), export, verify, and write
-    the requested variants; returns the JSON report (also written to ``out + ".json"``)."""
+    the requested variants; returns the JSON report (also written to ``out + ".json"``).
+
+    ``calibration`` (a .npy/.npz file or a folder of images) feeds static int8 quantisation; without
+    it the training split of the run folder's data set is used where known (see
+    :mod:`specc.export.quantize`)."""
+    if int8_mode not in INT8_MODES:
+        raise UsageError(f"unknown int8 mode '{int8_mode}'; choose one of {', '.join(INT8_MODES)}")
+    if calibration is not None and not Path(calibration).exists():
+        raise UsageError(f"calibration data not found: {calibration}")
     source = load_source(spec, weights=weights, sets=tuple(sets), scale=scale, seed=seed)
     graph = source.model.graph
+    dataset = _run_dataset(source) if variants else None  # loaded once: accuracy and calibration
+    calib = run_calibration(source, dataset=dataset) if "int8" in variants and calibration is None else None
+    if "int8" in variants and int8_mode == "static" and calibration is None and calib is None:
+        raise UsageError("static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
+                         "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known")  # fmt: skip
     info = ExportInfo(labels=source.run.class_names, preprocess=source.run.preprocess, task=source.run.task,
                       weights=str(source.weights) if source.weights else None)  # fmt: skip
     report = export_model(source.model, graph, out, options, info)
@@ -65,17 +82,19 @@ def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None
     failed_path(target).unlink(missing_ok=True)
     report_path(failed_path(target)).unlink(missing_ok=True)
     if variants:
-        eval_data = load_eval_data(source)
+        eval_data = load_eval_data(source, dataset=dataset)
+        if "int8" in variants and calibration is not None:
+            calib = load_calibration(Path(calibration), target)
         sizes = [static_sizes(graph)] if options.static else parity_sizes(graph, options.batches[:2], options.seq_lens)
         for kind in variants:
-            report.variants[kind] = make_variant(kind, target, graph, sizes, eval_data)
+            report.variants[kind] = make_variant(kind, target, graph, sizes, eval_data, calib, int8_mode)
     data = report.to_json()
     write_report(target, data)
     return data
 
 
-def load_eval_data(source: Source, limit: int = MAX_EVAL_SAMPLES) -> EvalData | None:
-    """The validation split of the run's data set, as recorded in ``RUN/data.json``; None if unknown."""
+def _run_dataset(source: Source) -> tuple[str, str, Any] | None:
+    """``(input name, data set name, data set)`` of the run's data as recorded in ``RUN/data.json``."""
     run: RunInfo = source.run
     graph = source.model.graph
     name = run.data.get("source") or run.data.get("data") or run.data.get("dataset")
@@ -89,8 +108,31 @@ def load_eval_data(source: Source, limit: int = MAX_EVAL_SAMPLES) -> EvalData | 
     try:
         ds = load_dataset(name, input_shape=tuple(t.shape), input_dtype=t.dtype, **kw)  # type: ignore[arg-type]
     except (DataError, UsageError) as e:
-        log.warning("cannot load the validation split of '%s' (%s): accuracy is not measured", name, e)
+        log.warning("cannot load the data set '%s' of the run (%s): accuracy and calibration use none", name, e)
         return None
+    return input_name, name, ds
+
+
+def load_eval_data(source: Source, limit: int = MAX_EVAL_SAMPLES, *,
+                   dataset: tuple[str, str, Any] | None = None) -> EvalData | None:  # fmt: skip
+    """The validation split of the run's data set, as recorded in ``RUN/data.json``; None if unknown.
+    ``dataset``: what :func:`_run_dataset` returned, if it was called already."""
+    found = dataset if dataset is not None else _run_dataset(source)
+    if found is None:
+        return None
+    input_name, name, ds = found
     if ds.task not in ("classification", "language_model") or len(ds.val) == 0:
         return None
     return EvalData({input_name: ds.val.x[:limit]}, ds.val.y[:limit], name)
+
+
+def run_calibration(source: Source, limit: int = CALIBRATION_SAMPLES, *,
+                    dataset: tuple[str, str, Any] | None = None) -> Calibration | None:  # fmt: skip
+    """Calibration inputs for static int8: a seeded random subset of the run's training split."""
+    found = dataset if dataset is not None else _run_dataset(source)
+    if found is None or len(found[2].train) == 0:
+        return None
+    input_name, name, ds = found
+    x = ds.train.x
+    idx = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
+    return Calibration({input_name: np.ascontiguousarray(x[idx])}, f"{name} (training split)")

@@ -1,8 +1,10 @@
 """``specc bench``: batch-1 latency and batch-N throughput of the deployment engines, side by side.
 
 Engines: torch eager, ``torch.compile`` (in a child process with a time cap, so a slow or failing
-compile is reported as skipped instead of hanging the run), onnxruntime fp32 and int8 (dynamic
-quantisation). Given an ``.onnx`` file only the onnxruntime rows are measured.
+compile is reported as skipped instead of hanging the run), onnxruntime fp32 and int8 (what
+``specc export --int8`` writes: static QDQ for models with Conv, calibrated here on random inputs,
+which is right for timing only; dynamic quantisation otherwise). Given an ``.onnx`` file only the
+onnxruntime rows are measured.
 """
 
 from __future__ import annotations
@@ -68,20 +70,12 @@ def skipped(engine: str, note: str) -> dict[str, Any]:
 
 
 def bench_session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session set up for latency: graph optimisation level ALL (onnxruntime's own
-    fusions at load), sequential execution, one inter-op thread and ``threads`` intra-op threads
-    (default: onnxruntime's, one per physical core). Spinning of the intra-op pool stays on (the
-    default): turning it off cost 10-40 % at batch 1 on a 2-core machine."""
+    """An onnxruntime CPU session with specc's latency settings (:mod:`specc.runtime.session`)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    from specc.runtime.session import session_options
+
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def ort_fn(path: Path, threads: int | None = None) -> Fn:
@@ -120,20 +114,23 @@ def onnx_feeds(path: Path, batch: int, seq: int, seed: int = 0) -> Feeds:
     return feeds
 
 
-def onnx_rows(fp32: Path, s: BenchSettings, int8: Path | None) -> list[dict[str, Any]]:
+def onnx_rows(fp32: Path, s: BenchSettings, int8: tuple[Path, str] | None) -> list[dict[str, Any]]:
     one, many = onnx_feeds(fp32, 1, s.seq), onnx_feeds(fp32, s.batch, s.seq)
     rows = [row("onnxruntime fp32", ort_fn(fp32, s.threads), one, many, s)]
     if int8 is not None:
-        rows.append(row("onnxruntime int8", ort_fn(int8, s.threads), one, many, s, "dynamic quantisation"))
+        rows.append(row("onnxruntime int8", ort_fn(int8[0], s.threads), one, many, s, int8[1]))
     return rows
 
 
-def _quantized(src: Path, folder: Path) -> Path:
-    from specc.export.variants import quantize_int8
+def _quantized(src: Path, folder: Path, seq: int) -> tuple[Path, str]:
+    """The int8 variant ``specc export --int8`` would write (random calibration inputs) and a note."""
+    from specc.export.quantize import Calibration, quantize_int8
 
     dst = folder / (src.stem + ".int8.onnx")
-    quantize_int8(src, dst)
-    return dst
+    info = quantize_int8(src, dst, Calibration(onnx_feeds(src, 16, seq, seed=1), "random inputs"))
+    if info["mode"] == "static":
+        return dst, "static int8 (QDQ; random calibration: timing only)"
+    return dst, "dynamic int8" + (" (Conv stays fp32)" if "note" in info else "")
 
 
 # ----------------------------------------------------------------------------------- compile
@@ -185,7 +182,7 @@ def bench_onnx(path: str | Path, s: BenchSettings = BenchSettings(), int8: bool 
     """onnxruntime rows for an ONNX file (plus its int8 quantisation unless it is one already)."""
     src = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
-        q = _quantized(src, Path(tmp)) if int8 and ".int8" not in src.name else None
+        q = _quantized(src, Path(tmp), s.seq) if int8 and ".int8" not in src.name else None
         rows = onnx_rows(src, s, q)
     return {"model": str(src), "settings": s.__dict__, "rows": rows}
 
@@ -207,9 +204,9 @@ def bench_spec(spec: str | Path, s: BenchSettings = BenchSettings(), *, sets: Se
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / f"{graph.name}.onnx"
         export_model(model, graph, fp32, ExportOptions(batches=(1, 2)))
-        q = _quantized(fp32, Path(tmp))
+        q, note = _quantized(fp32, Path(tmp), s.seq)
         rows.append(row("onnxruntime fp32", ort_fn(fp32, s.threads), one, many, s))
-        rows.append(row("onnxruntime int8", ort_fn(q, s.threads), one, many, s, "dynamic quantisation"))
+        rows.append(row("onnxruntime int8", ort_fn(q, s.threads), one, many, s, note))
     return {"model": str(spec), "spec_name": graph.name, "settings": s.__dict__, "rows": rows}
 
 

@@ -2,17 +2,17 @@
 
 Each variant is written next to ``M.onnx`` (``M.opt.onnx``, ``M.int8.onnx``, ``M.fp16.onnx``) with
 the same ``specc.*`` metadata plus ``specc.variant``, its own SHA-256 manifest, and a check against
-the fp32 model in onnxruntime: output difference on random inputs and, where a validation split is
-available, accuracy before and after. Variants are approximations: their checks are reported, not
+the fp32 model in onnxruntime: output difference (on validation data where there is some, else on
+random inputs) and, where a validation split is available, accuracy before and after. int8 is made
+by :mod:`specc.export.quantize` (static for CNNs with calibration data, else dynamic). Variants are approximations: their checks are reported, not
 enforced (the fp32 ``M.onnx`` is the verified reference).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from specc.atomic import atomic_path, sha256_file
 from specc.export.metadata import get_metadata, write_manifest
+from specc.export.quantize import Calibration, Int8Mode, quantize_int8
 from specc.export.samples import SampleSizes, make_inputs
 from specc.export.verify import ort_runner, ort_session
 from specc.graph import Graph
@@ -64,18 +65,6 @@ def transformer_shape(graph: Graph) -> tuple[int, int] | None:
 # ------------------------------------------------------------------------------------ converters
 
 
-@contextlib.contextmanager
-def _root_log_level(level: int) -> Iterator[None]:
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(max(old, level))
-    try:
-        yield
-    finally:
-        root.setLevel(old)
-
-
-
 def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -> dict[str, Any]:
     """Graph optimisation: the BERT fusions of ``onnxruntime.transformers`` for attention models,
     else onnxruntime's level ALL saved through ``SessionOptions.optimized_model_filepath``.
@@ -84,74 +73,35 @@ def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -
     kind of CPU, with graph optimisation off or on (both work).
 
     The BERT fusions run at ``opt_level=0`` (the Python fusions only, no onnxruntime-specific graph
-    saved): the file stays portable and onnxruntime still applies its level-ALL passes at load. On a
-    2-core CPU at batch 1 (T = 128) a BERT encoder is matmul-bound and the fused graph (Attention,
-    SkipLayerNormalization, BiasGelu) ran 2-8 % slower than onnxruntime's own load-time optimisation
-    of the plain export; the fusions pay off with more threads, longer sequences or a GPU."""
+    saved): the file stays portable and onnxruntime still applies its level-ALL passes at load.
+    SkipLayerNormalization is not fused (its CPU kernel is slow, see :mod:`specc.runtime.session`).
+    On a 2-core CPU at batch 1 (T = 128) a BERT encoder is matmul-bound and the fused graph
+    (Attention, BiasGelu, EmbedLayerNormalization) runs as fast as onnxruntime's own load-time
+    optimisation of the plain export (within 1 %); the fusions pay off with more threads, longer
+    sequences or a GPU."""
     if transformer is not None:
+        from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
         heads, hidden = transformer
-        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+        fusions = FusionOptions("bert")
+        # SkipLayerNormalization's CPU kernel is slower than the Add + LayerNormalization it replaces
+        # (see specc.runtime.session); onnxruntime's own fusion of it is turned off at load as well
+        fusions.enable_skip_layer_norm = fusions.enable_bias_skip_layer_norm = False
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                             optimization_options=fusions)  # fmt: skip
         with atomic_path(dst) as tmp:
             opt.save_model_to_file(str(tmp))
         return {"method": "onnxruntime.transformers.optimizer (bert)", "num_heads": heads, "hidden_size": hidden}
     import onnxruntime as ort
 
+    from specc.runtime.session import session_options
+
     with atomic_path(dst) as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options()
         options.optimized_model_filepath = str(tmp)
-        options.log_severity_level = 3
         ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
     return {"method": "onnxruntime SessionOptions level ALL"}
-
-
-#: Op types ``quantize_int8`` quantises (weights int8, activations quantised at run time). Measured on
-#: a 4-layer BERT-base-width encoder (T = 128, batch 1, 2-core AVX-512 VNNI CPU, onnxruntime 1.32):
-#: quantising only the weight matmuls is as fast as adding Gather/Transpose/EmbedLayerNormalization
-#: (the rest of onnxruntime's IntegerOps list) and halves the output error (rel. L2 0.67 % vs 1.2 %).
-#: Conv is left out (see ``quantize_int8``); quantize_dynamic rewrites Gemm (2-d Linear) to MatMul first.
-INT8_OP_TYPES = ("MatMul", "Attention", "LSTM")
-
-
-def quantize_int8(src: Path, dst: Path, conv: bool = False) -> dict[str, Any]:
-    """Dynamic int8 quantisation of the weights (activations quantised at run time).
-
-    Settings (measured, see ``INT8_OP_TYPES``): QOperator form (``MatMulInteger`` /
-    ``DynamicQuantizeMatMul`` after onnxruntime's load-time fusion; static QDQ was slower and 4x
-    less accurate), signed int8 weights (uint8 weights take onnxruntime's u8u8 path: 1.7x slower),
-    per-tensor scales without ``reduce_range`` (per-channel: same speed and error here, and the
-    saturation risk of per-channel int8 on non-VNNI CPUs), ``MatMulConstBOnly`` (only matmuls
-    with a weight operand; activation x activation matmuls of attention stay fp32). Quantise the
-    plain export rather than the BERT-fused one: ``QAttention`` was 10 % slower than
-    onnxruntime's own fusion of the plain int8 graph.
-
-    Conv is left in fp32 unless ``conv``: onnxruntime runs a dynamically quantised Conv as
-    ``ConvInteger``, which is several times slower than fp32 on CPU (static quantisation with
-    calibration data is the way to speed up CNNs).
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    ops = list(INT8_OP_TYPES) + (["Conv"] if conv else [])
-    with _root_log_level(logging.ERROR), atomic_path(dst) as tmp:  # "consider pre-processing" warning
-        # DefaultTensorType: outputs of fused contrib ops (Attention, ...) have no inferred type
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                         per_channel=False, reduce_range=False,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})  # fmt: skip
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(dst), load_external_data=False).graph.node:
-        if node.op_type in _INT8_OPS:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    info: dict[str, Any] = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                            "per_channel": False, "op_types": ops, "int8_ops": counts}  # fmt: skip
-    if not counts:
-        info["note"] = "no op was quantised (Conv-only model): the file is fp32"
-    return info
-
-
-_INT8_OPS = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeLSTM", "QEmbedLayerNormalization",
-             "DynamicQuantizeMatMul", "QGemm")  # fmt: skip
 
 
 def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
@@ -164,9 +114,6 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     with atomic_path(dst) as tmp:
         onnx.save_model(converted.model, str(tmp))
     return {"method": "onnxruntime.transformers.float16 (keep_io_types)"}
-
-
-CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {"opt": optimize, "int8": quantize_int8, "fp16": convert_fp16}
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -182,12 +129,16 @@ def _copy_metadata(src: Path, dst: Path, kind: str) -> None:
         onnx.save_model(model, str(tmp))
 
 
-def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequence[SampleSizes]) -> dict[str, Any]:
-    """Max/mean absolute difference per output and top-1 agreement vs the fp32 model."""
+def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequence[SampleSizes],
+                  data: EvalData | None = None) -> dict[str, Any]:  # fmt: skip
+    """Max/mean absolute difference per output and top-1 agreement vs the fp32 model: on the first
+    256 samples of ``data`` where given (real inputs: what a quantised model is calibrated for),
+    else on random inputs at every size of ``sizes``."""
     ref, cand = ort_runner(ort_session(reference)), ort_runner(ort_session(candidate))
     stats: dict[str, dict[str, float]] = {}
-    for k, s in enumerate(sizes):
-        feeds = make_inputs(graph, s, seed=100 + k)
+    batches = ([{k: v[:256] for k, v in data.feeds.items()}] if data is not None
+               else [make_inputs(graph, s, seed=100 + k) for k, s in enumerate(sizes)])  # fmt: skip
+    for feeds in batches:
         a, b = ref(feeds), cand(feeds)
         for name in a:
             d = np.abs(a[name].astype(np.float64) - b[name].astype(np.float64))
@@ -218,17 +169,23 @@ def accuracy(path: Path, data: EvalData, batch: int = 256) -> float:
 
 
 def make_variant(kind: Variant, target: Path, graph: Graph, sizes: Sequence[SampleSizes],
-                 eval_data: EvalData | None = None) -> dict[str, Any]:  # fmt: skip
+                 eval_data: EvalData | None = None, calibration: Calibration | None = None,
+                 int8_mode: Int8Mode = "auto") -> dict[str, Any]:  # fmt: skip
     """Write one variant of the verified ``target`` and check it; returns its report entry."""
     dst = variant_path(target, kind)
     start = time.perf_counter()
-    src = target
-    transformer = transformer_shape(graph) if kind == "opt" else None
-    info = CONVERTERS[kind](src, dst, transformer) if kind == "opt" else CONVERTERS[kind](src, dst)
+    if kind == "opt":
+        info = optimize(target, dst, transformer_shape(graph))
+    elif kind == "int8":
+        info = quantize_int8(target, dst, calibration, int8_mode)
+    else:
+        info = convert_fp16(target, dst)
     _copy_metadata(target, dst, kind)
     entry: dict[str, Any] = {"file": str(dst), **info, "convert_s": round(time.perf_counter() - start, 3)}
     entry["checker"] = _checker(dst)
-    entry["output_change"] = output_change(target, dst, graph, sizes)
+    entry["output_change"] = output_change(target, dst, graph, sizes, eval_data)
+    entry["output_change_inputs"] = (f"{eval_data.source} validation split" if eval_data is not None
+                                     else "random inputs")  # fmt: skip
     if eval_data is not None:
         entry["accuracy"] = {"split": f"{eval_data.source} (validation, {len(eval_data.targets)} samples)",
                              "fp32": accuracy(target, eval_data), kind: accuracy(dst, eval_data)}  # fmt: skip

@@ -1,0 +1,137 @@
+"""`specc export --int8`: static (calibrated) quantisation of CNNs, calibration inputs and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+
+from specc.runtime import load
+
+SPEC = """specc: 1
+name: small_cnn
+inputs: {image: {shape: [1, 12, 12]}}
+layers:
+  - conv2d: {out_channels: 8, kernel_size: 3, padding: 1}
+  - norm
+  - act
+  - maxpool2d: 2
+  - conv2d: {out_channels: 16, kernel_size: 3, padding: 1}
+  - act
+  - maxpool2d: 2
+  - flatten
+  - linear: {out_features: 10}
+"""
+PREPROCESS = {"kind": "image", "mean": [0.5], "std": [0.25], "size": [12, 12], "channels": 1}
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small CNN trained on digits for a few epochs: (spec, run folder)."""
+    root = tmp_path_factory.mktemp("int8")
+    spec = root / "small_cnn.yaml"
+    spec.write_text(SPEC)
+    run = root / "run"
+    r = run_cli("train", str(spec), "--data", "digits", "--out", str(run), "--quiet", "--device", "cpu",
+                "--set", "train.epochs=4", "--set", "train.optimizer=adamw", "--set", "train.lr=0.01",
+                "--set", "train.augment=none")  # fmt: skip
+    assert r.code == 0, r.err
+    return spec, run
+
+
+def test_static_int8_from_the_run_folder(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    spec, run = trained
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(out), "--int8", "--json")
+    assert r.code == 0, r.err
+    v = json.loads(r.out)["variants"]["int8"]
+    assert v["mode"] == "static" and v["calibration_source"] == "digits (training split)"
+    assert 0 < v["calibration_samples"] <= 256
+    int8 = Path(v["file"])
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= _ops(int8)
+    weights = {i.name: i for i in onnx.load(str(int8)).graph.initializer}
+    assert any(w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4 for w in weights.values())  # conv kernels
+    acc = v["accuracy"]
+    assert acc["fp32"] > 0.8, acc  # the network learnt something, so the comparison means something
+    assert acc["int8"] >= acc["fp32"] - 0.03, acc
+    # the int8 file runs through specc.runtime with its manifest and agrees with fp32 on real digits
+    from specc.data import load_dataset
+
+    x = load_dataset("digits", input_shape=(1, 12, 12), input_dtype="float32", seed=0).test.x[:64]
+    a, b = load(out)(x)["output"].argmax(1), load(int8)(x)["output"].argmax(1)
+    assert (a == b).mean() >= 0.95
+
+
+def test_dynamic_mode_keeps_conv_fp32_and_says_so(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    spec, run = trained
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "m.onnx"), "--int8",
+                "--int8-mode", "dynamic")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "(dynamic)" in r.out and "Conv layers stay fp32" in r.out
+    ops = _ops(tmp_path / "m.int8.onnx")
+    assert "Conv" in ops and "MatMulInteger" in ops and "QuantizeLinear" not in ops
+
+
+def _untrained_run(tmp_path: Path) -> tuple[Path, Path]:
+    from specc.build import build, save_weights
+
+    spec = tmp_path / "small_cnn.yaml"
+    spec.write_text(SPEC)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(build(spec, seed=1), run / "model.safetensors")
+    (run / "data.json").write_text(json.dumps({"preprocess": PREPROCESS, "task": "classification"}))
+    return spec, run
+
+
+def test_calibration_from_npz_and_from_an_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    spec, run = _untrained_run(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", image=rng.standard_normal((40, 1, 12, 12)).astype(np.float32))
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "a.onnx"), "--int8",
+                "--calibration", str(tmp_path / "cal.npz"), "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    v = json.loads(r.out)["variants"]["int8"]
+    assert v["mode"] == "static" and v["calibration_samples"] == 40 and v["calibration_source"].endswith("cal.npz")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image: ignored")
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "b.onnx"), "--int8",
+                "--calibration", str(folder), "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    v = json.loads(r.out)["variants"]["int8"]
+    assert v["mode"] == "static" and v["calibration_samples"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--int8", "--int8-mode", "static"], "static int8 quantisation needs calibration data"),
+        (["--int8", "--calibration", "{tmp}/wrong.npy"], "input 'image': expected shape"),
+        (["--int8", "--calibration", "{tmp}/missing.npz"], "calibration data not found"),
+        (["--int8", "--calibration", "{tmp}/empty"], "holds no images"),
+        (["--int8", "--int8-mode", "fast"], "unknown int8 mode 'fast'"),
+        (["--calibration", "{tmp}/wrong.npy"], "--int8-mode and --calibration go with --int8"),
+    ],
+)
+def test_bad_calibration_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
+    spec, run = _untrained_run(tmp_path)
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 12, 12), np.float32))  # 3 channels, the model takes 1
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(out), *[a.format(tmp=tmp_path) for a in args])
+    assert r.code == 2, (r.code, r.err)
+    assert message in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "m.int8.onnx").exists()  # nothing half-written
