@@ -11,7 +11,7 @@ from specc.errors import SpecError
 from specc.export import ExportOptions, export_model
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_PARAMS = 5_000_000
+MAX_PARAMS = 8_000_000  # googlenet at its tiny scale: 5.6M (only the input shrinks)
 
 # Spec files that other stages add land here automatically; two inline specs keep the contract
 # covered (a CNN with residual/BN and a sequence model with a symbolic axis) even before they do.
