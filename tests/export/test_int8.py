@@ -135,3 +135,40 @@ def test_bad_calibration_is_a_usage_error(tmp_path: Path, args: list[str], messa
     assert r.code == 2, (r.code, r.err)
     assert message in r.err and "Traceback" not in r.err
     assert not (tmp_path / "m.int8.onnx").exists()  # nothing half-written
+
+
+def _conv_specs() -> list[object]:
+    from specc.api import check
+    from specc.spec.document import load_spec
+
+    cases = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml")):
+        scale = "tiny" if "tiny" in load_spec(path, (), None).spec.scales else None
+        if any(type(n.op).__name__.startswith("Conv") for n in check(path, (), scale).nodes):
+            cases.append(pytest.param(path, scale, id=path.stem))
+    return cases
+
+
+@pytest.mark.parametrize(("path", "scale"), _conv_specs())
+def test_every_bundled_cnn_quantises_statically(path: Path, scale: str | None, tmp_path: Path) -> None:
+    """Static int8 on every bundled CNN (tiny scale, random weights and calibration inputs): the
+    quantiser handles each op pattern (concat, ceil-mode pools, dense blocks, residual adds, 1x1
+    shortcuts) and the int8 model stays close to fp32 on inputs like the calibration ones."""
+    from specc.api import check
+    from specc.build import build
+    from specc.export import ExportOptions, export_model
+    from specc.export.quantize import Calibration, quantize_int8
+    from specc.export.samples import SampleSizes, make_inputs
+
+    graph = check(path, (), scale)
+    if graph.params > 8_000_000:
+        pytest.skip(f"{graph.params:,} parameters at scale {scale}")
+    fp32 = tmp_path / "m.onnx"
+    export_model(build(graph, seed=0).eval(), graph, fp32, ExportOptions(batches=(1, 2)))
+    feeds = make_inputs(graph, SampleSizes(16, {}), seed=0)
+    info = quantize_int8(fp32, tmp_path / "m.int8.onnx", Calibration(feeds, "random"))
+    assert info["mode"] == "static" and info["int8_ops"].get("QuantizeLinear", 0) > 0
+    x = {k: v[:8] for k, v in make_inputs(graph, SampleSizes(8, {}), seed=1).items()}
+    a = next(iter(load(fp32, verify_manifest=False)(**x).values()))
+    b = next(iter(load(tmp_path / "m.int8.onnx", verify_manifest=False)(**x).values()))
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.05
