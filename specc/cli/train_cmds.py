@@ -48,8 +48,10 @@ def train(
         from specc.train.runner import TrainRequest
         from specc.train.runner import train as run_train
 
-        run_train(TrainRequest(spec, data, out, tuple(sets or ()), scale, config, resume, init_from,
-                               tuple(freeze or ()), device, quiet, fsdp))  # fmt: skip
+        outcome = run_train(TrainRequest(spec, data, out, tuple(sets or ()), scale, config, resume, init_from,
+                                         tuple(freeze or ()), device, quiet, fsdp))  # fmt: skip
+        if outcome.exit_code:
+            raise typer.Exit(outcome.exit_code)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()

@@ -261,12 +261,15 @@ def _free_port() -> int:
 
 def launch(opts: LaunchOptions, worker_args: Sequence[str]) -> int:
     """Run the workers through ``torch.distributed.run`` (elastic); returns the exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(launcher_args(opts, worker_args))
     try:
         run(args)  # type: ignore[no-untyped-call]
+    except SignalException as exc:  # the launcher was signalled: it passed the signal on, workers saved
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failures = exc.failures
         first = failures[min(failures)] if failures else None

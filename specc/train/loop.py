@@ -92,6 +92,16 @@ class Outcome:
     step: int
     final: dict[str, Any] | None
     checkpoint: Path | None = None
+    signum: int | None = None  # the signal that interrupted the run
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run; 128 + the signal number for an interrupted one (143 SIGTERM, 130
+        SIGINT), as shells report a process the signal stopped, so ``specc train && specc export``
+        never exports an unfinished model and torchrun restarts an interrupted worker."""
+        if self.status != "interrupted":
+            return 0
+        return 128 + (self.signum if self.signum is not None else signal.SIGTERM)
 
 
 class Trainer:
@@ -184,7 +194,7 @@ class Trainer:
         while not self._done():
             rate, stopped = self._epoch(stop)
             if stopped:
-                return Outcome("interrupted", st.step, None, self._save())
+                return Outcome("interrupted", st.step, None, self._save(), stop.signum)
             if st.position >= self.spe or (self._done() and st.position > 0):
                 self._end_epoch(rate)  # a last partial epoch (max_steps) gets its row too
         final = self._final(time.perf_counter() - wall)

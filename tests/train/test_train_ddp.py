@@ -71,6 +71,7 @@ def test_sigterm_to_launcher_saves_once_and_resume_is_exact(runs: tuple[Path, Pa
     proc, lines = _watch(train_cmd(spec, run, "--nproc-per-node", "2"), 6)
     proc.send_signal(signal.SIGTERM)
     out = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
     saved = [line for line in out.splitlines() if line.startswith("saved checkpoint at step ")]
     assert len(saved) == 1, out
     step = int(saved[0].rsplit(" ", 1)[1])

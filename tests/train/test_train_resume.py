@@ -94,7 +94,7 @@ def test_sigterm_saves_then_resume_is_bit_exact(reference: tuple[Path, dict[str,
     spec, expected = reference
     run = tmp_path / "run"
     code, out = _interrupt_at(_cmd(spec, run), 10, signal.SIGTERM)
-    assert code == 0, out
+    assert code == 128 + signal.SIGTERM, out  # interrupted, not done: `specc train && specc export` stops
     saved = [line for line in out.splitlines() if line.startswith("saved checkpoint at step ")]
     assert len(saved) == 1
     step = int(saved[0].rsplit(" ", 1)[1])
