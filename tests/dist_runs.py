@@ -41,3 +41,20 @@ def run_train(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def run_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
+
+
+def check_restore_best(spec: Path, run: Path, *launch: str) -> None:
+    """Train with early stopping that nothing beats after epoch 1 (min_delta 100): the run must end
+    with epoch 1's weights on every rank (final val_loss = epoch 1's) and save exactly those."""
+    import json
+
+    done = run_train(train_cmd(spec, run, *launch, "--set", "train.max_steps=null", "--set", "train.epochs=3",
+                               "--set", "train.early_stopping={patience: 2, metric: val_loss, min_delta: 100}"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = metrics["epochs"]
+    assert len(epochs) == 3 and epochs[0]["val_loss"] != epochs[-1]["val_loss"]
+    assert metrics["final"]["weights_of_epoch"] == 1
+    assert abs(metrics["final"]["val_loss"] - epochs[0]["val_loss"]) <= 1e-5 * abs(epochs[0]["val_loss"])
+    final, best = run_weights(run), load_file(str(run / "best.safetensors"))
+    assert sorted(final) == sorted(best) and all(torch.equal(final[k], best[k]) for k in final)

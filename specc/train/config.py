@@ -32,6 +32,8 @@ class EarlyStopping(_Strict):
     patience: PositiveInt = 5
     metric: str = Field("val_loss", description="val_loss, val_accuracy, val_perplexity, val_topK, val_exact_match")
     min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(True, description="end with the weights of the best epoch (RUN/best.safetensors), "
+                                                 "evaluated and saved as the run's weights; false: the last epoch's")
 
     @model_validator(mode="after")
     def _metric(self) -> EarlyStopping:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -162,6 +163,20 @@ def fsdp_shard(model: nn.Module, device: torch.device) -> int:
         fully_shard(group[0] if len(group) == 1 else group, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return len(units)
+
+
+def load_full_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file written by ``save_weights`` as a full state dict of ``model``: tied tensors,
+    stored once, come back under each of their names (as ``state_dict()`` gives them)."""
+    from safetensors.torch import load_file
+
+    full = load_file(str(path))
+    first: dict[int, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = first.setdefault(id(t), name)
+        if name not in full and key in full:
+            full[name] = full[key]
+    return full
 
 
 def fsdp_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

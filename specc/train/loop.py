@@ -40,12 +40,24 @@ from specc.train.optim import make_optimizer, make_scheduler
 from specc.train.report import RunReport
 
 NONFINITE_EXIT = 2
+BEST_WEIGHTS = "best.safetensors"
 
 
 class NonFiniteError(SpeccError):
     """The loss or a gradient became NaN/inf; training stopped before applying that step."""
 
     exit_code = NONFINITE_EXIT
+
+
+class StateOnly(nn.Module):
+    """Hands a gathered state dict to :func:`specc.build.save_weights` (which calls ``state_dict()``)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._state = state
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return self._state
 
 
 class StopRequest:
@@ -84,6 +96,7 @@ class Progress:
     stopped_early: bool = False
     loss_sum: float = 0.0
     loss_count: float = 0.0
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -154,7 +167,8 @@ class Trainer:
         ckpt.restore_rng_state(st["rng"])
         extra = st["extra"]
         self.state = Progress(st["step"], st["epoch"], st["position"], list(extra["history"]), extra["best"],
-                              extra["bad_epochs"], extra["stopped_early"], extra["loss_sum"], extra["loss_count"])
+                              extra["bad_epochs"], extra["stopped_early"], extra["loss_sum"], extra["loss_count"],
+                              extra.get("best_epoch"))  # fmt: skip
         return int(st["step"])
 
     def wrap(self) -> None:
@@ -197,6 +211,7 @@ class Trainer:
                 return Outcome("interrupted", st.step, None, self._save(), stop.signum)
             if st.position >= self.spe or (self._done() and st.position > 0):
                 self._end_epoch(rate)  # a last partial epoch (max_steps) gets its row too
+        self._restore_best()
         final = self._final(time.perf_counter() - wall)
         status = "early_stopped" if st.stopped_early else "completed"
         return Outcome(status, st.step, final)
@@ -367,12 +382,49 @@ class Trainer:
             return
         value = float(row[es.metric]) * (-1.0 if es.higher_is_better else 1.0)
         if st.best is None or value < st.best - es.min_delta:
-            st.best, st.bad_epochs = value, 0
+            st.best, st.bad_epochs, st.best_epoch = value, 0, int(row["epoch"])
+            if es.restore_best:
+                self._save_best()
             return
         st.bad_epochs += 1
         if st.bad_epochs >= es.patience:
             st.stopped_early = True
             self.report.log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
+
+    def _save_best(self) -> None:
+        """The weights of the best epoch so far, as ``RUN/best.safetensors`` (rank 0 writes; FSDP
+        gathers them, a collective)."""
+        from specc.build import save_weights
+
+        full = self.model_state() if self.fsdp else None
+        if self.dist.is_main:
+            save_weights(StateOnly(full) if full is not None else self.model, self.run / BEST_WEIGHTS)
+
+    def _restore_best(self) -> None:
+        """Early stopping's ``restore_best``: load the best epoch's weights on every rank (rank 0
+        reads the file, the others get them by broadcast) before the final evaluation and save."""
+        es, st = self.cfg.early_stopping, self.state
+        if es is None or not es.restore_best or st.best_epoch is None or st.best_epoch == st.epoch:
+            return  # nothing better than the last epoch
+        path = self.run / BEST_WEIGHTS
+        missing = torch.tensor([float(self.dist.is_main and not path.is_file())], device=self.device)
+        if self.dist.all_max(missing).item():  # every rank must take the same branch (collectives follow)
+            self.report.log(f"restore_best: {path} is missing; keeping the last epoch's weights")
+            return
+        full = distributed.load_full_state(self.model, path) if self.dist.is_main else {}
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        else:
+            if self.dist.is_main:
+                self.model.load_state_dict(full)
+            if self.dist.enabled:
+                for t in self.model.state_dict().values():
+                    torch.distributed.broadcast(t, 0)
+        value = st.best * (-1.0 if es.higher_is_better else 1.0) if st.best is not None else float("nan")
+        self.report.log(f"restore_best: weights of epoch {st.best_epoch} ({es.metric} {value:.4f}), not of the "
+                        f"last epoch {st.epoch}")  # fmt: skip
 
     @torch.no_grad()
     def evaluate(self, split: Any) -> dict[str, float]:
@@ -402,6 +454,9 @@ class Trainer:
         rates = [row["samples_per_s"] for row in self.state.history]
         final: dict[str, Any] = {"step": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
                                  "samples_per_s": sum(rates) / len(rates) if rates else None}
+        es = self.cfg.early_stopping
+        if es is not None and es.restore_best and self.state.best_epoch is not None:
+            final["weights_of_epoch"] = self.state.best_epoch  # what the final metrics and weights are
         for name, split in (("val", self.ds.val), ("test", self.ds.test)):
             if len(split):
                 final.update({f"{name}_{k}": v for k, v in self.evaluate(split).items()})
@@ -417,7 +472,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         st = self.state
-        extra = {"history": st.history, "best": st.best, "bad_epochs": st.bad_epochs,
+        extra = {"history": st.history, "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
                  "stopped_early": st.stopped_early, "loss_sum": st.loss_sum, "loss_count": st.loss_count,
                  "config": self.cfg.model_dump_json()}
         state = {"optimizer": optim, "scheduler": self.sched.state_dict(),

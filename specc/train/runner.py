@@ -33,7 +33,7 @@ from specc.train import distributed
 from specc.train.config import TrainConfig, load_train_config
 from specc.train.data import ModelIO, check_fit, load_for_model, write_data_json
 from specc.train.finetune import freeze, init_from
-from specc.train.loop import Outcome, StopRequest, Trainer
+from specc.train.loop import Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
 
 FINAL_WEIGHTS = "model.safetensors"
@@ -277,7 +277,7 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
     if trainer.fsdp:
         full = trainer.model_state()  # a collective: every rank gathers, rank 0 holds the result
         if s.dist.is_main:
-            save_weights(_StateOnly(full), s.run / FINAL_WEIGHTS)
+            save_weights(StateOnly(full), s.run / FINAL_WEIGHTS)
         s.dist.barrier()  # the others must not tear the process group down while rank 0 writes
     elif s.dist.is_main:
         save_weights(s.model, s.run / FINAL_WEIGHTS)
@@ -286,17 +286,6 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
                       if isinstance(v, float) and (k.startswith("test_") or k.startswith("val_")))
     report.log(f"done ({outcome.status}) at step {outcome.step}: {shown}")
     report.log(f"weights: {s.run / FINAL_WEIGHTS}")
-
-
-class _StateOnly(nn.Module):
-    """Hands a gathered state dict to :func:`specc.build.save_weights` (which calls ``state_dict()``)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._state = state
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return self._state
 
 
 def train_module(model: nn.Module, io: ModelIO, ds: Dataset, cfg: TrainConfig, run: Path, *,

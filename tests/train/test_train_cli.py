@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
@@ -114,6 +115,21 @@ def test_npz_regression_and_early_stopping(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["status"] == "early_stopped" and len(metrics["epochs"]) == 2
     assert "test_loss" in metrics["final"]
+    # restore_best (the default): nothing beat epoch 1 by min_delta, so the run ends with epoch 1's
+    # weights: evaluated again they give epoch 1's validation loss, and they are what is saved
+    first, last = metrics["epochs"][0]["val_loss"], metrics["epochs"][1]["val_loss"]
+    assert first != last and metrics["final"]["weights_of_epoch"] == 1
+    assert metrics["final"]["val_loss"] == pytest.approx(first, rel=1e-6)
+    assert "restore_best: weights of epoch 1" in result.out
+    final, best = load_file(str(tmp_path / "r" / "model.safetensors")), load_file(str(tmp_path / "r" / "best.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    result = run_cli("train", str(spec), "--data", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r2"), "--quiet",
+                     "--set", "train.epochs=30", "--set", "train.lr=0.05", "--set", "train.optimizer=sgd",
+                     "--set", "train.early_stopping={patience: 1, metric: val_loss, min_delta: 100, restore_best: false}")
+    assert result.code == 0, result.err
+    metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert metrics["final"]["val_loss"] == pytest.approx(metrics["epochs"][1]["val_loss"], rel=1e-6)
+    assert "weights_of_epoch" not in metrics["final"] and not (tmp_path / "r2" / "best.safetensors").exists()
 
 
 def test_nonfinite_loss_stops_naming_step_and_tensor(tmp_path: Path) -> None:

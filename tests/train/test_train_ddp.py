@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from dist_runs import mlp_spec, run_train, run_weights, train_cmd, train_env
+from dist_runs import check_restore_best, mlp_spec, run_train, run_weights, train_cmd, train_env
 
 SPEC = mlp_spec("ddpmlp")
 
@@ -81,6 +81,10 @@ def test_sigterm_to_launcher_saves_once_and_resume_is_exact(runs: tuple[Path, Pa
     assert f"resumed from step {step}" in resumed.stdout
     a, b = run_weights(two), run_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_restore_best_is_broadcast_to_every_rank(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    check_restore_best(runs[0], tmp_path / "run", "--nproc-per-node", "2")
 
 
 def test_max_restarts_restarts_a_killed_worker(runs: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from dist_runs import mlp_spec, run_train, run_weights, train_cmd, train_env
+from dist_runs import check_restore_best, mlp_spec, run_train, run_weights, train_cmd, train_env
 
 from specc.build import build
 from specc.train import distributed
@@ -117,3 +117,8 @@ def test_optimizer_state_round_trips_between_index_and_name_keys() -> None:
 def test_fsdp_refuses_fp16() -> None:
     with pytest.raises(ValueError, match="bf16"):
         TrainConfig(fsdp=True, amp="fp16")
+
+
+@dist_only
+def test_fsdp_restore_best_loads_the_best_epoch_into_the_shards(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    check_restore_best(runs[0], tmp_path / "run", "--nproc-per-node", "2", "--fsdp")
