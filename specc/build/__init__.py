@@ -155,6 +155,10 @@ def apply_init(model: CompiledModel, seed: int | None = None) -> None:
             leaf = name.rsplit(".", 1)[-1]
             if param.dim() >= 2 and "weight" in leaf:
                 _init_tensor(param, node.op.init)
+                owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+                if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
+                    with torch.no_grad():  # as nn.Embedding's own init: the padding vector starts at zero
+                        param[owner.padding_idx].zero_()
             elif "bias" in leaf:
                 _init_tensor(param, node.op.bias_init)
 

@@ -91,6 +91,19 @@ def test_embedding_rejects_bad_padding_idx() -> None:
         OPS["embedding"].model_validate({"num_embeddings": 10, "embedding_dim": 2, "padding_idx": 10})
 
 
+def test_padding_vector_starts_at_zero_under_any_init(tmp_path: Any) -> None:
+    """A spec-level init (BERT: normal 0.02) must not overwrite the zero padding row (as HF's init)."""
+    from specc.build import build as build_spec
+
+    spec = tmp_path / "emb.yaml"
+    spec.write_text("specc: 1\nname: emb\ninputs: {ids: {shape: [seq], dtype: int64}}\ndims: {seq: 8}\n"
+                    "defaults: {init: {kind: normal, std: 1.0}}\n"
+                    "layers: [embedding: {num_embeddings: 20, embedding_dim: 4, padding_idx: 3, name: emb}]\n")
+    weight = build_spec(spec, seed=0).get_submodule("emb").weight
+    assert torch.count_nonzero(weight[3]) == 0 and torch.count_nonzero(weight[:3]) == 12
+    assert 0.5 < weight[4:].std().item() < 1.5  # the normal(0, 1) init did happen elsewhere
+
+
 # ---- numerical equivalence with torch.nn --------------------------------------------------------
 
 
