@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sigkill_when_ready
 
 from specc.atomic import (
     TEMP_PATTERN,
@@ -108,20 +109,7 @@ with atomic_path(sys.argv[1]) as tmp, open(tmp, "wb") as f:
 def test_sigkill_mid_write_keeps_old_file(tmp_path: Path) -> None:
     target = tmp_path / "data.bin"
     atomic_write_bytes(target, b"old content")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "WRITING"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert sigkill_when_ready(_SLOW_WRITER, str(target), ready="WRITING") == -signal.SIGKILL
     assert target.read_bytes() == b"old content"
     leftovers = [p for p in tmp_path.iterdir() if p != target]
     assert len(leftovers) == 1 and TEMP_PATTERN.match(leftovers[0].name)

@@ -7,14 +7,13 @@ import logging
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import sigkill_when_ready
 from safetensors import safe_open
 from torch import nn
 
@@ -264,23 +263,7 @@ ckpt.save_checkpoint(run_dir, 2, {"w": torch.full((64, 1024), 2.0)}, {})
 @pytest.mark.parametrize("point", ["model", "publish"])
 def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path: Path, point: str) -> None:
     previous = save_checkpoint(tmp_path, 1, {"w": torch.full((64, 1024), 1.0)}, {})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CRASHING_SAVER, str(tmp_path), point],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "BLOCKED"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert sigkill_when_ready(_CRASHING_SAVER, str(tmp_path), point, ready="BLOCKED") == -signal.SIGKILL
 
     root = tmp_path / "checkpoints"
     leftovers = [p for p in root.iterdir() if p.name.startswith(".step-00000002.tmp-")]
