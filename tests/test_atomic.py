@@ -22,7 +22,6 @@ from specc.atomic import (
     temp_name,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_write_bytes_and_text_replace(tmp_path: Path) -> None:

@@ -32,7 +32,6 @@ from specc.train.checkpoint import (
     save_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 class TiedLM(nn.Module):
