@@ -23,7 +23,6 @@ from specc.atomic import (
 )
 
 
-
 def test_write_bytes_and_text_replace(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     atomic_write_bytes(target, b"one")

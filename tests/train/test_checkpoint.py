@@ -33,7 +33,6 @@ from specc.train.checkpoint import (
 )
 
 
-
 class TiedLM(nn.Module):
     """Embedding and output projection sharing one weight."""
 
