@@ -33,6 +33,7 @@ from specc.export.quantize import CALIBRATION_SAMPLES, INT8_MODES, Calibration, 
 from specc.export.samples import parity_sizes
 from specc.export.source import RunInfo, Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
+from specc.graph import Graph
 
 __all__ = [
     "EXPORTERS",
@@ -85,12 +86,22 @@ def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None
         eval_data = load_eval_data(source, dataset=dataset)
         if "int8" in variants and calibration is not None:
             calib = load_calibration(Path(calibration), target)
+            check_index_bounds(calib, graph)
         sizes = [static_sizes(graph)] if options.static else parity_sizes(graph, options.batches[:2], options.seq_lens)
         for kind in variants:
             report.variants[kind] = make_variant(kind, target, graph, sizes, eval_data, calib, int8_mode)
     data = report.to_json()
     write_report(target, data)
     return data
+
+
+def check_index_bounds(calib: Calibration, graph: Graph) -> None:
+    """Calibration ids must be valid for the ops that index with them (an embedding's table size)."""
+    for name, arr in calib.feeds.items():
+        bound = graph.index_bound(name) if arr.dtype.kind in "iu" else None
+        if bound is not None and arr.size and (int(arr.min()) < 0 or int(arr.max()) >= bound):
+            raise UsageError(f"calibration input '{name}' ({calib.source}) holds ids {int(arr.min())}..{int(arr.max())}, "
+                             f"but the model takes 0..{bound - 1}")  # fmt: skip
 
 
 def _run_dataset(source: Source) -> tuple[str, str, Any] | None:

@@ -166,10 +166,16 @@ def quantize_static_int8(src: Path, dst: Path, calibration: Calibration) -> dict
             log.info("quantisation pre-processing skipped for %s: %s", src.name, e)
             model_in, preprocessed = src, False
         with atomic_path(dst) as tmp:
-            quantize_static(str(model_in), str(tmp), _Reader(calibration.feeds, batch),  # type: ignore[arg-type]
-                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+            try:
+                quantize_static(str(model_in), str(tmp), _Reader(calibration.feeds, batch),  # type: ignore[arg-type]
+                                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+            except Exception as e:  # onnxruntime's own exception types, raised while running the inputs
+                if type(e).__module__.startswith("onnxruntime"):
+                    raise UsageError(f"static int8 calibration could not run '{src.name}' on the calibration "
+                                     f"inputs ({calibration.source}): {str(e).splitlines()[0][:400]}") from e  # fmt: skip
+                raise
     return {"method": "onnxruntime.quantization.quantize_static", "mode": "static", "format": "QDQ",
             "weight_type": "QInt8 (per channel)", "activation_type": "QUInt8", "calibration": "MinMax",
             "calibration_samples": calibration.samples, "calibration_source": calibration.source,

@@ -172,3 +172,15 @@ def test_every_bundled_cnn_quantises_statically(path: Path, scale: str | None, t
     a = next(iter(load(fp32, verify_manifest=False)(**x).values()))
     b = next(iter(load(tmp_path / "m.int8.onnx", verify_manifest=False)(**x).values()))
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.05
+
+
+def test_calibration_ids_out_of_the_embedding_range_are_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "emb.yaml"
+    spec.write_text("specc: 1\nname: emb_mlp\ninputs: {ids: {shape: [12], dtype: int64}}\n"
+                    "layers: [embedding: {num_embeddings: 50, embedding_dim: 8}, flatten, linear: 3]\n")
+    np.savez(tmp_path / "cal.npz", ids=np.arange(24).reshape(2, 12) * 3)  # ids up to 69
+    r = run_cli("export", str(spec), "--out", str(tmp_path / "m.onnx"), "--int8", "--int8-mode", "static",
+                "--calibration", str(tmp_path / "cal.npz"))  # fmt: skip
+    assert r.code == 2, r.err
+    assert "calibration input 'ids'" in r.err and "holds ids 0..69, but the model takes 0..49" in r.err
+    assert not (tmp_path / "m.int8.onnx").exists()
