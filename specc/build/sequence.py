@@ -178,12 +178,15 @@ def keep_mask(tq: int, tk: int, causal: bool, key_mask: torch.Tensor | None,
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None, scale: float,
            dropout: nn.Module) -> torch.Tensor:  # fmt: skip
     """softmax(q kᵀ · scale, masked) v for ``(..., Tq, d)``, ``(..., Tk, d)``, ``(..., Tk, dv)``."""
-    scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (..., Tq, Tk)
+    scores = torch.matmul(q, k.transpose(-2, -1)) / (1.0 / scale)  # (..., Tq, Tk); Div: see below
     if keep is not None:
-        # an additive bias on the (small) mask shape, not masked_fill on the scores: the same values
-        # (kept scores + 0.0, masked ones at the dtype's minimum), but onnxruntime's broadcasting
-        # Where over (B, heads, Tq, Tk) cost 5x the Add (measured: 102 vs 22 us per BERT-base layer)
-        scores = scores + torch.where(keep, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        # An additive bias on the (small) mask shape, not masked_fill on the scores: kept scores get
+        # + 0, masked ones a large negative (half the dtype's minimum, so that adding a score cannot
+        # overflow to -inf in fp16). onnxruntime's broadcasting Where over (B, heads, Tq, Tk) cost 5x
+        # this Add (102 vs 22 us per BERT-base layer), and Div-after-matmul + this mask form is the
+        # pattern onnxruntime's BERT Attention fusion recognises (``specc export --optimize``; a Mul
+        # for the scale makes its matcher take the scale's Mul for the mask's).
+        scores = scores + (1.0 - keep.to(scores.dtype)) * (torch.finfo(scores.dtype).min / 2)
     return torch.matmul(dropout(scores.softmax(dim=-1)), v)
 
 

@@ -80,7 +80,7 @@ def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -
     optimisation of the plain export (within 1 %); the fusions pay off with more threads, longer
     sequences or a GPU."""
     if transformer is not None:
-        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
         heads, hidden = transformer
@@ -88,6 +88,9 @@ def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -
         # SkipLayerNormalization's CPU kernel is slower than the Add + LayerNormalization it replaces
         # (see specc.runtime.session); onnxruntime's own fusion of it is turned off at load as well
         fusions.enable_skip_layer_norm = fusions.enable_bias_skip_layer_norm = False
+        # the raw 2-d mask, not the "bert" default MaskIndexEnd (a per-row count of leading ones,
+        # which silently assumes right padding: any other mask would compute something else)
+        fusions.attention_mask_format = AttentionMaskFormat.AttentionMask
         opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
                              optimization_options=fusions)  # fmt: skip
         with atomic_path(dst) as tmp:

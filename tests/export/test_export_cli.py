@@ -214,3 +214,23 @@ def test_bench_json_keys(tmp_path: Path) -> None:
         assert set(row) == {"engine", "latency_ms", "throughput_per_s", "note"}
         assert set(row["latency_ms"]) == {"median", "p90"} and row["throughput_per_s"] > 0
     assert result["settings"]["batch"] == 4
+
+
+def test_optimize_fuses_specc_attention_with_exact_mask_semantics(tmp_path: Path) -> None:
+    """--optimize on specc's BERT: onnxruntime's Attention fusion matches specc's attention export, and
+    the fused file keeps the raw 2-d mask (not the right-padding-only mask index), so a mask with holes
+    gives what the fp32 model gives."""
+    import onnxruntime as ort
+    from conftest import SPECS
+
+    out = tmp_path / "bert.onnx"
+    r = run_cli("export", str(SPECS / "bert_base.yaml"), "--scale", "tiny", "--out", str(out), "--optimize", "--json")
+    assert r.code == 0, r.err
+    fused = json.loads(r.out)["variants"]["opt"]["fused_ops"]
+    assert fused.get("Attention") == 2, fused  # both layers of the tiny scale
+    rng = np.random.default_rng(0)
+    mask = rng.random((3, 10)) > 0.4
+    mask[:, 0], mask[1, -1], mask[1, 3] = True, True, False  # holes and a kept token after padding
+    feeds = {"tokens": rng.integers(1, 64, (3, 10)), "token_types": rng.integers(0, 2, (3, 10)), "attention_mask": mask}
+    plain, opt = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (out, tmp_path / "bert.opt.onnx"))
+    np.testing.assert_allclose(opt.run(None, feeds)[0], plain.run(None, feeds)[0], atol=1e-5, rtol=1e-4)
