@@ -9,8 +9,10 @@ Inputs are one to three float sequences and an optional bool key mask, in this o
   ``False`` = padding to ignore (Hugging Face's ``attention_mask`` convention; the opposite of
   ``nn.MultiheadAttention``'s ``key_padding_mask``).
 
-``causal: true`` lets query position ``t`` see key positions ``<= t`` only. Masked scores are set
-to the most negative finite float, so a fully masked row averages all values instead of giving NaN.
+``causal: true`` lets query position ``t`` see key positions ``<= t`` only. Masked scores are pushed
+to a huge finite negative value (dot-product attention: half the most negative float added, an
+additive mask as in Hugging Face's BERT), so their weight is exactly 0 and a fully masked row
+averages all values instead of giving NaN.
 """
 
 from __future__ import annotations
