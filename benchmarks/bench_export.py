@@ -15,7 +15,7 @@ engines (order reversed every round), and each block starts with a 0.2 s pause a
 Calling the engines one call each in turn measures something else: the intra-op threads of the
 engine that just ran keep spinning for a while and take a core from the next one (the first 2-3
 calls after a switch ran 1.5-3× slower). With more than one part, each part runs in a fresh
-process. Speed-ups are paired: the median over rounds of the ratio of
+process, after ``--pause`` idle seconds (60). Speed-ups are paired: the median over rounds of the ratio of
 two engines' block medians within the round (see :func:`paired`), so that slow drifts of this shared
 machine cancel. ORT sessions: specc's settings (:mod:`specc.runtime.session`: level ALL, sequential,
 1 inter-op thread, ``SkipLayerNormFusion`` off), ``--threads`` intra-op threads; torch eager gets
@@ -298,6 +298,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10, help="consecutive calls per engine and block")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--only", choices=("resnet18", "bert", "spec_bert"), action="append", default=None)
+    parser.add_argument("--pause", type=float, default=60.0, help="idle seconds between the models' processes")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -313,9 +314,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if len(chosen) == 1:
             result[chosen[0]] = parts[chosen[0]](args.iters, Path(tmp), block=args.block, threads=args.threads)
-        for name in chosen if len(chosen) > 1 else []:
-            # each model in a fresh process: a part that ran after others in the same process was
-            # measurably slower (int8 BERT 9.5 vs 7.1 ms), which is not what a deployment sees
+        for i, name in enumerate(chosen if len(chosen) > 1 else []):
+            # each model in a fresh process, after an idle pause: a part that ran after minutes of
+            # full load (same process or not) ran everything slower (torch eager +18 %, int8 BERT
+            # +30 %: the clock drops under sustained load on this host), which is not the state a
+            # single deployment call starts from and is not the same for every part
+            if i:
+                time.sleep(args.pause)
             out = Path(tmp) / f"{name}.json"
             cmd = [sys.executable, __file__, "--only", name, "--iters", str(args.iters), "--block", str(args.block),
                    "--threads", str(args.threads), "--json", str(out)]  # fmt: skip
