@@ -77,11 +77,13 @@ def _summary(report: dict[str, object]) -> str:
     variants = report["variants"]
     assert isinstance(variants, dict)
     for kind, v in variants.items():
-        change = max(o["max_abs"] for o in v["output_change"].values())
+        on_data = v.get("output_change_on_data")
+        where = "validation data" if on_data else "random inputs"
+        change = max(o["max_abs"] for o in (on_data or v["output_change"]).values())
         acc = v.get("accuracy")
         acc_text = f", accuracy {acc['fp32']:.4f} -> {acc[kind]:.4f}" if acc else ""
         mode = f" ({v['mode']})" if v.get("mode") else ""
-        lines.append(f"wrote {v['file']}{mode}: max |Δ| vs fp32 {change:.3g} ({v['output_change_inputs']}){acc_text}")
+        lines.append(f"wrote {v['file']}{mode}: max |Δ| vs fp32 {change:.3g} ({where}){acc_text}")
         if v.get("note"):
             lines.append(f"  note: {v['note']}")
     return "\n".join(lines)

@@ -30,10 +30,11 @@ from specc.export.onnx_export import (
     write_report,
 )
 from specc.export.quantize import CALIBRATION_SAMPLES, INT8_MODES, Calibration, Int8Mode, load_calibration
-from specc.export.samples import parity_sizes
+from specc.export.samples import input_dims, parity_sizes
 from specc.export.source import RunInfo, Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
 from specc.graph import Graph
+from specc.runtime.inputs import TensorSpec
 
 __all__ = [
     "EXPORTERS",
@@ -71,6 +72,9 @@ def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None
     graph = source.model.graph
     dataset = _run_dataset(source) if variants else None  # loaded once: accuracy and calibration
     calib = run_calibration(source, dataset=dataset) if "int8" in variants and calibration is None else None
+    if "int8" in variants and calibration is not None:  # checked before anything is written
+        calib = load_calibration(Path(calibration), input_specs(graph, options), source.run.preprocess)
+        check_index_bounds(calib, graph)
     if "int8" in variants and int8_mode == "static" and calibration is None and calib is None:
         raise UsageError("static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
                          "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known")  # fmt: skip
@@ -84,15 +88,20 @@ def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None
     report_path(failed_path(target)).unlink(missing_ok=True)
     if variants:
         eval_data = load_eval_data(source, dataset=dataset)
-        if "int8" in variants and calibration is not None:
-            calib = load_calibration(Path(calibration), target)
-            check_index_bounds(calib, graph)
         sizes = [static_sizes(graph)] if options.static else parity_sizes(graph, options.batches[:2], options.seq_lens)
         for kind in variants:
             report.variants[kind] = make_variant(kind, target, graph, sizes, eval_data, calib, int8_mode)
     data = report.to_json()
     write_report(target, data)
     return data
+
+
+def input_specs(graph: Graph, options: ExportOptions) -> list[TensorSpec]:
+    """The inputs as the exported file declares them (symbols fixed with --static), with a free batch
+    axis: calibration samples are fed in batches of whatever size the file takes."""
+    static = dict(static_sizes(graph).symbols) if options.static else None
+    return [TensorSpec.from_json({"name": n, "shape": input_dims(graph, n, static), "dtype": t.dtype}, "inputs")
+            for n, t in graph.inputs.items()]  # fmt: skip
 
 
 def check_index_bounds(calib: Calibration, graph: Graph) -> None:

@@ -5,7 +5,7 @@
 * a model with ``Conv`` and calibration data (``--calibration FILE|FOLDER``, or the training split of
   the run folder's data set) → **static** QDQ quantisation: int8 weights per output channel, uint8
   activations with ranges measured on the calibration samples (MinMax). onnxruntime runs it as
-  ``QLinearConv``; ResNet-18 at batch 1 ran 2.7x faster than fp32 onnxruntime (benchmarks/RESULTS.md).
+  ``QLinearConv``; ResNet-18 at batch 1 ran 2.9-3.1x faster than fp32 onnxruntime (benchmarks/RESULTS.md).
 * otherwise → **dynamic** quantisation of the weight matmuls (activations quantised at run time);
   ``Conv`` stays fp32 in that mode, because a dynamically quantised Conv (``ConvInteger``) is several
   times slower than fp32 on CPU. The report says so and how to get the static variant.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from specc.atomic import atomic_path
 from specc.errors import UsageError
+from specc.runtime.inputs import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class _Reader:
         return next(self._batches, None)
 
 
-def _fixed_batch(path: Path) -> int | None:
+def fixed_batch(path: Path) -> int | None:
     """The batch size of a model exported with ``--static`` (first input's first axis), else None."""
     graph = onnx.load(str(path), load_external_data=False).graph
     dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
@@ -156,7 +157,7 @@ def quantize_static_int8(src: Path, dst: Path, calibration: Calibration) -> dict
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batch = _fixed_batch(src) or CALIBRATION_BATCH
+    batch = fixed_batch(src) or CALIBRATION_BATCH
     with tempfile.TemporaryDirectory(prefix=".specc-quant-", dir=dst.parent) as work, _root_log_level(logging.ERROR):
         model_in = Path(work) / "pre.onnx"
         preprocessed = True
@@ -193,30 +194,31 @@ def _subset(feeds: dict[str, NDArray[Any]], limit: int, seed: int = 0) -> dict[s
     return {k: v[idx] for k, v in feeds.items()}
 
 
-def load_calibration(path: Path, model_path: Path, limit: int = CALIBRATION_SAMPLES) -> Calibration:
-    """Calibration inputs from a file or folder, checked against the exported model's inputs:
-    ``.npy`` (a single-input model) or ``.npz`` (one array per input name), each with the batch axis
-    first; or a folder of images (PNG/JPEG/BMP), preprocessed as in training (from the metadata)."""
-    from specc.runtime import load
-    from specc.runtime.inputs import ARRAY_SUFFIXES, IMAGE_SUFFIXES, load_arrays, load_image
+def load_calibration(path: Path, inputs: Sequence[TensorSpec], preprocess: Mapping[str, Any] | None,
+                     limit: int = CALIBRATION_SAMPLES) -> Calibration:  # fmt: skip
+    """Calibration inputs from a file or folder, checked against the model's ``inputs`` exactly like
+    ``specc predict``'s: ``.npy`` (a single-input model) or ``.npz`` (one array per input name), each
+    with the batch axis first; or a folder of images (PNG/JPEG/BMP, sub-folders included, e.g. one
+    per class), preprocessed as in training (``preprocess``: the run folder's image preprocessing)."""
+    from specc.runtime.inputs import ARRAY_SUFFIXES, IMAGE_SUFFIXES, check_input, load_arrays, load_image
 
-    model = load(model_path, verify_manifest=False)
-    names = [s.name for s in model.inputs]
+    names = [s.name for s in inputs]
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise UsageError(f"calibration folder '{path}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        pre = model.preprocess
-        if pre is None or pre.get("kind") != "image" or len(names) != 1:
-            raise UsageError(f"cannot calibrate from the images in '{path}': the model has no image "
-                             "preprocessing metadata or takes more than one input; pass .npy/.npz arrays")  # fmt: skip
+        if preprocess is None or preprocess.get("kind") != "image" or len(names) != 1:
+            raise UsageError(f"cannot calibrate from the images in '{path}': images need the image preprocessing "
+                             "of a training run (give --weights RUN_FOLDER) and a single-input model; "
+                             "otherwise pass preprocessed arrays as .npy/.npz")  # fmt: skip
         images = [images[i] for i in sorted(np.random.default_rng(0).permutation(len(images))[:limit])]
-        raw = {names[0]: np.concatenate([load_image(p, pre, model.inputs[0]) for p in images])}
+        raw = {names[0]: np.concatenate([load_image(p, preprocess, inputs[0]) for p in images])}
     elif path.suffix.lower() in ARRAY_SUFFIXES:
         raw = load_arrays(path, names)
     else:
         raise UsageError(f"--calibration '{path}': expected a .npy/.npz file or a folder of images")
-    feeds = model.prepare(**raw)
+    symbols: dict[str, tuple[int, str]] = {}
+    feeds = {s.name: check_input(s.name, raw[s.name], s, symbols)[0] for s in inputs}
     sizes = {len(v) for v in feeds.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise UsageError(f"--calibration '{path}': every input needs the same, non-zero number of samples, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from specc.atomic import atomic_path, sha256_file
 from specc.export.metadata import get_metadata, write_manifest
-from specc.export.quantize import Calibration, Int8Mode, quantize_int8
+from specc.export.quantize import Calibration, Int8Mode, fixed_batch, quantize_int8
 from specc.export.samples import SampleSizes, make_inputs
 from specc.export.verify import ort_runner, ort_session
 from specc.graph import Graph
@@ -132,15 +132,30 @@ def _copy_metadata(src: Path, dst: Path, kind: str) -> None:
         onnx.save_model(model, str(tmp))
 
 
+def _batches(data: EvalData, path: Path, limit: int | None = None) -> Iterator[tuple[dict[str, NDArray[Any]], NDArray[Any]]]:  # noqa: E501
+    """``(feeds, targets)`` of ``data`` in batches the model at ``path`` takes: 256 samples, or the
+    fixed batch size of a ``--static`` file (dropping a last partial batch)."""
+    fixed = fixed_batch(path)
+    size = fixed or 256
+    n = len(data.targets) if limit is None else min(limit, len(data.targets))
+    for i in range(0, n, size):
+        y = data.targets[i : i + size]
+        if fixed and len(y) != fixed:
+            return
+        yield {k: v[i : i + size] for k, v in data.feeds.items()}, y
+
+
 def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequence[SampleSizes],
                   data: EvalData | None = None) -> dict[str, Any]:  # fmt: skip
-    """Max/mean absolute difference per output and top-1 agreement vs the fp32 model: on the first
-    256 samples of ``data`` where given (real inputs: what a quantised model is calibrated for),
-    else on random inputs at every size of ``sizes``."""
+    """Max/mean absolute difference per output and top-1 agreement vs the fp32 model: on random
+    inputs at every size of ``sizes`` (the dynamic axes), or with ``data`` on its first 256 samples
+    (real inputs: what a quantised model is calibrated for; random ones overstate its error)."""
     ref, cand = ort_runner(ort_session(reference)), ort_runner(ort_session(candidate))
     stats: dict[str, dict[str, float]] = {}
-    batches = ([{k: v[:256] for k, v in data.feeds.items()}] if data is not None
-               else [make_inputs(graph, s, seed=100 + k) for k, s in enumerate(sizes)])  # fmt: skip
+    if data is not None:
+        batches = [feeds for feeds, _ in _batches(data, reference, limit=256)]
+    else:
+        batches = [make_inputs(graph, s, seed=100 + k) for k, s in enumerate(sizes)]
     for feeds in batches:
         a, b = ref(feeds), cand(feeds)
         for name in a:
@@ -155,14 +170,12 @@ def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequenc
     return stats
 
 
-def accuracy(path: Path, data: EvalData, batch: int = 256) -> float:
+def accuracy(path: Path, data: EvalData) -> float:
     """Top-1 accuracy (per token for sequence outputs) of an ONNX model on a labelled split."""
     run = ort_runner(ort_session(path))
-    n = len(data.targets)
     hits = total = 0
-    for i in range(0, n, batch):
-        out = next(iter(run({k: v[i : i + batch] for k, v in data.feeds.items()}).values()))
-        y = data.targets[i : i + batch]
+    for feeds, y in _batches(data, path):
+        out = next(iter(run(feeds).values()))
         pred = out.argmax(-1)
         if pred.shape != y.shape:
             raise ValueError(f"prediction shape {pred.shape} does not match targets {y.shape}")
@@ -186,9 +199,9 @@ def make_variant(kind: Variant, target: Path, graph: Graph, sizes: Sequence[Samp
     _copy_metadata(target, dst, kind)
     entry: dict[str, Any] = {"file": str(dst), **info, "convert_s": round(time.perf_counter() - start, 3)}
     entry["checker"] = _checker(dst)
-    entry["output_change"] = output_change(target, dst, graph, sizes, eval_data)
-    entry["output_change_inputs"] = (f"{eval_data.source} validation split" if eval_data is not None
-                                     else "random inputs")  # fmt: skip
+    entry["output_change"] = output_change(target, dst, graph, sizes)  # every size of the dynamic axes
+    if eval_data is not None:
+        entry["output_change_on_data"] = output_change(target, dst, graph, sizes, eval_data)
     if eval_data is not None:
         entry["accuracy"] = {"split": f"{eval_data.source} (validation, {len(eval_data.targets)} samples)",
                              "fp32": accuracy(target, eval_data), kind: accuracy(dst, eval_data)}  # fmt: skip

@@ -70,6 +70,33 @@ def test_static_int8_from_the_run_folder(trained: tuple[Path, Path], tmp_path: P
     assert (a == b).mean() >= 0.95
 
 
+def test_static_export_with_static_int8_from_the_run_folder(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """--static fixes the batch at 1: calibration, output change and accuracy feed it one sample at a time."""
+    spec, run = trained
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "s.onnx"), "--static", "--int8", "--json")
+    assert r.code == 0, r.err
+    v = json.loads(r.out)["variants"]["int8"]
+    assert v["mode"] == "static" and v["accuracy"]["int8"] >= v["accuracy"]["fp32"] - 0.03
+    assert v["output_change_on_data"]["output"]["top1_agree"] >= 0.95
+    dims = onnx.load(str(tmp_path / "s.int8.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 12, 12]
+
+
+def test_images_need_the_run_folders_preprocessing(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from specc.build import build, save_weights
+
+    spec = tmp_path / "small_cnn.yaml"
+    spec.write_text(SPEC)
+    save_weights(build(spec, seed=1), tmp_path / "w.safetensors")
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "images" / "a.png")
+    r = run_cli("export", str(spec), "-w", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "m.onnx"),
+                "--int8", "--calibration", str(tmp_path / "images"))  # fmt: skip
+    assert r.code == 2 and "give --weights RUN_FOLDER" in r.err and not (tmp_path / "m.onnx").exists()
+
+
 def test_dynamic_mode_keeps_conv_fp32_and_says_so(trained: tuple[Path, Path], tmp_path: Path) -> None:
     spec, run = trained
     r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "m.onnx"), "--int8",
@@ -104,9 +131,9 @@ def test_calibration_from_npz_and_from_an_image_folder(tmp_path: Path) -> None:
     v = json.loads(r.out)["variants"]["int8"]
     assert v["mode"] == "static" and v["calibration_samples"] == 40 and v["calibration_source"].endswith("cal.npz")
     folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"{i}.png")
+    for i in range(5):  # the training layout: one sub-folder per class
+        (folder / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"class{i % 2}" / f"{i}.png")
     (folder / "notes.txt").write_text("not an image: ignored")
     r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "b.onnx"), "--int8",
                 "--calibration", str(folder), "--json")  # fmt: skip
@@ -134,7 +161,7 @@ def test_bad_calibration_is_a_usage_error(tmp_path: Path, args: list[str], messa
     r = run_cli("export", str(spec), "-w", str(run), "--out", str(out), *[a.format(tmp=tmp_path) for a in args])
     assert r.code == 2, (r.code, r.err)
     assert message in r.err and "Traceback" not in r.err
-    assert not (tmp_path / "m.int8.onnx").exists()  # nothing half-written
+    assert not out.exists() and not (tmp_path / "m.int8.onnx").exists()  # refused before anything is written
 
 
 def _conv_specs() -> list[object]:
