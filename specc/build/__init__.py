@@ -212,8 +212,9 @@ def build(spec: Any, *, sets: tuple[str, ...] = (), scale: str | None = None, se
     return model
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write the state_dict as safetensors, atomically (tied tensors are stored once)."""
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write the state_dict as safetensors, atomically (tied tensors are stored once); ``metadata``
+    goes into the header next to ``format``."""
     from safetensors.torch import save_model
 
     from specc.atomic import atomic_path
@@ -223,7 +224,7 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
     with atomic_path(target) as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt"})  # one key: header bytes are deterministic
+        save_model(model, str(tmp), metadata={"format": "pt", **(metadata or {})})  # deterministic header bytes
     return target
 
 

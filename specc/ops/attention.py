@@ -11,8 +11,9 @@ Inputs are one to three float sequences and an optional bool key mask, in this o
 
 ``causal: true`` lets query position ``t`` see key positions ``<= t`` only. Masked scores are pushed
 to a huge finite negative value (dot-product attention: half the most negative float added, an
-additive mask as in Hugging Face's BERT), so their weight is exactly 0 and a fully masked row
-averages all values instead of giving NaN.
+additive mask as in Hugging Face's BERT), so their weight is exactly 0. A fully masked row stays
+finite instead of giving NaN: in fp32/bf16 it averages all values; in fp16 the coarse grid near the
+mask value makes that average rough.
 """
 
 from __future__ import annotations

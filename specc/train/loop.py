@@ -211,8 +211,8 @@ class Trainer:
                 return Outcome("interrupted", st.step, None, self._save(), stop.signum)
             if st.position >= self.spe or (self._done() and st.position > 0):
                 self._end_epoch(rate)  # a last partial epoch (max_steps) gets its row too
-        self._restore_best()
-        final = self._final(time.perf_counter() - wall)
+        weights_epoch = self._restore_best()
+        final = self._final(time.perf_counter() - wall, weights_epoch)
         status = "early_stopped" if st.stopped_early else "completed"
         return Outcome(status, st.step, final)
 
@@ -392,26 +392,34 @@ class Trainer:
             self.report.log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
 
     def _save_best(self) -> None:
-        """The weights of the best epoch so far, as ``RUN/best.safetensors`` (rank 0 writes; FSDP
-        gathers them, a collective)."""
+        """The weights of the best epoch so far, as ``RUN/best.safetensors`` with the epoch in its
+        metadata (rank 0 writes; FSDP gathers them, a collective)."""
         from specc.build import save_weights
 
         full = self.model_state() if self.fsdp else None
         if self.dist.is_main:
-            save_weights(StateOnly(full) if full is not None else self.model, self.run / BEST_WEIGHTS)
+            save_weights(StateOnly(full) if full is not None else self.model, self.run / BEST_WEIGHTS,
+                         metadata={"epoch": str(self.state.best_epoch)})  # fmt: skip
 
-    def _restore_best(self) -> None:
+    def _restore_best(self) -> int | None:
         """Early stopping's ``restore_best``: load the best epoch's weights on every rank (rank 0
-        reads the file, the others get them by broadcast) before the final evaluation and save."""
+        reads the file, the others get them by broadcast) before the final evaluation and save.
+        Returns the epoch whose weights the model now holds (None: unknown, the last epoch's)."""
         es, st = self.cfg.early_stopping, self.state
-        if es is None or not es.restore_best or st.best_epoch is None or st.best_epoch == st.epoch:
-            return  # nothing better than the last epoch
+        if es is None or not es.restore_best or st.best_epoch is None:
+            return None
+        if st.best_epoch == st.epoch:
+            return st.epoch  # the last epoch is the best one
         path = self.run / BEST_WEIGHTS
-        missing = torch.tensor([float(self.dist.is_main and not path.is_file())], device=self.device)
-        if self.dist.all_max(missing).item():  # every rank must take the same branch (collectives follow)
-            self.report.log(f"restore_best: {path} is missing; keeping the last epoch's weights")
-            return
-        full = distributed.load_full_state(self.model, path) if self.dist.is_main else {}
+        full: dict[str, torch.Tensor] = {}
+        problem = ""
+        if self.dist.is_main:  # every check before the collectives, so that no rank waits forever
+            problem, full = self._read_best(path, st.best_epoch)
+        failed = torch.tensor([float(bool(problem))], device=self.device)
+        if self.dist.all_max(failed).item():
+            self.report.log(f"restore_best: {problem or 'rank 0 could not read ' + str(path)}; "
+                            f"keeping the last epoch's weights (epoch {st.epoch})")  # fmt: skip
+            return None
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -425,6 +433,26 @@ class Trainer:
         value = st.best * (-1.0 if es.higher_is_better else 1.0) if st.best is not None else float("nan")
         self.report.log(f"restore_best: weights of epoch {st.best_epoch} ({es.metric} {value:.4f}), not of the "
                         f"last epoch {st.epoch}")  # fmt: skip
+        return st.best_epoch
+
+    def _read_best(self, path: Path, epoch: int) -> tuple[str, dict[str, torch.Tensor]]:
+        """``(problem, state)``: the best weights if ``path`` holds those of ``epoch`` and fits the model."""
+        from safetensors import safe_open
+
+        if not path.is_file():
+            return f"{path} is missing", {}
+        try:
+            with safe_open(str(path), "pt") as f:  # type: ignore[no-untyped-call]
+                saved = (f.metadata() or {}).get("epoch")
+            full = distributed.load_full_state(self.model, path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means: keep the last weights
+            return f"{path} cannot be read ({e})", {}
+        if saved != str(epoch):
+            return f"{path} holds the weights of epoch {saved}, not of the best epoch {epoch}", {}
+        expected = set(self.model.state_dict())
+        if set(full) != expected:
+            return f"{path} does not fit the model ({len(set(full) ^ expected)} tensor names differ)", {}
+        return "", full
 
     @torch.no_grad()
     def evaluate(self, split: Any) -> dict[str, float]:
@@ -450,13 +478,12 @@ class Trainer:
         # FSDP: each forward is a collective, so every rank runs the same number of batches
         yield from torch.tensor_split(mine, -(-math.ceil(n / self.dist.world) // size))
 
-    def _final(self, wall: float) -> dict[str, Any]:
+    def _final(self, wall: float, weights_epoch: int | None = None) -> dict[str, Any]:
         rates = [row["samples_per_s"] for row in self.state.history]
         final: dict[str, Any] = {"step": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
                                  "samples_per_s": sum(rates) / len(rates) if rates else None}
-        es = self.cfg.early_stopping
-        if es is not None and es.restore_best and self.state.best_epoch is not None:
-            final["weights_of_epoch"] = self.state.best_epoch  # what the final metrics and weights are
+        if weights_epoch is not None:
+            final["weights_of_epoch"] = weights_epoch  # restore_best: whose weights the metrics and files are
         for name, split in (("val", self.ds.val), ("test", self.ds.test)):
             if len(split):
                 final.update({f"{name}_{k}": v for k, v in self.evaluate(split).items()})

@@ -132,6 +132,31 @@ def test_npz_regression_and_early_stopping(tmp_path: Path) -> None:
     assert "weights_of_epoch" not in metrics["final"] and not (tmp_path / "r2" / "best.safetensors").exists()
 
 
+def test_restore_best_refuses_a_best_file_of_another_epoch(tmp_path: Path) -> None:
+    """best.safetensors records its epoch; one that does not belong to the best epoch the (resumed)
+    run knows is not loaded: the run keeps its last weights and says so."""
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=(x @ np.array([1.0, -2.0, 0.5], dtype=np.float32)))
+    spec = _mlp(tmp_path, 3, 1)
+    args = ["train", str(spec), "--data", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r"), "--quiet",
+            "--set", "train.lr=0.05", "--set", "train.optimizer=sgd",
+            "--set", "train.early_stopping={patience: 5, metric: val_loss, min_delta: 100}"]  # fmt: skip
+    first = run_cli(*args, "--set", "train.epochs=2")
+    assert first.code == 0, first.err
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]["weights_of_epoch"] == 1
+    best = tmp_path / "r" / "best.safetensors"
+    save_file(load_file(str(best)), str(best), metadata={"format": "pt", "epoch": "7"})  # a stray file
+    resumed = run_cli(*args, "--set", "train.epochs=3", "--resume")
+    assert resumed.code == 0, resumed.err
+    assert "holds the weights of epoch 7, not of the best epoch 1" in resumed.out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "weights_of_epoch" not in metrics["final"] and len(metrics["epochs"]) == 3
+    assert metrics["final"]["val_loss"] == pytest.approx(metrics["epochs"][2]["val_loss"], rel=1e-6)
+
+
 def test_nonfinite_loss_stops_naming_step_and_tensor(tmp_path: Path) -> None:
     spec = _mlp(tmp_path, 4, 3)
     run = tmp_path / "r"
