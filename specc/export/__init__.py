@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from specc.errors import DataError, UsageError
+from specc.export.metadata import input_entries
 from specc.export.onnx_export import (
     EXPORTERS,
     ExportInfo,
@@ -30,7 +31,7 @@ from specc.export.onnx_export import (
     write_report,
 )
 from specc.export.quantize import CALIBRATION_SAMPLES, INT8_MODES, Calibration, Int8Mode, load_calibration
-from specc.export.samples import input_dims, parity_sizes
+from specc.export.samples import parity_sizes
 from specc.export.source import RunInfo, Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
 from specc.graph import Graph
@@ -100,8 +101,7 @@ def input_specs(graph: Graph, options: ExportOptions) -> list[TensorSpec]:
     """The inputs as the exported file declares them (symbols fixed with --static), with a free batch
     axis: calibration samples are fed in batches of whatever size the file takes."""
     static = dict(static_sizes(graph).symbols) if options.static else None
-    return [TensorSpec.from_json({"name": n, "shape": input_dims(graph, n, static), "dtype": t.dtype}, "inputs")
-            for n, t in graph.inputs.items()]  # fmt: skip
+    return [TensorSpec.from_json(entry, "inputs") for entry in input_entries(graph, static)]
 
 
 def check_index_bounds(calib: Calibration, graph: Graph) -> None:

@@ -33,6 +33,11 @@ from specc.runtime.model import (
 )
 
 
+def input_entries(graph: Graph, static: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """``specc.inputs`` of the metadata: name, shape with the batch axis (sizes from ``static``), dtype."""
+    return [{"name": n, "shape": input_dims(graph, n, static), "dtype": t.dtype} for n, t in graph.inputs.items()]
+
+
 def build_metadata(graph: Graph, *, labels: Sequence[str] | None = None,
                    preprocess: Mapping[str, Any] | None = None, task: str | None = None,
                    static: Mapping[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -40,7 +45,7 @@ def build_metadata(graph: Graph, *, labels: Sequence[str] | None = None,
 
     ``static`` fixes the batch axis and symbols (``--static``); shapes then hold only ints.
     """
-    inputs = [{"name": n, "shape": input_dims(graph, n, static), "dtype": t.dtype} for n, t in graph.inputs.items()]
+    inputs = input_entries(graph, static)
     outputs = []
     for name, t in graph.output_types().items():
         dims: list[int | str] = [BATCH, *t.shape]

@@ -442,34 +442,29 @@ class Model:
 
     # -- files -----------------------------------------------------------------------------------
 
+    def _preprocess_for(self, kind: str, path: Path, needs: str, instead: str) -> Mapping[str, Any]:
+        """The preprocessing metadata of ``kind`` for a single-input model, else a clear refusal."""
+        pre = self.preprocess
+        if pre is None or pre.get("kind") != kind:
+            raise UsageError(
+                f"cannot predict from {kind} '{path.name}': the model has no {kind} preprocessing "
+                f"metadata ({KEY_PREPROCESS} kind '{kind}'{needs}); {instead}"
+            )
+        if len(self._inputs) != 1:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise UsageError(f"{article} {kind} gives one input but the model takes {len(self._inputs)}: {self._expects()}")
+        return pre
+
     def _feeds_from_file(self, path: Path) -> tuple[dict[str, NDArray[Any]], str | None]:
         suffix = path.suffix.lower()
         names = [s.name for s in self._inputs]
-        pre = self.preprocess
-        kind = pre.get("kind") if pre else None
         if suffix in ARRAY_SUFFIXES:
             return dict(load_arrays(path, names)), None
         if suffix in IMAGE_SUFFIXES:
-            if pre is None or kind != "image":
-                raise UsageError(
-                    f"cannot predict from image '{path.name}': the model has no image preprocessing "
-                    f"metadata ({KEY_PREPROCESS} kind 'image'); pass the input as .npy or .npz"
-                )
-            if len(names) != 1:
-                raise UsageError(
-                    f"an image gives one input but the model takes {len(names)}: {self._expects()}"
-                )
+            pre = self._preprocess_for("image", path, "", "pass the input as .npy or .npz")
             return {names[0]: load_image(path, pre, self._inputs[0])}, None
         if suffix in TEXT_SUFFIXES:
-            if pre is None or kind != "text":
-                raise UsageError(
-                    f"cannot predict from text '{path.name}': the model has no text preprocessing "
-                    f"metadata ({KEY_PREPROCESS} kind 'text' with a 'vocab'); pass token ids as .npy"
-                )
-            if len(names) != 1:
-                raise UsageError(
-                    f"a text gives one input but the model takes {len(names)}: {self._expects()}"
-                )
+            pre = self._preprocess_for("text", path, " with a 'vocab'", "pass token ids as .npy")
             text = read_text(path)
             return {names[0]: encode_text(text, text_vocab(pre))}, text
         raise unsupported_file(path)
