@@ -4,7 +4,6 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SPECC   := $(BIN)/specc
-CORE    := specc/load specc/spec specc/graph specc/errors.py
 
 .PHONY: venv demo test lint typecheck bench docs clean
 
@@ -23,7 +22,8 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check specc tests benchmarks cli.py
-	$(BIN)/mypy $(CORE)
+	$(BIN)/ruff format --check specc tests benchmarks cli.py
+	$(BIN)/mypy specc
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference_models import REFERENCES  # noqa: E402
 
 from specc.api import check  # noqa: E402
-from specc.build import build  # noqa: E402
+from specc.nn import build  # noqa: E402
 
 # (spec, input shape): small inputs keep a 2-core CPU run short
 PAIRS: list[tuple[str, tuple[int, int, int]]] = [("resnet18", (3, 64, 64)), ("densenet121", (3, 64, 64))]

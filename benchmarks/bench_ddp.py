@@ -38,9 +38,30 @@ layers:
 
 def _run(spec: Path, out: Path, steps: int, nproc: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--out", str(out), "--quiet",
-           "--device", "cpu", "--set", "train.epochs=null", "--set", f"train.max_steps={steps}",
-           "--set", "train.batch_size=128", "--set", "train.optimizer=sgd", "--set", "train.lr=0.05"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "specc.cli",
+        "train",
+        str(spec),
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "train.epochs=null",
+        "--set",
+        f"train.max_steps={steps}",
+        "--set",
+        "train.batch_size=128",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.lr=0.05",
+    ]
     if nproc > 1:
         cmd += ["--nproc-per-node", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

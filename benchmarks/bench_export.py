@@ -47,17 +47,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from specc.api import check  # noqa: E402
-from specc.build import build  # noqa: E402
 from specc.export import ExportOptions, export_model  # noqa: E402
 from specc.export.bench import ort_fn, time_calls, torch_fn  # noqa: E402
 from specc.export.quantize import Calibration, quantize_int8  # noqa: E402
 from specc.export.variants import optimize  # noqa: E402
 from specc.graph import Graph  # noqa: E402
+from specc.nn import build  # noqa: E402
 from specc.ops.base import TensorType  # noqa: E402
 
 
-def latencies(fns: dict[str, Any], feeds: dict[str, np.ndarray], iters: int, block: int = 10,
-              pause_s: float = 0.2, warmup: int = 3) -> dict[str, dict[str, float]]:  # fmt: skip
+def latencies(
+    fns: dict[str, Any],
+    feeds: dict[str, np.ndarray],
+    iters: int,
+    block: int = 10,
+    pause_s: float = 0.2,
+    warmup: int = 3,
+) -> dict[str, dict[str, float]]:
     """Batch-1 latency of every engine: blocks of ``block`` consecutive timed calls, alternating
     between engines (order reversed every round) so that load from other processes hits all engines
     alike; each block starts after a pause and ``warmup`` untimed calls (see the module docstring).
@@ -73,9 +79,16 @@ def latencies(fns: dict[str, Any], feeds: dict[str, np.ndarray], iters: int, blo
             t = time_calls(fns[k], feeds, block, warmup=warmup)
             times[k] += t
             blocks[k].append(1e3 * statistics.median(t))
-    return {k: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * float(np.percentile(t, 90)),
-                "min_ms": 1e3 * min(t), "calls": len(t), "block_medians_ms": blocks[k]}
-            for k, t in times.items()}  # fmt: skip
+    return {
+        k: {
+            "median_ms": 1e3 * statistics.median(t),
+            "p90_ms": 1e3 * float(np.percentile(t, 90)),
+            "min_ms": 1e3 * min(t),
+            "calls": len(t),
+            "block_medians_ms": blocks[k],
+        }
+        for k, t in times.items()
+    }
 
 
 def paired(rows: dict[str, dict[str, Any]], slow: str, fast: str) -> float:
@@ -98,15 +111,22 @@ def first(out: Any) -> np.ndarray:
 def op_counts(path: Path) -> dict[str, int]:
     import onnx
 
-    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type != "Constant"]
+    ops = [
+        n.op_type
+        for n in onnx.load(str(path), load_external_data=False).graph.node
+        if n.op_type != "Constant"
+    ]
     return {op: ops.count(op) for op in sorted(set(ops))}
 
 
 def change(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return {"max_abs": float(np.abs(a - b).max()), "rel_l2": float(np.linalg.norm(a - b) / np.linalg.norm(a)),
-            "cosine": cos}  # fmt: skip
+    return {
+        "max_abs": float(np.abs(a - b).max()),
+        "rel_l2": float(np.linalg.norm(a - b) / np.linalg.norm(a)),
+        "cosine": cos,
+    }
 
 
 # -------------------------------------------------------------------------------------- ResNet-18
@@ -133,20 +153,26 @@ def bench_resnet(iters: int, tmp: Path, block: int = 10, threads: int = 2) -> di
     x = {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)}
     eager = torch_fn(model, ["image"])
     fp32, int8 = ort_fn(tmp / "resnet18.onnx", threads), ort_fn(tmp / "resnet18.int8.onnx", threads)
-    rows = latencies({"torch eager": eager, "onnxruntime fp32": fp32, "onnxruntime int8 static": int8}, x, iters,
-                     block)  # fmt: skip
+    rows = latencies(
+        {"torch eager": eager, "onnxruntime fp32": fp32, "onnxruntime int8 static": int8}, x, iters, block
+    )
     ref = eager(x).numpy()
     out8 = next(iter(int8(x).values()))
     return {
-        "spec": spec, "params": graph.params,
-        "export_and_verify_s": export_s, "timings_s": report.timings_s, "int8_quantize_s": int8_s,
+        "spec": spec,
+        "params": graph.params,
+        "export_and_verify_s": export_s,
+        "timings_s": report.timings_s,
+        "int8_quantize_s": int8_s,
         "parity_max_abs": max(d["max_abs"] for d in report.to_json()["max_diff"].values()),
-        "latency_b1": rows, "int8": int8_info,
+        "latency_b1": rows,
+        "int8": int8_info,
         "speedup_ort_fp32_vs_eager": paired(rows, "torch eager", "onnxruntime fp32"),
         "speedup_ort_int8_vs_eager": paired(rows, "torch eager", "onnxruntime int8 static"),
         "speedup_ort_int8_vs_fp32": paired(rows, "onnxruntime fp32", "onnxruntime int8 static"),
-        "int8_change": change(ref, out8), "int8_top1_agree": bool(ref.argmax() == out8.argmax()),
-    }  # fmt: skip
+        "int8_change": change(ref, out8),
+        "int8_top1_agree": bool(ref.argmax() == out8.argmax()),
+    }
 
 
 # -------------------------------------------------------------------------------------- BERT
@@ -179,8 +205,15 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     """Embeddings + N layers; inputs ``input_ids`` and ``attention_mask`` (B, T) int64."""
 
-    def __init__(self, vocab: int = 30522, d: int = 768, heads: int = 12, ffn: int = 3072, layers: int = 4,
-                 max_len: int = 512) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vocab: int = 30522,
+        d: int = 768,
+        heads: int = 12,
+        ffn: int = 3072,
+        layers: int = 4,
+        max_len: int = 512,
+    ) -> None:
         super().__init__()
         self.word, self.position = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
         self.token_type = nn.Embedding(2, d)
@@ -190,7 +223,9 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        x = self.emb_norm(self.word(input_ids) + self.position(pos) + self.token_type(torch.zeros_like(input_ids)))
+        x = self.emb_norm(
+            self.word(input_ids) + self.position(pos) + self.token_type(torch.zeros_like(input_ids))
+        )
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0  # (B, 1, 1, T)
         for layer in self.layers:
             x = layer(x, mask)
@@ -200,8 +235,9 @@ class BertEncoder(nn.Module):
 class _HandGraph(Graph):
     """The graph description export_model needs for a hand-written module (no spec nodes)."""
 
-    def __init__(self, name: str, inputs: dict[str, TensorType], outputs: dict[str, TensorType],
-                 dims: dict[str, int]) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, inputs: dict[str, TensorType], outputs: dict[str, TensorType], dims: dict[str, int]
+    ) -> None:
         super().__init__(name=name, inputs=inputs, nodes=[], outputs={}, dims=dims)
         self._outs = outputs
         self.outputs = {k: None for k in outputs}  # type: ignore[misc]
@@ -210,7 +246,9 @@ class _HandGraph(Graph):
         return dict(self._outs)
 
 
-def bert_summary(rows: dict[str, dict[str, Any]], eager: np.ndarray, outs: dict[str, np.ndarray]) -> dict[str, Any]:
+def bert_summary(
+    rows: dict[str, dict[str, Any]], eager: np.ndarray, outs: dict[str, np.ndarray]
+) -> dict[str, Any]:
     """Paired speed-ups (see :func:`paired`) and the output change of each ORT engine vs torch eager."""
     fused = next(k for k in rows if k.startswith("onnxruntime fp32 "))  # the fused / --optimize graph
     best = min(("onnxruntime fp32", fused), key=lambda k: rows[k]["median_ms"])
@@ -222,15 +260,18 @@ def bert_summary(rows: dict[str, dict[str, Any]], eager: np.ndarray, outs: dict[
         "speedup_int8_vs_fused_fp32": paired(rows, fused, "onnxruntime int8"),
         "speedup_int8_vs_best_fp32": paired(rows, best, "onnxruntime int8"),
         "output_change_vs_torch": {k: change(eager, v) for k, v in outs.items()},
-    }  # fmt: skip
+    }
 
 
 def bench_bert(iters: int, tmp: Path, seq: int = 128, block: int = 10, threads: int = 2) -> dict[str, Any]:
     torch.manual_seed(0)
     model = BertEncoder().eval()
-    graph = _HandGraph("bert_bench", {"input_ids": TensorType(("seq",), "int64"),
-                                      "attention_mask": TensorType(("seq",), "int64")},
-                       {"hidden": TensorType(("seq", 768))}, {"seq": 512})  # fmt: skip
+    graph = _HandGraph(
+        "bert_bench",
+        {"input_ids": TensorType(("seq",), "int64"), "attention_mask": TensorType(("seq",), "int64")},
+        {"hidden": TensorType(("seq", 768))},
+        {"seq": 512},
+    )
     onnx_path = tmp / "bert.onnx"
     t = time.perf_counter()
     report = export_model(model, graph, onnx_path, ExportOptions(batches=(1, 2)))
@@ -240,21 +281,29 @@ def bench_bert(iters: int, tmp: Path, seq: int = 128, block: int = 10, threads: 
     int8_info = quantize_int8(onnx_path, tmp / "bert.int8.onnx")  # the plain graph: ORT fuses it at load
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(0, 30522, (1, seq)), "attention_mask": np.ones((1, seq), np.int64)}
-    fns = {"torch eager": torch_fn(model, ["input_ids", "attention_mask"]),
-           "onnxruntime fp32": ort_fn(onnx_path, threads), "onnxruntime fp32 fused": ort_fn(fused, threads),
-           "onnxruntime int8": ort_fn(tmp / "bert.int8.onnx", threads)}  # fmt: skip
+    fns = {
+        "torch eager": torch_fn(model, ["input_ids", "attention_mask"]),
+        "onnxruntime fp32": ort_fn(onnx_path, threads),
+        "onnxruntime fp32 fused": ort_fn(fused, threads),
+        "onnxruntime int8": ort_fn(tmp / "bert.int8.onnx", threads),
+    }
     rows = latencies(fns, feeds, iters, block)
     ref = first(fns["torch eager"](feeds))
     outs = {k: first(fns[k](feeds)) for k in list(fns)[1:]}
     return {
-        "export_and_verify_s": export_s, "parity_max_abs": report.to_json()["max_diff"]["hidden"]["max_abs"],
-        "optimizer": info, "fused_ops": op_counts(fused), "int8": int8_info,
-        "latency_b1_T128": rows, **bert_summary(rows, ref, outs),
-    }  # fmt: skip
+        "export_and_verify_s": export_s,
+        "parity_max_abs": report.to_json()["max_diff"]["hidden"]["max_abs"],
+        "optimizer": info,
+        "fused_ops": op_counts(fused),
+        "int8": int8_info,
+        "latency_b1_T128": rows,
+        **bert_summary(rows, ref, outs),
+    }
 
 
-def bench_spec_bert(iters: int, tmp: Path, seq: int = 128, block: int = 10, threads: int = 2,
-                    layers: int = 4) -> dict[str, Any]:  # fmt: skip
+def bench_spec_bert(
+    iters: int, tmp: Path, seq: int = 128, block: int = 10, threads: int = 2, layers: int = 4
+) -> dict[str, Any]:
     """``specs/bert_base.yaml --set num_layers=4`` built by specc and exported by specc's exporter."""
     from specc.export.source import load_source
     from specc.export.variants import transformer_shape
@@ -271,22 +320,33 @@ def bench_spec_bert(iters: int, tmp: Path, seq: int = 128, block: int = 10, thre
     info = optimize(onnx_path, opt, transformer=shape)  # what `specc export --optimize` does
     int8_info = quantize_int8(onnx_path, tmp / "bert_base.int8.onnx")  # `specc export --int8`
     rng = np.random.default_rng(0)
-    feeds = {"tokens": rng.integers(1, 30522, (1, seq)), "token_types": np.zeros((1, seq), np.int64),
-             "attention_mask": np.ones((1, seq), bool)}  # fmt: skip
-    fns = {"torch eager": torch_fn(model, list(graph.inputs)), "onnxruntime fp32": ort_fn(onnx_path, threads),
-           "onnxruntime fp32 --optimize": ort_fn(opt, threads),
-           "onnxruntime int8": ort_fn(tmp / "bert_base.int8.onnx", threads)}  # fmt: skip
+    feeds = {
+        "tokens": rng.integers(1, 30522, (1, seq)),
+        "token_types": np.zeros((1, seq), np.int64),
+        "attention_mask": np.ones((1, seq), bool),
+    }
+    fns = {
+        "torch eager": torch_fn(model, list(graph.inputs)),
+        "onnxruntime fp32": ort_fn(onnx_path, threads),
+        "onnxruntime fp32 --optimize": ort_fn(opt, threads),
+        "onnxruntime int8": ort_fn(tmp / "bert_base.int8.onnx", threads),
+    }
     rows = latencies(fns, feeds, iters, block)
     ref = first(fns["torch eager"](feeds))  # the sequence output (1, T, 768)
     outs = {k: first(fns[k](feeds)) for k in list(fns)[1:]}
     fused_ops = op_counts(opt)
     return {
-        "spec": f"{spec.relative_to(ROOT)} --set num_layers={layers}", "params": graph.params,
+        "spec": f"{spec.relative_to(ROOT)} --set num_layers={layers}",
+        "params": graph.params,
         "export_and_verify_s": export_s,
         "parity_max_abs": max(d["max_abs"] for d in report.to_json()["max_diff"].values()),
-        "optimizer": info, "fused_ops": fused_ops, "attention_fused": fused_ops.get("Attention", 0) > 0,
-        "int8": int8_info, "latency_b1_T128": rows, **bert_summary(rows, ref, outs),
-    }  # fmt: skip
+        "optimizer": info,
+        "fused_ops": fused_ops,
+        "attention_fused": fused_ops.get("Attention", 0) > 0,
+        "int8": int8_info,
+        "latency_b1_T128": rows,
+        **bert_summary(rows, ref, outs),
+    }
 
 
 # -------------------------------------------------------------------------------------- main
@@ -298,22 +358,34 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10, help="consecutive calls per engine and block")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--only", choices=("resnet18", "bert", "spec_bert"), action="append", default=None)
-    parser.add_argument("--pause", type=float, default=60.0, help="idle seconds between the models' processes")
+    parser.add_argument(
+        "--pause", type=float, default=60.0, help="idle seconds between the models' processes"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import onnxruntime
 
-    env = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": args.threads,
-           "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}  # fmt: skip
-    print(f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, threads {args.threads}, "
-          f"load average {env['loadavg_start'][0]:.2f}", file=sys.stderr)  # fmt: skip
+    env = {
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+    }
+    print(
+        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, threads {args.threads}, "
+        f"load average {env['loadavg_start'][0]:.2f}",
+        file=sys.stderr,
+    )
     parts = {"resnet18": bench_resnet, "bert": bench_bert, "spec_bert": bench_spec_bert}
     chosen = [name for name in parts if args.only is None or name in args.only]
     result: dict[str, Any] = {"env": env}
     with tempfile.TemporaryDirectory() as tmp:
         if len(chosen) == 1:
-            result[chosen[0]] = parts[chosen[0]](args.iters, Path(tmp), block=args.block, threads=args.threads)
+            result[chosen[0]] = parts[chosen[0]](
+                args.iters, Path(tmp), block=args.block, threads=args.threads
+            )
         for i, name in enumerate(chosen if len(chosen) > 1 else []):
             # each model in a fresh process, after an idle pause: a part that ran after minutes of
             # full load (same process or not) ran everything slower (torch eager +18 %, int8 BERT
@@ -322,8 +394,20 @@ def main() -> None:
             if i:
                 time.sleep(args.pause)
             out = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, __file__, "--only", name, "--iters", str(args.iters), "--block", str(args.block),
-                   "--threads", str(args.threads), "--json", str(out)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--only",
+                name,
+                "--iters",
+                str(args.iters),
+                "--block",
+                str(args.block),
+                "--threads",
+                str(args.threads),
+                "--json",
+                str(out),
+            ]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             result[name] = json.loads(out.read_text())[name]
     env["loadavg_end"] = os.getloadavg()
@@ -334,42 +418,62 @@ def main() -> None:
 
 def _rows(rows: dict[str, dict[str, float]]) -> None:
     for k, v in rows.items():
-        print(f"  {k:<28} b1 median {v['median_ms']:8.2f} ms  p90 {v['p90_ms']:8.2f} ms  min {v['min_ms']:8.2f} ms")
+        print(
+            f"  {k:<28} b1 median {v['median_ms']:8.2f} ms  p90 {v['p90_ms']:8.2f} ms  min {v['min_ms']:8.2f} ms"
+        )
 
 
 def _bert_lines(b: dict[str, Any]) -> None:
     _rows(b["latency_b1_T128"])
-    print(f"  fp32 vs eager: plain {b['speedup_fp32_vs_eager']:.2f}x, fused {b['speedup_fused_fp32_vs_eager']:.2f}x "
-          f"(target >= 1.3)")  # fmt: skip
-    print(f"  int8 vs fp32: plain {b['speedup_int8_vs_plain_fp32']:.2f}x, fused "
-          f"{b['speedup_int8_vs_fused_fp32']:.2f}x, best fp32 {b['speedup_int8_vs_best_fp32']:.2f}x (target >= 3)")  # fmt: skip
+    print(
+        f"  fp32 vs eager: plain {b['speedup_fp32_vs_eager']:.2f}x, fused {b['speedup_fused_fp32_vs_eager']:.2f}x "
+        f"(target >= 1.3)"
+    )
+    print(
+        f"  int8 vs fp32: plain {b['speedup_int8_vs_plain_fp32']:.2f}x, fused "
+        f"{b['speedup_int8_vs_fused_fp32']:.2f}x, best fp32 {b['speedup_int8_vs_best_fp32']:.2f}x (target >= 3)"
+    )
     print(f"  fused ops: {b['fused_ops']}")
     print(f"  int8 ops: {b['int8']['int8_ops']}")
     for k, v in b["output_change_vs_torch"].items():
-        print(f"  {k:<28} vs torch: max |Δ| {v['max_abs']:.3g}, rel L2 {v['rel_l2']:.3g}, cosine {v['cosine']:.6f}")
+        print(
+            f"  {k:<28} vs torch: max |Δ| {v['max_abs']:.3g}, rel L2 {v['rel_l2']:.3g}, cosine {v['cosine']:.6f}"
+        )
 
 
 def print_table(r: dict[str, Any]) -> None:
     env = r["env"]
-    print(f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {env['threads']} threads, {env['cpus']} CPUs, "
-          f"load average {env['loadavg_start'][0]:.2f} -> {env['loadavg_end'][0]:.2f}")  # fmt: skip
+    print(
+        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {env['threads']} threads, {env['cpus']} CPUs, "
+        f"load average {env['loadavg_start'][0]:.2f} -> {env['loadavg_end'][0]:.2f}"
+    )
     if "resnet18" in r:
         res = r["resnet18"]
-        print(f"ResNet-18 ({res['spec']}, {res['params']:,} params): export + verify {res['export_and_verify_s']:.1f} s")
+        print(
+            f"ResNet-18 ({res['spec']}, {res['params']:,} params): export + verify {res['export_and_verify_s']:.1f} s"
+        )
         _rows(res["latency_b1"])
-        print(f"  ORT fp32 vs eager: {res['speedup_ort_fp32_vs_eager']:.2f}x, ORT int8 (static) vs eager: "
-              f"{res['speedup_ort_int8_vs_eager']:.2f}x (target >= 2); int8 vs fp32 {res['speedup_ort_int8_vs_fp32']:.2f}x")  # fmt: skip
+        print(
+            f"  ORT fp32 vs eager: {res['speedup_ort_fp32_vs_eager']:.2f}x, ORT int8 (static) vs eager: "
+            f"{res['speedup_ort_int8_vs_eager']:.2f}x (target >= 2); int8 vs fp32 {res['speedup_ort_int8_vs_fp32']:.2f}x"
+        )
         c = res["int8_change"]
-        print(f"  int8 vs torch: rel L2 {c['rel_l2']:.3g}, cosine {c['cosine']:.6f}, top-1 agrees: {res['int8_top1_agree']}")
+        print(
+            f"  int8 vs torch: rel L2 {c['rel_l2']:.3g}, cosine {c['cosine']:.6f}, top-1 agrees: {res['int8_top1_agree']}"
+        )
     if "bert" in r:
         bert = r["bert"]
-        print(f"BERT-style encoder, hand-written (4 x 768, 12 heads, FFN 3072, T=128, batch 1): export + verify "
-              f"{bert['export_and_verify_s']:.1f} s")  # fmt: skip
+        print(
+            f"BERT-style encoder, hand-written (4 x 768, 12 heads, FFN 3072, T=128, batch 1): export + verify "
+            f"{bert['export_and_verify_s']:.1f} s"
+        )
         _bert_lines(bert)
     if "spec_bert" in r:
         sb = r["spec_bert"]
-        print(f"specc {sb['spec']} ({sb['params']:,} params, T=128, batch 1): export + verify "
-              f"{sb['export_and_verify_s']:.1f} s, attention fused: {sb['attention_fused']}")  # fmt: skip
+        print(
+            f"specc {sb['spec']} ({sb['params']:,} params, T=128, batch 1): export + verify "
+            f"{sb['export_and_verify_s']:.1f} s, attention fused: {sb['attention_fused']}"
+        )
         _bert_lines(sb)
 
 

@@ -48,24 +48,52 @@ def _train(name: str, spec: str, data: str, *sets: str) -> tuple[dict[str, float
 
 
 def lenet() -> str:
-    final, wall = _train("lenet", "lenet.yaml", "digits", "train.epochs=15", "train.batch_size=64",
-                         "train.lr=0.02", "train.schedule=cosine", "train.warmup_steps=20")  # fmt: skip
+    final, wall = _train(
+        "lenet",
+        "lenet.yaml",
+        "digits",
+        "train.epochs=15",
+        "train.batch_size=64",
+        "train.lr=0.02",
+        "train.schedule=cosine",
+        "train.warmup_steps=20",
+    )
     return f"| LeNet (sigmoid) on digits 28x28 | test accuracy {final['test_accuracy']:.2%} (target ≥ 97%) | {wall:.1f} s |"
 
 
 def resnet() -> str:
-    final, wall = _train("resnet", "small_resnet.yaml", "digits", "train.epochs=15", "train.batch_size=64",
-                         "train.lr=0.005", "train.schedule=cosine", "train.augment=crop")  # fmt: skip
+    final, wall = _train(
+        "resnet",
+        "small_resnet.yaml",
+        "digits",
+        "train.epochs=15",
+        "train.batch_size=64",
+        "train.lr=0.005",
+        "train.schedule=cosine",
+        "train.augment=crop",
+    )
     return f"| small_resnet on digits 28x28 | test accuracy {final['test_accuracy']:.2%} (target ≥ 98%) | {wall:.1f} s |"
 
 
 def lstm() -> str:
-    final, wall = _train("lstm", "lstm_lm.yaml", "text:stdlib", "train.epochs=1", "train.batch_size=32",
-                         "train.seq_len=64", "train.num_samples=3000", "train.lr=0.003", "train.grad_clip=1.0",
-                         "embed=32", "hidden=128")  # fmt: skip
+    final, wall = _train(
+        "lstm",
+        "lstm_lm.yaml",
+        "text:stdlib",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.seq_len=64",
+        "train.num_samples=3000",
+        "train.lr=0.003",
+        "train.grad_clip=1.0",
+        "embed=32",
+        "hidden=128",
+    )
     baseline = _unigram_perplexity(3000, 64)
-    return (f"| char LSTM (h=128) on text:stdlib, 3000 windows x 64 | val perplexity {final['val_perplexity']:.2f} "
-            f"vs unigram {baseline:.2f} | {wall:.1f} s |")
+    return (
+        f"| char LSTM (h=128) on text:stdlib, 3000 windows x 64 | val perplexity {final['val_perplexity']:.2f} "
+        f"vs unigram {baseline:.2f} | {wall:.1f} s |"
+    )
 
 
 def _unigram_perplexity(num_samples: int, seq_len: int) -> float:
@@ -78,18 +106,29 @@ def _unigram_perplexity(num_samples: int, seq_len: int) -> float:
 
 
 def seq2seq() -> str:
-    final, wall = _train("seq2seq", "seq2seq_attention.yaml", "reverse", "train.epochs=20", "train.batch_size=64",
-                         "train.lr=0.005", "train.grad_clip=1.0", "train.schedule=cosine", "dropout=0.0")  # fmt: skip
-    return (f"| seq2seq + additive attention on reverse (len ≤ 16) | test exact match {final['test_exact_match']:.2%} "
-            f"(target ≥ 95%), token accuracy {final['test_accuracy']:.2%} | {wall:.1f} s |")
+    final, wall = _train(
+        "seq2seq",
+        "seq2seq_attention.yaml",
+        "reverse",
+        "train.epochs=20",
+        "train.batch_size=64",
+        "train.lr=0.005",
+        "train.grad_clip=1.0",
+        "train.schedule=cosine",
+        "dropout=0.0",
+    )
+    return (
+        f"| seq2seq + additive attention on reverse (len ≤ 16) | test exact match {final['test_exact_match']:.2%} "
+        f"(target ≥ 95%), token accuracy {final['test_accuracy']:.2%} | {wall:.1f} s |"
+    )
 
 
 def overhead(steps: int = 200, rounds: int = 5) -> str:
     """Per-step CPU time of Trainer._step vs a minimal loop (same model/batches), interleaved, 1 thread."""
     torch.set_num_threads(1)
-    from specc.build import build
+    from specc.nn import build
+    from specc.train.batches import ModelIO, epoch_permutation, global_batch, load_for_model
     from specc.train.config import TrainConfig
-    from specc.train.data import ModelIO, epoch_permutation, global_batch, load_for_model
     from specc.train.distributed import Dist
     from specc.train.loop import StopRequest, Trainer
     from specc.train.report import RunReport
@@ -104,7 +143,16 @@ def overhead(steps: int = 200, rounds: int = 5) -> str:
     run = ROOT / "runs" / "bench-overhead"
     run.mkdir(parents=True, exist_ok=True)
     model_a, model_b = build(graph, seed=0), build(graph, seed=0)
-    trainer = Trainer(model_a, io_, ds, cfg, run, torch.device("cpu"), Dist(), RunReport(run, write=False, quiet=True, log_every=10**9))
+    trainer = Trainer(
+        model_a,
+        io_,
+        ds,
+        cfg,
+        run,
+        torch.device("cpu"),
+        Dist(),
+        RunReport(run, write=False, quiet=True, log_every=10**9),
+    )
     opt = torch.optim.SGD(model_b.parameters(), lr=0.01, momentum=0.9)
     x, y = trainer.train_data.inputs[0], trainer.train_data.target
     perm = epoch_permutation(0, 0, len(y))
@@ -124,9 +172,11 @@ def overhead(steps: int = 200, rounds: int = 5) -> str:
 
     t_plain, t_specc = _interleave(plain, specc_step, rounds)
     ratio = t_specc / t_plain
-    return (f"| step overhead, LeNet on digits, batch 64, {steps} steps x {rounds} rounds (median) | "
-            f"specc {t_specc / steps * 1e3:.2f} ms/step vs hand-written {t_plain / steps * 1e3:.2f} ms/step: "
-            f"{(ratio - 1):+.1%} (target ≤ +5%) | |")
+    return (
+        f"| step overhead, LeNet on digits, batch 64, {steps} steps x {rounds} rounds (median) | "
+        f"specc {t_specc / steps * 1e3:.2f} ms/step vs hand-written {t_plain / steps * 1e3:.2f} ms/step: "
+        f"{(ratio - 1):+.1%} (target ≤ +5%) | |"
+    )
 
 
 def _interleave(a: Callable[[], None], b: Callable[[], None], rounds: int) -> tuple[float, float]:

@@ -48,7 +48,9 @@ class HandLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = (z.reshape(b, t, self.heads, self.head_dim).transpose(1, 2) for z in self.in_proj(x).chunk(3, -1))
+        q, k, v = (
+            z.reshape(b, t, self.heads, self.head_dim).transpose(1, 2) for z in self.in_proj(x).chunk(3, -1)
+        )
         scores = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-2, -1))
         y = torch.matmul(self.attn_drop(scores.softmax(-1)), v).transpose(1, 2).reshape(b, t, d)
         x = self.norm1(x + self.drop1(self.out_proj(y)))
@@ -76,7 +78,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from specc.api import check_text
-    from specc.build import build
+    from specc.nn import build
 
     torch.manual_seed(0)
     spec = SPEC.format(d=a.d_model, t=a.seq, layers=a.layers, heads=a.heads, ffn=a.ffn)
@@ -95,8 +97,10 @@ def main() -> None:
         for name in order:
             times[name].append(step(models[name], x))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder {a.layers} x d_model {a.d_model}, "
-          f"{a.heads} heads, FFN {a.ffn}; batch {a.batch}, T {a.seq}; {n_c:,} params; {a.reps} interleaved reps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder {a.layers} x d_model {a.d_model}, "
+        f"{a.heads} heads, FFN {a.ffn}; batch {a.batch}, T {a.seq}; {n_c:,} params; {a.reps} interleaved reps"
+    )
     print(f"{'model':<14} {'median ms/step':>15} {'min':>9} {'max':>9}")
     for k, v in times.items():
         print(f"{k:<14} {med[k] * 1e3:>15.1f} {min(v) * 1e3:>9.1f} {max(v) * 1e3:>9.1f}")

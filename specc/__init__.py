@@ -13,13 +13,13 @@ __all__ = ["SpecError", "SpeccError", "__version__", "build", "check", "check_te
 
 if TYPE_CHECKING:
     from specc.api import check, check_text, compile_graph
-    from specc.build import CompiledModel
     from specc.errors import SpeccError, SpecError
+    from specc.nn import CompiledModel
 
 
 def build(spec: Any, **kwargs: Any) -> CompiledModel:
-    """Compile a spec (path, document or graph) to a torch ``nn.Module`` (see :func:`specc.build.build`)."""
-    from specc.build import build as _build
+    """Compile a spec (path, document or graph) to a torch ``nn.Module`` (see :func:`specc.nn.build`)."""
+    from specc.nn import build as _build
 
     return _build(spec, **kwargs)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from specc.errors import LowerError, ShapeError
 from specc.graph import Graph, infer
 from specc.graph.lower import lower_collect
-from specc.spec.document import SpecDocument, load_spec, load_spec_text
+from specc.lang.document import SpecDocument, load_spec, load_spec_text
 
 
 def compile_graph(doc: SpecDocument) -> Graph:
@@ -32,7 +32,12 @@ def check(path: str | Path, sets: Sequence[str] = (), scale: str | None = None) 
     return compile_graph(load_spec(path, tuple(sets), scale))
 
 
-def check_text(text: str, name: str = "<string>", sets: Sequence[str] = (), scale: str | None = None,
-               base: Path | None = None) -> Graph:  # fmt: skip
+def check_text(
+    text: str,
+    name: str = "<string>",
+    sets: Sequence[str] = (),
+    scale: str | None = None,
+    base: Path | None = None,
+) -> Graph:
     """:func:`check` for spec text in memory."""
     return compile_graph(load_spec_text(text, name, tuple(sets), scale, base))

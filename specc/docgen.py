@@ -14,8 +14,14 @@ LANGUAGE = Path(__file__).resolve().parent.parent / "docs" / "spec-language.md"
 
 
 def reference() -> str:
-    parts = [LANGUAGE.read_text().rstrip(), "", "## Op reference", "",
-             "Generated from the op docstrings by `python -m specc.docgen`; `specc ops NAME` shows the same.", ""]  # fmt: skip
+    parts = [
+        LANGUAGE.read_text().rstrip(),
+        "",
+        "## Op reference",
+        "",
+        "Generated from the op docstrings by `python -m specc.docgen`; `specc ops NAME` shows the same.",
+        "",
+    ]
     groups: dict[str, list[str]] = {}
     for name, cls in OPS.items():
         groups.setdefault(cls.category, []).append(name)

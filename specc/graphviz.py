@@ -19,7 +19,7 @@ from specc.errors import UsageError
 from specc.graph import Graph
 from specc.graph.ir import Node
 from specc.ops.base import TensorType
-from specc.report import human
+from specc.summary import human
 
 Format = Literal["mermaid", "dot", "svg"]
 FORMATS: tuple[str, ...] = ("mermaid", "dot", "svg")

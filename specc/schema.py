@@ -7,9 +7,9 @@ import textwrap
 from typing import Any
 
 from specc.graph.lower import STRUCTURAL
+from specc.lang.syntax import BlockDef, Spec
 from specc.ops import OPS
 from specc.ops.base import Op
-from specc.spec.model import BlockDef, Spec
 
 EXPR = {"type": "string", "pattern": r"\$", "description": "expression, e.g. $width * 2"}
 COMMON = {"name", "from", "init", "bias_init"}
@@ -18,7 +18,10 @@ COMMON = {"name", "from", "init", "bias_init"}
 def _allow_expr(schema: dict[str, Any]) -> dict[str, Any]:
     props = schema.get("properties", {})
     for key, sub in list(props.items()):
-        props[key] = {"anyOf": [sub, EXPR], **({"description": sub["description"]} if "description" in sub else {})}
+        props[key] = {
+            "anyOf": [sub, EXPR],
+            **({"description": sub["description"]} if "description" in sub else {}),
+        }
     return schema
 
 
@@ -38,12 +41,24 @@ def op_schema(cls: type[Op]) -> dict[str, Any]:
 
 def layer_schema() -> dict[str, Any]:
     structural = [
-        {"type": "object", "required": [kind], "properties": {k: {} for k in keys}, "additionalProperties": False}
+        {
+            "type": "object",
+            "required": [kind],
+            "properties": {k: {} for k in keys},
+            "additionalProperties": False,
+        }
         for kind, keys in STRUCTURAL.items()
     ]
     block_call = {"type": "object", "minProperties": 1, "maxProperties": 1, "description": "a block call"}
-    return {"anyOf": [{"type": "string", "enum": sorted(OPS)}, *(op_schema(c) for c in OPS.values()),
-                      *structural, {"type": "string"}, block_call]}  # fmt: skip
+    return {
+        "anyOf": [
+            {"type": "string", "enum": sorted(OPS)},
+            *(op_schema(c) for c in OPS.values()),
+            *structural,
+            {"type": "string"},
+            block_call,
+        ]
+    }
 
 
 def json_schema() -> dict[str, Any]:
@@ -83,11 +98,21 @@ def _type_text(schema: dict[str, Any]) -> str:
         return " \\| ".join(f"`{v}`" for v in schema["enum"])
     if "const" in schema:
         return f"`{schema['const']}`"
-    kind = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}.get(schema.get("type", ""), "")
+    kind = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}.get(
+        schema.get("type", ""), ""
+    )
     if schema.get("type") == "array":
         return "list of " + _type_text(schema.get("items", {}))
-    bounds = [f"{op} {schema[k]}" for k, op in (("exclusiveMinimum", ">"), ("minimum", "≥"),
-                                                 ("exclusiveMaximum", "<"), ("maximum", "≤")) if k in schema]  # fmt: skip
+    bounds = [
+        f"{op} {schema[k]}"
+        for k, op in (
+            ("exclusiveMinimum", ">"),
+            ("minimum", "≥"),
+            ("exclusiveMaximum", "<"),
+            ("maximum", "≤"),
+        )
+        if k in schema
+    ]
     return " ".join([kind or "object", *bounds])
 
 

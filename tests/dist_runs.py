@@ -27,8 +27,21 @@ train: {{optimizer: sgd, momentum: 0.9, lr: 0.05, batch_size: 32, max_steps: 24,
 
 
 def train_cmd(spec: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--out", str(run),
-            "--quiet", "--device", "cpu", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "specc.cli",
+        "train",
+        str(spec),
+        "--data",
+        "digits",
+        "--out",
+        str(run),
+        "--quiet",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def train_env() -> dict[str, str]:
@@ -48,8 +61,19 @@ def check_restore_best(spec: Path, run: Path, *launch: str) -> None:
     with epoch 1's weights on every rank (final val_loss = epoch 1's) and save exactly those."""
     import json
 
-    done = run_train(train_cmd(spec, run, *launch, "--set", "train.max_steps=null", "--set", "train.epochs=3",
-                               "--set", "train.early_stopping={patience: 2, metric: val_loss, min_delta: 100}"))  # fmt: skip
+    done = run_train(
+        train_cmd(
+            spec,
+            run,
+            *launch,
+            "--set",
+            "train.max_steps=null",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.early_stopping={patience: 2, metric: val_loss, min_delta: 100}",
+        )
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     epochs = metrics["epochs"]

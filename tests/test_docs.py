@@ -20,4 +20,6 @@ def test_every_op_documented_with_example() -> None:
     for name, cls in OPS.items():
         doc = inspect.getdoc(cls) or ""
         assert doc.strip(), f"op {name} has no docstring"
-        assert "Example::" in doc and f"{name}" in doc.split("Example::")[1], f"op {name} lacks a YAML example"
+        assert "Example::" in doc and f"{name}" in doc.split("Example::")[1], (
+            f"op {name} lacks a YAML example"
+        )

@@ -13,11 +13,8 @@ from conftest import SPECS
 from reference_models import EXPECTED_PARAMS, REFERENCES, param_shapes
 
 from specc.api import check
-from specc.build import CompiledModel
-from specc.build import build as build_model
-
-# NB: `specc.build(...)` is shadowed by the `specc.build` subpackage once that is imported, so the
-# tests call `specc.build.build` directly.
+from specc.nn import CompiledModel
+from specc.nn import build as build_model
 
 # spec -> (scale, --set overrides) that make it small enough for a CPU test; the big specs' `tiny`
 # scales also set the input resolution (`res`), so they need no --set
@@ -145,16 +142,21 @@ def test_norm_is_one_word(cli, name: str, norm: str) -> None:
     model = build_model(spec_path(name), sets=sets)
     kinds = {n.op.kind for n in model.graph.nodes if n.op.op_name == "norm"}  # type: ignore[attr-defined]
     assert kinds == {norm}
-    expected = {"group": torch.nn.GroupNorm, "layer": torch.nn.LayerNorm, "none": torch.nn.Identity,
-                "instance": (torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d)}[norm]  # fmt: skip
+    expected = {
+        "group": torch.nn.GroupNorm,
+        "layer": torch.nn.LayerNorm,
+        "none": torch.nn.Identity,
+        "instance": (torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d),
+    }[norm]
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert any(isinstance(m, expected) for m in model.modules())  # type: ignore[arg-type]
     run_and_compare_shapes(model).sum().backward()
 
 
 def test_norm_switch_reaches_projection_shortcuts() -> None:
-    model = build_model(spec_path("resnet18"), scale="tiny", sets=("inputs.image.shape=[3,64,64]",
-                                                                    "defaults.norm=group"))  # fmt: skip
+    model = build_model(
+        spec_path("resnet18"), scale="tiny", sets=("inputs.image.shape=[3,64,64]", "defaults.norm=group")
+    )
     assert isinstance(model.get_submodule("layer2.0.shortcut")[1], torch.nn.GroupNorm)
     run_and_compare_shapes(model).sum().backward()
 

@@ -11,11 +11,21 @@ from conftest import SPECS
 from reference_models import EXPECTED_PARAMS, REFERENCES, param_shapes
 
 from specc.api import check
-from specc.build import CompiledModel, build
 from specc.graph import Graph
+from specc.nn import CompiledModel, build
 
-SEQ_SPECS = ["rnn_lm", "gru_lm", "lstm_lm", "lstm_deep_lm", "bilstm_classifier", "seq2seq", "seq2seq_attention",
-             "transformer", "bert_base", "gpt2_small"]  # fmt: skip
+SEQ_SPECS = [
+    "rnn_lm",
+    "gru_lm",
+    "lstm_lm",
+    "lstm_deep_lm",
+    "bilstm_classifier",
+    "seq2seq",
+    "seq2seq_attention",
+    "transformer",
+    "bert_base",
+    "gpt2_small",
+]
 LARGE = {"transformer", "bert_base", "gpt2_small"}
 
 
@@ -48,7 +58,9 @@ def make_inputs(graph: Graph, batch: int, seq: int, seed: int = 0) -> list[torch
     return out
 
 
-def expected_shape(graph: Graph, shape: tuple[Any, ...], sizes: dict[str, int], batch: int) -> tuple[int, ...]:
+def expected_shape(
+    graph: Graph, shape: tuple[Any, ...], sizes: dict[str, int], batch: int
+) -> tuple[int, ...]:
     return (batch, *(sizes[d] if isinstance(d, str) else d for d in shape))
 
 
@@ -68,8 +80,12 @@ def test_tiny_forward_backward_any_length(name: str) -> None:
     assert [tuple(p.shape) for p in model.parameters()] == graph.param_shapes()
     for seq in (5, 17):
         inputs = make_inputs(graph, 2, seq)
-        sizes = {d: x.shape[i + 1] for x, t in zip(inputs, graph.inputs.values(), strict=True)
-                 for i, d in enumerate(t.shape) if isinstance(d, str)}  # fmt: skip
+        sizes = {
+            d: x.shape[i + 1]
+            for x, t in zip(inputs, graph.inputs.values(), strict=True)
+            for i, d in enumerate(t.shape)
+            if isinstance(d, str)
+        }
         out = model(*inputs)
         outs = out if isinstance(out, tuple) else (out,)
         for got, want in zip(outs, graph.output_types().values(), strict=True):
@@ -112,8 +128,10 @@ def _flow_order(ref: torch.nn.Module) -> list[tuple[int, ...]]:
     """nn.Transformer's parameter shapes, each layer's listed in data-flow order (norms after their
     sub-layer) — the order in which specc registers them."""
     shapes: list[tuple[int, ...]] = []
-    for stack, subs in (("encoder", [("self_attn", "norm1"), ("linear", "norm2")]),
-                        ("decoder", [("self_attn", "norm1"), ("multihead_attn", "norm2"), ("linear", "norm3")])):
+    for stack, subs in (
+        ("encoder", [("self_attn", "norm1"), ("linear", "norm2")]),
+        ("decoder", [("self_attn", "norm1"), ("multihead_attn", "norm2"), ("linear", "norm3")]),
+    ):
         for layer in getattr(ref, stack).layers:
             params = dict(layer.named_parameters())
             for body, norm in subs:
@@ -125,8 +143,11 @@ def _flow_order(ref: torch.nn.Module) -> list[tuple[int, ...]]:
 
 def test_transformer_stacks_match_torch() -> None:
     model = meta_model("transformer")
-    stack = [tuple(p.shape) for n, p in model.named_parameters()
-             if n.split(".")[0] in ("encoder", "encoder_norm", "decoder", "decoder_norm")]  # fmt: skip
+    stack = [
+        tuple(p.shape)
+        for n, p in model.named_parameters()
+        if n.split(".")[0] in ("encoder", "encoder_norm", "decoder", "decoder_norm")
+    ]
     assert sum(map(_numel, stack)) == EXPECTED_PARAMS["transformer_stacks"] == 44_140_544
     assert stack == _flow_order(reference("transformer_stacks"))
     vocab, d = 32000, 512
@@ -191,7 +212,9 @@ def test_tie_shares_counts_once_and_keeps_owner_init() -> None:
     graph = check_text(TIED % (20, "emb"))
     model = build(graph)
     assert model.head.weight is model.emb.weight
-    assert graph.params == sum(p.numel() for p in model.parameters()) == 20 * 8 + graph.node("1").inferred.params
+    assert (
+        graph.params == sum(p.numel() for p in model.parameters()) == 20 * 8 + graph.node("1").inferred.params
+    )
     assert model.emb.weight.std().item() == pytest.approx(0.5, rel=0.2)  # the owner's init, not zeros
     out = model(torch.randint(0, 20, (2, 5)))
     out.sum().backward()
@@ -204,7 +227,9 @@ def test_tie_errors() -> None:
 
     with pytest.raises(LowerError, match="unknown reference 'embb'.*did you mean 'emb'"):
         check_text(TIED % (20, "embb"))
-    with pytest.raises(BuildError, match=r"cannot tie 'weight' of shape \(21, 8\) to 'emb.weight' of shape \(20, 8\)"):
+    with pytest.raises(
+        BuildError, match=r"cannot tie 'weight' of shape \(21, 8\) to 'emb.weight' of shape \(20, 8\)"
+    ):
         build(check_text(TIED % (21, "emb")), device="meta")
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,9 @@ from specc.cli import app
 from specc.cli.spec_cmds import JsonOpt, ScaleOpt, SetOpt
 from specc.errors import UsageError
 
-ExporterOpt = Annotated[str, typer.Option("--exporter", help="torchscript (default: fast, opset 17) or dynamo (opset 18)")]  # noqa: E501
+ExporterOpt = Annotated[
+    str, typer.Option("--exporter", help="torchscript (default: fast, opset 17) or dynamo (opset 18)")
+]  # noqa: E501
 
 
 def _log_to_stderr() -> None:
@@ -26,18 +28,41 @@ def _log_to_stderr() -> None:
 def export_cmd(
     spec: Path,
     out: Annotated[Path, typer.Option("--out", "-o", help="the .onnx file to write")],
-    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help=".safetensors file or a `specc train` run folder")] = None,  # noqa: UP045, E501
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", "-w", help=".safetensors file or a `specc train` run folder"),
+    ] = None,  # noqa: UP045, E501
     sets: SetOpt = None,
     scale: ScaleOpt = None,
     exporter: ExporterOpt = "torchscript",
-    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 17 torchscript, 18 dynamo)")] = None,  # noqa: UP045, E501
-    static: Annotated[bool, typer.Option("--static", help="fixed batch 1 and symbol sizes from dims:")] = False,
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX opset (default 17 torchscript, 18 dynamo)")
+    ] = None,  # noqa: UP045, E501
+    static: Annotated[
+        bool, typer.Option("--static", help="fixed batch 1 and symbol sizes from dims:")
+    ] = False,
     atol: Annotated[float, typer.Option("--atol", help="parity tolerance: |Δ| <= atol + rtol·|ref|")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: |Δ| <= atol + rtol·|ref|")] = 1e-3,
-    optimize: Annotated[bool, typer.Option("--optimize", help="also write M.opt.onnx (onnxruntime-optimised)")] = False,  # noqa: E501
-    int8: Annotated[bool, typer.Option("--int8", help="also write M.int8.onnx and check it (static for CNNs with calibration data, else dynamic)")] = False,  # noqa: E501
-    int8_mode: Annotated[str, typer.Option("--int8-mode", help="auto (default), dynamic or static quantisation")] = "auto",  # noqa: E501
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="static int8 calibration inputs: .npy/.npz or a folder of images (default: the run's training split)")] = None,  # noqa: UP045, E501
+    optimize: Annotated[
+        bool, typer.Option("--optimize", help="also write M.opt.onnx (onnxruntime-optimised)")
+    ] = False,  # noqa: E501
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="also write M.int8.onnx and check it (static for CNNs with calibration data, else dynamic)",
+        ),
+    ] = False,  # noqa: E501
+    int8_mode: Annotated[
+        str, typer.Option("--int8-mode", help="auto (default), dynamic or static quantisation")
+    ] = "auto",  # noqa: E501
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="static int8 calibration inputs: .npy/.npz or a folder of images (default: the run's training split)",
+        ),
+    ] = None,  # noqa: UP045, E501
     fp16: Annotated[bool, typer.Option("--fp16", help="also write M.fp16.onnx and check it")] = False,
     seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
     as_json: JsonOpt = False,
@@ -45,6 +70,7 @@ def export_cmd(
     """Export to ONNX, verify parity with PyTorch in onnxruntime (exit 3 on a miss), write metadata,
     the SHA-256 manifest M.onnx.sha256 and the report M.onnx.json."""
     from specc.export import EXPORTERS, ExportOptions, export_spec
+    from specc.export.variants import Variant
 
     _log_to_stderr()
     if exporter not in EXPORTERS:
@@ -54,10 +80,20 @@ def export_cmd(
     if (int8_mode != "auto" or calibration is not None) and not int8:
         raise UsageError("--int8-mode and --calibration go with --int8")
     options = ExportOptions(exporter=exporter, opset=opset, static=static, atol=atol, rtol=rtol)  # type: ignore[arg-type]
-    variants = [k for k, on in (("opt", optimize), ("int8", int8), ("fp16", fp16)) if on]
-    report = export_spec(spec, out, weights=weights, sets=sets or [], scale=scale, seed=seed,
-                         options=options, variants=variants, calibration=calibration,
-                         int8_mode=int8_mode)  # type: ignore[arg-type]  # fmt: skip
+    chosen = (("opt", optimize), ("int8", int8), ("fp16", fp16))
+    variants: list[Variant] = [k for k, on in chosen if on]  # type: ignore[misc]
+    report = export_spec(
+        spec,
+        out,
+        weights=weights,
+        sets=sets or [],
+        scale=scale,
+        seed=seed,
+        options=options,
+        variants=variants,
+        calibration=calibration,
+        int8_mode=int8_mode,  # type: ignore[arg-type]
+    )
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -118,11 +154,15 @@ def bench(
     iters: Annotated[int, typer.Option("--iters", help="timed batch-1 calls per engine")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="untimed calls first")] = 5,
     seq: Annotated[int, typer.Option("--seq", help="size of symbolic axes (sequence length)")] = 128,
-    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help=".safetensors or run folder")] = None,  # noqa: UP045
+    weights: Annotated[
+        Path | None, typer.Option("--weights", "-w", help=".safetensors or run folder")
+    ] = None,  # noqa: UP045
     sets: SetOpt = None,
     scale: ScaleOpt = None,
     no_compile: Annotated[bool, typer.Option("--no-compile", help="skip torch.compile")] = False,
-    compile_timeout: Annotated[float, typer.Option("--compile-timeout", help="seconds before torch.compile is skipped")] = 180.0,  # noqa: E501
+    compile_timeout: Annotated[
+        float, typer.Option("--compile-timeout", help="seconds before torch.compile is skipped")
+    ] = 180.0,  # noqa: E501
     as_json: JsonOpt = False,
 ) -> None:
     """Batch-1 latency (median, p90) and batch throughput: torch eager, torch.compile, onnxruntime
@@ -132,12 +172,20 @@ def bench(
     _log_to_stderr()
     if batch < 1 or iters < 1 or warmup < 0 or seq < 1:
         raise UsageError("--batch, --iters and --seq must be positive, --warmup non-negative")
-    s = BenchSettings(batch=batch, iters=iters, warmup=warmup, seq=seq, compile=not no_compile,
-                      compile_timeout_s=compile_timeout)  # fmt: skip
+    s = BenchSettings(
+        batch=batch,
+        iters=iters,
+        warmup=warmup,
+        seq=seq,
+        compile=not no_compile,
+        compile_timeout_s=compile_timeout,
+    )
     if not target.is_file():
         raise UsageError(f"file not found: {target}")
     if target.suffix == ".onnx":
         result = bench_onnx(target, s)
     else:
-        result = bench_spec(target, s, sets=sets or [], scale=scale, weights=str(weights) if weights else None)
+        result = bench_spec(
+            target, s, sets=sets or [], scale=scale, weights=str(weights) if weights else None
+        )
     print(json.dumps(result, indent=2) if as_json else table(result))

@@ -27,7 +27,7 @@ def check(
 ) -> None:
     """Validate specs and infer every shape (never imports torch). Exit 2 on spec errors."""
     from specc.api import check as check_spec
-    from specc.report import graph_json, node_table, summary_line
+    from specc.summary import graph_json, node_table, summary_line
 
     results: list[dict[str, object]] = []
     errors = 0
@@ -58,7 +58,7 @@ def check(
 def render(spec: Path, sets: SetOpt = None, scale: ScaleOpt = None) -> None:
     """Print the fully expanded spec: every node, every default and variable resolved, every shape."""
     from specc.api import check as check_spec
-    from specc.report import render as render_graph
+    from specc.summary import render as render_graph
 
     try:
         print(render_graph(check_spec(spec, sets or [], scale)), end="")
@@ -72,20 +72,24 @@ def build(
     sets: SetOpt = None,
     scale: ScaleOpt = None,
     as_json: JsonOpt = False,
-    save: Annotated[Optional[Path], typer.Option("--save", help="write the initialised weights (.safetensors)")] = None,  # noqa: UP045
-    max_params: Annotated[int, typer.Option("--max-params", help="refuse specs with more parameters")] = 2_000_000_000,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="write the initialised weights (.safetensors)")
+    ] = None,  # noqa: UP045
+    max_params: Annotated[
+        int, typer.Option("--max-params", help="refuse specs with more parameters")
+    ] = 2_000_000_000,
     seed: Annotated[int, typer.Option(help="seed for initialisation")] = 0,
 ) -> None:
     """Compile to a torch nn.Module and print the per-layer table (path, op, output, params, MACs)."""
     from specc.api import check as check_spec
-    from specc.build import check_param_limit
-    from specc.report import graph_json, node_table
+    from specc.nn import check_param_limit
+    from specc.summary import graph_json, node_table
 
     try:
         graph = check_spec(spec, sets or [], scale)
         check_param_limit(graph, max_params)  # before torch is even imported
-        from specc.build import build as build_model
-        from specc.build import save_weights
+        from specc.nn import build as build_model
+        from specc.nn import save_weights
 
         model = build_model(graph, seed=seed, max_params=max_params)
         real = sum(p.numel() for p in model.parameters())

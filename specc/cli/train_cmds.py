@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,24 +16,49 @@ Opt = typer.Option
 @app.command()
 def train(
     spec: Annotated[Path, typer.Argument(help="spec file")],
-    data: Annotated[str, Opt("--data", help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, "
-                                             "sort, text:PATH, or a .npz/.npy/.csv/.txt file or image folder")],
+    data: Annotated[
+        str,
+        Opt(
+            "--data",
+            help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, "
+            "sort, text:PATH, or a .npz/.npy/.csv/.txt file or image folder",
+        ),
+    ],
     out: Annotated[Path, Opt("--out", help="run folder (checkpoints, metrics, final weights)")],
     sets: SetOpt = None,
     scale: ScaleOpt = None,
-    config: Annotated[Optional[Path], Opt("--config", help="training config YAML (instead of the spec's train:)")] = None,  # noqa: UP045
-    resume: Annotated[bool, Opt("--resume", help="continue from the newest valid checkpoint in --out")] = False,
-    init_from: Annotated[Optional[Path], Opt("--init-from", help="weights (.safetensors or run folder) to start from")] = None,  # noqa: UP045
-    freeze: Annotated[Optional[list[str]], Opt("--freeze", help="glob of parameter names not to train (repeatable)")] = None,  # noqa: UP045
+    config: Annotated[
+        Path | None, Opt("--config", help="training config YAML (instead of the spec's train:)")
+    ] = None,  # noqa: UP045
+    resume: Annotated[
+        bool, Opt("--resume", help="continue from the newest valid checkpoint in --out")
+    ] = False,
+    init_from: Annotated[
+        Path | None, Opt("--init-from", help="weights (.safetensors or run folder) to start from")
+    ] = None,  # noqa: UP045
+    freeze: Annotated[
+        list[str] | None, Opt("--freeze", help="glob of parameter names not to train (repeatable)")
+    ] = None,  # noqa: UP045
     device: Annotated[str, Opt("--device", help="auto, cpu or cuda")] = "auto",
     quiet: Annotated[bool, Opt("--quiet", help="plain log lines instead of progress bars")] = False,
-    nproc_per_node: Annotated[Optional[int], Opt("--nproc-per-node", help="processes on this node (torch.distributed.run)")] = None,  # noqa: UP045
+    nproc_per_node: Annotated[
+        int | None, Opt("--nproc-per-node", help="processes on this node (torch.distributed.run)")
+    ] = None,  # noqa: UP045
     nnodes: Annotated[str, Opt("--nnodes", help="number of nodes, or MIN:MAX (elastic)")] = "1",
     node_rank: Annotated[int, Opt("--node-rank", help="this node's rank (multi-node)")] = 0,
-    rdzv_endpoint: Annotated[Optional[str], Opt("--rdzv-endpoint", help="HOST:PORT of the rendezvous (default 127.0.0.1)")] = None,  # noqa: UP045
-    max_restarts: Annotated[int, Opt("--max-restarts", help="restart failed workers this often (they resume)")] = 0,
-    fsdp: Annotated[bool, Opt("--fsdp", help="shard the model over the processes (FSDP2) instead of DDP; "
-                                             "the same as train: {fsdp: true}")] = False,
+    rdzv_endpoint: Annotated[
+        str | None, Opt("--rdzv-endpoint", help="HOST:PORT of the rendezvous (default 127.0.0.1)")
+    ] = None,  # noqa: UP045
+    max_restarts: Annotated[
+        int, Opt("--max-restarts", help="restart failed workers this often (they resume)")
+    ] = 0,
+    fsdp: Annotated[
+        bool,
+        Opt(
+            "--fsdp",
+            help="shard the model over the processes (FSDP2) instead of DDP; the same as train: {fsdp: true}",
+        ),
+    ] = False,
 ) -> None:
     """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
     from specc.train import distributed
@@ -48,8 +73,22 @@ def train(
         from specc.train.runner import TrainRequest
         from specc.train.runner import train as run_train
 
-        outcome = run_train(TrainRequest(spec, data, out, tuple(sets or ()), scale, config, resume, init_from,
-                                         tuple(freeze or ()), device, quiet, fsdp))  # fmt: skip
+        outcome = run_train(
+            TrainRequest(
+                spec,
+                data,
+                out,
+                tuple(sets or ()),
+                scale,
+                config,
+                resume,
+                init_from,
+                tuple(freeze or ()),
+                device,
+                quiet,
+                fsdp,
+            )
+        )
         if outcome.exit_code:
             raise typer.Exit(outcome.exit_code)
     except typer.Exit:
@@ -58,9 +97,19 @@ def train(
         fail(exc)
 
 
-def _worker_args(spec: Path, data: str, out: Path, sets: list[str] | None, scale: str | None,
-                 config: Path | None, resume: bool, init_from: Path | None, freeze: list[str] | None,
-                 device: str, quiet: bool) -> list[str]:  # fmt: skip
+def _worker_args(
+    spec: Path,
+    data: str,
+    out: Path,
+    sets: list[str] | None,
+    scale: str | None,
+    config: Path | None,
+    resume: bool,
+    init_from: Path | None,
+    freeze: list[str] | None,
+    device: str,
+    quiet: bool,
+) -> list[str]:
     """The same command without the launcher options, for each worker process."""
     args = ["train", str(spec), "--data", data, "--out", str(out), "--device", device]
     for item in sets or ():

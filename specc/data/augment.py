@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 2,
-                     flip: bool = True) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, generator: torch.Generator, padding: int = 2, flip: bool = True
+) -> torch.Tensor:
     """Randomly crop each image after zero padding and randomly flip it horizontally.
 
     All randomness comes from ``generator`` (drawn on its own device, in a fixed order: row offsets,

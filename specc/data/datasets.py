@@ -66,8 +66,22 @@ DEFAULT_SYNTHETIC_SEQ_LEN = 16
 DEFAULT_SYNTHETIC_SAMPLES = 5000
 MIN_STDLIB_CHARS = 300_000
 
-_FLOAT_DTYPES = {"float", "float16", "float32", "float64", "bfloat16", "half", "double",
-                 "f16", "f32", "f64", "bf16", "fp16", "fp32", "fp64"}
+_FLOAT_DTYPES = {
+    "float",
+    "float16",
+    "float32",
+    "float64",
+    "bfloat16",
+    "half",
+    "double",
+    "f16",
+    "f32",
+    "f64",
+    "bf16",
+    "fp16",
+    "fp32",
+    "fp64",
+}
 _INT_DTYPES = {"int", "int8", "int16", "int32", "int64", "uint8", "long", "i32", "i64"}
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
 _LABEL_COLUMNS = ("label", "target", "y")
@@ -75,13 +89,61 @@ _LABEL_COLUMNS = ("label", "target", "y")
 # Modules whose docstrings make the ``text:stdlib`` corpus, in this order (``a/b`` is ``a/b.py`` or
 # the package ``a/b/__init__.py``). Files are parsed with ``ast``, never imported or executed.
 _STDLIB_MODULES: tuple[str, ...] = (
-    "_pydecimal", "typing", "inspect", "difflib", "doctest", "logging/__init__", "statistics",
-    "threading", "ipaddress", "_pyio", "xml/etree/ElementTree", "email/message", "http/cookiejar",
-    "unittest/case", "codecs", "smtplib", "configparser", "subprocess", "tarfile", "shutil", "os",
-    "urllib/request", "imaplib", "optparse", "pdb", "argparse", "collections/__init__", "traceback",
-    "ssl", "socket", "pydoc", "json/__init__", "http/server", "http/client", "textwrap", "random",
-    "fractions", "functools", "enum", "contextlib", "calendar", "cmd", "bdb", "timeit", "queue",
-    "platform", "fileinput", "uuid", "hmac", "numbers", "ast", "dis", "tokenize", "heapq", "datetime",
+    "_pydecimal",
+    "typing",
+    "inspect",
+    "difflib",
+    "doctest",
+    "logging/__init__",
+    "statistics",
+    "threading",
+    "ipaddress",
+    "_pyio",
+    "xml/etree/ElementTree",
+    "email/message",
+    "http/cookiejar",
+    "unittest/case",
+    "codecs",
+    "smtplib",
+    "configparser",
+    "subprocess",
+    "tarfile",
+    "shutil",
+    "os",
+    "urllib/request",
+    "imaplib",
+    "optparse",
+    "pdb",
+    "argparse",
+    "collections/__init__",
+    "traceback",
+    "ssl",
+    "socket",
+    "pydoc",
+    "json/__init__",
+    "http/server",
+    "http/client",
+    "textwrap",
+    "random",
+    "fractions",
+    "functools",
+    "enum",
+    "contextlib",
+    "calendar",
+    "cmd",
+    "bdb",
+    "timeit",
+    "queue",
+    "platform",
+    "fileinput",
+    "uuid",
+    "hmac",
+    "numbers",
+    "ast",
+    "dis",
+    "tokenize",
+    "heapq",
+    "datetime",
 )
 
 
@@ -191,8 +253,18 @@ def load_dataset(
         raise DataError(f"data '{source}': seq_len must be at least 1, got {seq_len}")
     if task is not None and task not in TASKS:
         raise DataError(f"data '{source}': unknown task '{task}'; expected one of {', '.join(TASKS)}")
-    opts = _Opts(source, shape, _dtype_kind(input_dtype, source), input_dtype, seed,
-                 val_fraction, test_fraction, seq_len, num_samples, task)
+    opts = _Opts(
+        source,
+        shape,
+        _dtype_kind(input_dtype, source),
+        input_dtype,
+        seed,
+        val_fraction,
+        test_fraction,
+        seq_len,
+        num_samples,
+        task,
+    )
     ds = _dispatch(opts)
     if task is not None and ds.task != task:
         raise DataError(f"data '{source}' is a {ds.task} data set but the spec asks for {task}")
@@ -215,18 +287,22 @@ def _dispatch(o: _Opts) -> Dataset:
         return _load_synthetic(o)
     if src == "text:stdlib":
         text, nmods = _stdlib_text()
-        return _text_dataset(o, text, [f"text:stdlib: {len(text)} characters of docstrings from {nmods} "
-                                       "standard-library modules"])
+        return _text_dataset(
+            o,
+            text,
+            [f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"],
+        )
     if src.startswith("text:"):
-        path = Path(src[len("text:"):]).expanduser()
+        path = Path(src[len("text:") :]).expanduser()
         return _text_dataset(o, _read_text_file(path), [f"text: read {path}"])
     path = Path(src).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
         if suffix in (".txt", ".npz", ".npy", ".csv") or os.sep in src or "/" in src:
             raise DataError(f"data path '{src}' does not exist")
-        raise DataError(f"unknown data source '{src}'{did_you_mean(src, NAMED_SOURCES)}; "
-                        f"accepted: {ACCEPTED_SOURCES}")
+        raise DataError(
+            f"unknown data source '{src}'{did_you_mean(src, NAMED_SOURCES)}; accepted: {ACCEPTED_SOURCES}"
+        )
     if path.is_dir():
         return _load_image_folder(o, path)
     if suffix == ".txt":
@@ -237,8 +313,9 @@ def _dispatch(o: _Opts) -> Dataset:
         return _load_npy(o, path)
     if suffix == ".csv":
         return _load_csv(o, path)
-    raise DataError(f"data file '{src}' has an unsupported type '{suffix or '(none)'}'; "
-                    f"accepted: {ACCEPTED_SOURCES}")
+    raise DataError(
+        f"data file '{src}' has an unsupported type '{suffix or '(none)'}'; accepted: {ACCEPTED_SOURCES}"
+    )
 
 
 def _fmt_shape(shape: tuple[int | str, ...] | None) -> str:
@@ -254,7 +331,9 @@ def _check_input_shape(shape: tuple[int | str, ...] | None, source: str) -> tupl
     out: list[int | str] = []
     for d in tuple(shape):
         if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 1) or d == "":
-            raise DataError(f"data '{source}': spec input shape {tuple(shape)!r} has an invalid dimension {d!r}")
+            raise DataError(
+                f"data '{source}': spec input shape {tuple(shape)!r} has an invalid dimension {d!r}"
+            )
         out.append(d)
     return tuple(out)
 
@@ -273,15 +352,18 @@ def _dtype_kind(dtype: str, source: str) -> Literal["float", "int"]:
         return "float"
     if d in _INT_DTYPES:
         return "int"
-    raise DataError(f"data '{source}': unsupported spec input dtype '{dtype}'; expected a float dtype "
-                    f"({', '.join(sorted(_FLOAT_DTYPES))}) or an integer dtype ({', '.join(sorted(_INT_DTYPES))})")
+    raise DataError(
+        f"data '{source}': unsupported spec input dtype '{dtype}'; expected a float dtype "
+        f"({', '.join(sorted(_FLOAT_DTYPES))}) or an integer dtype ({', '.join(sorted(_INT_DTYPES))})"
+    )
 
 
 def _require_kind(o: _Opts, kind: Literal["float", "int"], what: str) -> None:
     if o.dtype_kind != kind:
         want = "a float dtype such as float32" if kind == "float" else "an integer dtype such as int64"
-        raise DataError(f"data '{o.source}' gives {what} but the spec input dtype is '{o.input_dtype}'; "
-                        f"use {want}")
+        raise DataError(
+            f"data '{o.source}' gives {what} but the spec input dtype is '{o.input_dtype}'; use {want}"
+        )
 
 
 def _matches(sample: tuple[int, ...], shape: tuple[int | str, ...] | None) -> bool:
@@ -292,10 +374,13 @@ def _matches(sample: tuple[int, ...], shape: tuple[int | str, ...] | None) -> bo
     return all(isinstance(s, str) or s == d for d, s in zip(sample, shape, strict=True))
 
 
-def _shape_error(name: str, sample: tuple[int, ...], shape: tuple[int | str, ...] | None,
-                 hint: str = "") -> DataError:
-    return DataError(f"data '{name}' has samples of shape {_fmt_shape(sample)} but the spec input shape is "
-                     f"{_fmt_shape(shape)}{hint}")
+def _shape_error(
+    name: str, sample: tuple[int, ...], shape: tuple[int | str, ...] | None, hint: str = ""
+) -> DataError:
+    return DataError(
+        f"data '{name}' has samples of shape {_fmt_shape(sample)} but the spec input shape is "
+        f"{_fmt_shape(shape)}{hint}"
+    )
 
 
 def _final_check(ds: Dataset, shape: tuple[int | str, ...] | None) -> None:
@@ -304,8 +389,9 @@ def _final_check(ds: Dataset, shape: tuple[int | str, ...] | None) -> None:
         if not _matches(sample, shape):
             raise _shape_error(ds.name, sample, shape)
         if sp.x.shape[0] != sp.y.shape[0]:
-            raise DataError(f"data '{ds.name}': {split_name} split has {sp.x.shape[0]} inputs "
-                            f"but {sp.y.shape[0]} targets")
+            raise DataError(
+                f"data '{ds.name}': {split_name} split has {sp.x.shape[0]} inputs but {sp.y.shape[0]} targets"
+            )
         for arr, what in ((sp.x, "inputs"), (sp.y, "targets")):
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise DataError(f"data '{ds.name}': {split_name} {what} contain NaN or infinite values")
@@ -317,33 +403,38 @@ def _final_check(ds: Dataset, shape: tuple[int | str, ...] | None) -> None:
 # splitting and normalisation
 
 
-def _split_sizes(n: int, o: _Opts, unit: str = "samples", vf: float | None = None,
-                 tf: float | None = None) -> tuple[int, int, int]:
+def _split_sizes(
+    n: int, o: _Opts, unit: str = "samples", vf: float | None = None, tf: float | None = None
+) -> tuple[int, int, int]:
     vf = o.val_fraction if vf is None else vf
     tf = o.test_fraction if tf is None else tf
     n_val = max(1, int(round(n * vf))) if vf > 0 else 0
     n_test = max(1, int(round(n * tf))) if tf > 0 else 0
     n_train = n - n_val - n_test
     if n_train < 1:
-        raise DataError(f"data '{o.source}' has only {n} {unit}: too few for val_fraction={vf} and "
-                        f"test_fraction={tf} (each split needs at least one)")
+        raise DataError(
+            f"data '{o.source}' has only {n} {unit}: too few for val_fraction={vf} and "
+            f"test_fraction={tf} (each split needs at least one)"
+        )
     return n_train, n_val, n_test
 
 
-def _random_split(x: Array, y: Array, o: _Opts, vf: float | None = None,
-                  tf: float | None = None) -> tuple[Split, Split, Split]:
+def _random_split(
+    x: Array, y: Array, o: _Opts, vf: float | None = None, tf: float | None = None
+) -> tuple[Split, Split, Split]:
     """Split by a permutation seeded with ``o.seed`` (capped at ``o.num_samples``)."""
     perm = np.random.default_rng(o.seed).permutation(x.shape[0])
     if o.num_samples is not None:
         perm = perm[: o.num_samples]
     n_train, n_val, _ = _split_sizes(len(perm), o, vf=vf, tf=tf)
-    parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
+    parts = (perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :])
     tr, va, te = (Split(np.ascontiguousarray(x[p]), np.ascontiguousarray(y[p])) for p in parts)
     return tr, va, te
 
 
-def _standardise(splits: tuple[Split, Split, Split], axis: int | None
-                 ) -> tuple[tuple[Split, Split, Split], list[float], list[float]]:
+def _standardise(
+    splits: tuple[Split, Split, Split], axis: int | None
+) -> tuple[tuple[Split, Split, Split], list[float], list[float]]:
     """Standardise float inputs with train statistics, per index of ``axis`` (None: per element)."""
     train_x = splits[0].x.astype(np.float64)
     ndim = train_x.ndim
@@ -368,8 +459,12 @@ def _load_sklearn(o: _Opts) -> Dataset:
         from sklearn import datasets as skd
     except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
         raise DataError(f"data '{o.source}' needs scikit-learn, which is not installed") from e
-    loaders = {"digits": skd.load_digits, "iris": skd.load_iris, "wine": skd.load_wine,
-               "breast_cancer": skd.load_breast_cancer}
+    loaders = {
+        "digits": skd.load_digits,
+        "iris": skd.load_iris,
+        "wine": skd.load_wine,
+        "breast_cancer": skd.load_breast_cancer,
+    }
     bunch = loaders[o.source]()
     y = np.asarray(bunch.target, dtype=np.int64)
     class_names = [str(c) for c in bunch.target_names]
@@ -381,11 +476,20 @@ def _load_sklearn(o: _Opts) -> Dataset:
         splits, mean, std = _standardise(splits, axis=1)
         c, h, w = (int(d) for d in images.shape[1:])
         if flatten:
-            splits = (Split(splits[0].x.reshape(len(splits[0]), -1), splits[0].y),
-                      Split(splits[1].x.reshape(len(splits[1]), -1), splits[1].y),
-                      Split(splits[2].x.reshape(len(splits[2]), -1), splits[2].y))
-        pre: dict[str, object] = {"kind": "image", "mean": mean, "std": std, "size": [h, w], "channels": c,
-                                  "scale": 1.0 / 16.0, "flatten": flatten}
+            splits = (
+                Split(splits[0].x.reshape(len(splits[0]), -1), splits[0].y),
+                Split(splits[1].x.reshape(len(splits[1]), -1), splits[1].y),
+                Split(splits[2].x.reshape(len(splits[2]), -1), splits[2].y),
+            )
+        pre: dict[str, object] = {
+            "kind": "image",
+            "mean": mean,
+            "std": std,
+            "size": [h, w],
+            "channels": c,
+            "scale": 1.0 / 16.0,
+            "flatten": flatten,
+        }
         notes.append("digits: standardised per channel with train mean/std (scale 1/16 first)")
     else:
         x = np.asarray(bunch.data, dtype=np.float32)
@@ -394,11 +498,22 @@ def _load_sklearn(o: _Opts) -> Dataset:
             raise _shape_error(o.source, sample, o.shape)
         splits = _random_split(x, y, o)
         splits, mean, std = _standardise(splits, axis=None)
-        pre = {"kind": "features", "mean": mean, "std": std,
-               "feature_names": [str(n) for n in bunch.feature_names]}
+        pre = {
+            "kind": "features",
+            "mean": mean,
+            "std": std,
+            "feature_names": [str(n) for n in bunch.feature_names],
+        }
         notes.append(f"{o.source}: standardised {sample[0]} features with train mean/std")
-    return Dataset(o.source, "classification", *splits, num_classes=len(class_names),
-                   class_names=class_names, preprocess=pre, notes=notes)
+    return Dataset(
+        o.source,
+        "classification",
+        *splits,
+        num_classes=len(class_names),
+        class_names=class_names,
+        preprocess=pre,
+        notes=notes,
+    )
 
 
 def _fit_digits(images: Array, o: _Opts, notes: list[str]) -> tuple[Array, bool]:
@@ -467,12 +582,15 @@ def resize_bilinear(images: Array, height: int, width: int) -> Array:
 def _resolve_seq_len(o: _Opts, default: int) -> int:
     shape = o.shape
     if shape is not None and len(shape) != 1:
-        raise DataError(f"data '{o.source}' gives token sequences of shape (seq_len,) but the spec input "
-                        f"shape is {_fmt_shape(shape)}")
+        raise DataError(
+            f"data '{o.source}' gives token sequences of shape (seq_len,) but the spec input "
+            f"shape is {_fmt_shape(shape)}"
+        )
     spec_len = shape[0] if shape is not None and isinstance(shape[0], int) else None
     if o.seq_len is not None and spec_len is not None and o.seq_len != spec_len:
-        raise DataError(f"data '{o.source}': seq_len {o.seq_len} differs from the spec input shape "
-                        f"{_fmt_shape(shape)}")
+        raise DataError(
+            f"data '{o.source}': seq_len {o.seq_len} differs from the spec input shape {_fmt_shape(shape)}"
+        )
     if o.seq_len is not None:
         return o.seq_len
     return spec_len if spec_len is not None else default
@@ -514,17 +632,36 @@ def _text_dataset(o: _Opts, text: str, notes: list[str]) -> Dataset:
         chunk = ids[start:stop]
         k = max(0, (len(chunk) - 1) // seq_len)
         if k == 0 and len(chunk) > 0:
-            raise DataError(f"data '{o.source}' is too short: {n} characters leave {len(chunk)} for the "
-                            f"{split_name} split, fewer than one window of seq_len {seq_len} + 1")
+            raise DataError(
+                f"data '{o.source}' is too short: {n} characters leave {len(chunk)} for the "
+                f"{split_name} split, fewer than one window of seq_len {seq_len} + 1"
+            )
         x = chunk[: k * seq_len].reshape(k, seq_len)
-        y = chunk[1: k * seq_len + 1].reshape(k, seq_len)
+        y = chunk[1 : k * seq_len + 1].reshape(k, seq_len)
         splits.append(Split(np.ascontiguousarray(x), np.ascontiguousarray(y)))
-    notes.append(f"text: {n} characters, vocab {len(vocab)} (id 0 = pad/unknown), "
-                 f"{sum(len(s) for s in splits)} windows of {seq_len}; contiguous train/val/test chunks")
-    pre: dict[str, object] = {"kind": "text", "vocab": vocab, "vocab_size": len(vocab), "pad": PAD_ID,
-                              "unk": PAD_ID, "seq_len": seq_len}
-    return Dataset(o.source, "language_model", splits[0], splits[1], splits[2], num_classes=len(vocab),
-                   class_names=None, preprocess=pre, notes=notes)
+    notes.append(
+        f"text: {n} characters, vocab {len(vocab)} (id 0 = pad/unknown), "
+        f"{sum(len(s) for s in splits)} windows of {seq_len}; contiguous train/val/test chunks"
+    )
+    pre: dict[str, object] = {
+        "kind": "text",
+        "vocab": vocab,
+        "vocab_size": len(vocab),
+        "pad": PAD_ID,
+        "unk": PAD_ID,
+        "seq_len": seq_len,
+    }
+    return Dataset(
+        o.source,
+        "language_model",
+        splits[0],
+        splits[1],
+        splits[2],
+        num_classes=len(vocab),
+        class_names=None,
+        preprocess=pre,
+        notes=notes,
+    )
 
 
 def _module_file(root: Path, name: str) -> Path | None:
@@ -556,8 +693,11 @@ def _zen(root: Path) -> list[str]:
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return []
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             return [codecs.decode(node.value.value, "rot13")]
     return []
 
@@ -611,13 +751,28 @@ def _load_synthetic(o: _Opts) -> Dataset:
     n = o.num_samples if o.num_samples is not None else DEFAULT_SYNTHETIC_SAMPLES
     x, y = make_seq2seq(o.source, n, seq_len, o.seed)
     splits = _random_split(x, y, dataclasses.replace(o, num_samples=None))
-    pre: dict[str, object] = {"kind": "tokens", "pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID,
-                              "vocab_size": SYNTHETIC_VOCAB_SIZE, "seq_len": seq_len,
-                              "symbols": [FIRST_SYMBOL_ID, SYNTHETIC_VOCAB_SIZE - 1]}
-    notes = [f"{o.source}: {n} synthetic sequences of length 1..{seq_len} over symbols "
-             f"{FIRST_SYMBOL_ID}..{SYNTHETIC_VOCAB_SIZE - 1} (0 pad, 1 bos, 2 eos), seed {o.seed}"]
-    return Dataset(o.source, "seq2seq", *splits, num_classes=SYNTHETIC_VOCAB_SIZE, class_names=None,
-                   preprocess=pre, notes=notes)
+    pre: dict[str, object] = {
+        "kind": "tokens",
+        "pad": PAD_ID,
+        "bos": BOS_ID,
+        "eos": EOS_ID,
+        "vocab_size": SYNTHETIC_VOCAB_SIZE,
+        "seq_len": seq_len,
+        "symbols": [FIRST_SYMBOL_ID, SYNTHETIC_VOCAB_SIZE - 1],
+    }
+    notes = [
+        f"{o.source}: {n} synthetic sequences of length 1..{seq_len} over symbols "
+        f"{FIRST_SYMBOL_ID}..{SYNTHETIC_VOCAB_SIZE - 1} (0 pad, 1 bos, 2 eos), seed {o.seed}"
+    ]
+    return Dataset(
+        o.source,
+        "seq2seq",
+        *splits,
+        num_classes=SYNTHETIC_VOCAB_SIZE,
+        class_names=None,
+        preprocess=pre,
+        notes=notes,
+    )
 
 
 def make_seq2seq(kind: str, num_samples: int, seq_len: int, seed: int) -> tuple[Array, Array]:
@@ -665,7 +820,9 @@ def _load_array_file(path: Path) -> Array:
     except FileNotFoundError as e:
         raise DataError(f"data file '{path}' does not exist") from e
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read '{path}' as a .npy array (pickled/object arrays are refused): {e}") from e
+        raise DataError(
+            f"cannot read '{path}' as a .npy array (pickled/object arrays are refused): {e}"
+        ) from e
     if not isinstance(arr, np.ndarray):
         raise DataError(f"'{path}' is not a .npy array file")
     return arr
@@ -673,8 +830,10 @@ def _load_array_file(path: Path) -> Array:
 
 def _load_npy(o: _Opts, path: Path) -> Dataset:
     stem = path.stem
-    hint = ("a .npy file holds one array: pass the inputs file x.npy (or x_NAME.npy) with its labels in "
-            "y.npy (or y_NAME.npy) beside it, or one .npz file with arrays 'x' and 'y'")
+    hint = (
+        "a .npy file holds one array: pass the inputs file x.npy (or x_NAME.npy) with its labels in "
+        "y.npy (or y_NAME.npy) beside it, or one .npz file with arrays 'x' and 'y'"
+    )
     if stem[:1] not in ("x", "X"):
         raise DataError(f"'{path}': {hint}")
     candidates = [path.with_name("y" + stem[1:] + path.suffix), path.with_name("Y" + stem[1:] + path.suffix)]
@@ -691,7 +850,9 @@ def _load_npz(o: _Opts, path: Path) -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read '{path}' as a .npz archive (pickled/object arrays are refused): {e}") from e
+        raise DataError(
+            f"cannot read '{path}' as a .npz archive (pickled/object arrays are refused): {e}"
+        ) from e
     keys = sorted(arrays)
     if "x" in arrays and "y" in arrays:
         return _array_dataset(o, str(path), {"train": (arrays["x"], arrays["y"])}, ["npz: arrays x, y"])
@@ -700,13 +861,16 @@ def _load_npz(o: _Opts, path: Path) -> Dataset:
         for split_name in ("train", "val", "test"):
             xk, yk = f"x_{split_name}", f"y_{split_name}"
             if (xk in arrays) != (yk in arrays):
-                raise DataError(f"'{path}' has '{xk if xk in arrays else yk}' without "
-                                f"'{yk if xk in arrays else xk}'")
+                raise DataError(
+                    f"'{path}' has '{xk if xk in arrays else yk}' without '{yk if xk in arrays else xk}'"
+                )
             if xk in arrays:
                 parts[split_name] = (arrays[xk], arrays[yk])
         return _array_dataset(o, str(path), parts, [f"npz: arrays {', '.join(keys)}"])
-    raise DataError(f"'{path}' must hold arrays 'x' and 'y', or 'x_train' and 'y_train' (optionally "
-                    f"x_val/y_val, x_test/y_test); found {', '.join(keys) or 'no arrays'}")
+    raise DataError(
+        f"'{path}' must hold arrays 'x' and 'y', or 'x_train' and 'y_train' (optionally "
+        f"x_val/y_val, x_test/y_test); found {', '.join(keys) or 'no arrays'}"
+    )
 
 
 def _load_csv(o: _Opts, path: Path) -> Dataset:
@@ -729,8 +893,9 @@ def _load_csv(o: _Opts, path: Path) -> Dataset:
             if header is None:
                 header = [c.strip() for c in row]
                 if all(_is_number(c) for c in header):
-                    raise DataError(f"{path}:{line}: the first row must be a header of column names, "
-                                    f"found only numbers")
+                    raise DataError(
+                        f"{path}:{line}: the first row must be a header of column names, found only numbers"
+                    )
                 lowered = [h.lower() for h in header]
                 found = [lowered.index(n) for n in _LABEL_COLUMNS if n in lowered]
                 label_col = found[0] if found else len(header) - 1
@@ -746,10 +911,13 @@ def _load_csv(o: _Opts, path: Path) -> Dataset:
                 try:
                     v = float(cell)
                 except ValueError:
-                    raise DataError(f"{path}:{line}: column '{header[i]}' value {cell.strip()!r} is not a "
-                                    f"number") from None
+                    raise DataError(
+                        f"{path}:{line}: column '{header[i]}' value {cell.strip()!r} is not a number"
+                    ) from None
                 if not math.isfinite(v):
-                    raise DataError(f"{path}:{line}: column '{header[i]}' value {cell.strip()!r} is not finite")
+                    raise DataError(
+                        f"{path}:{line}: column '{header[i]}' value {cell.strip()!r} is not finite"
+                    )
                 values.append(v)
             features.append(values)
             labels.append(row[label_col].strip())
@@ -802,14 +970,17 @@ def _labels(o: _Opts, name: str, y: Array) -> tuple[Array, Task, int | None, lis
             raise DataError(f"data '{name}': class labels must have shape (N,), got {y.shape}")
         names, ids = np.unique(y.astype(np.str_), return_inverse=True)
         class_names = [str(n) for n in names]
-        notes.append(f"{len(class_names)} named classes: {', '.join(class_names[:10])}"
-                     + (", ..." if len(class_names) > 10 else ""))
+        notes.append(
+            f"{len(class_names)} named classes: {', '.join(class_names[:10])}"
+            + (", ..." if len(class_names) > 10 else "")
+        )
         return ids.astype(np.int64).reshape(-1), "classification", len(class_names), class_names, notes
     if y.dtype.kind not in "biuf":
         raise DataError(f"data '{name}': labels have unsupported dtype {y.dtype}")
     if o.task not in (None, "classification", "regression"):
-        raise DataError(f"data '{name}' holds labels for classification or regression, "
-                        f"but the spec asks for {o.task}")
+        raise DataError(
+            f"data '{name}' holds labels for classification or regression, but the spec asks for {o.task}"
+        )
     as_class = y.dtype.kind in "biu" if o.task is None else o.task == "classification"
     if not as_class:
         t = y.astype(np.float32)
@@ -822,7 +993,9 @@ def _labels(o: _Opts, name: str, y: Array) -> tuple[Array, Task, int | None, lis
         raise DataError(f"data '{name}': class labels must have shape (N,), got {y.shape}")
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or not np.all(y == np.round(y)):
-            raise DataError(f"data '{name}': the spec asks for classification but the labels are not integers")
+            raise DataError(
+                f"data '{name}': the spec asks for classification but the labels are not integers"
+            )
     yi = y.astype(np.int64)
     if yi.size and yi.min() >= 0:
         return yi, "classification", int(yi.max()) + 1, None, notes
@@ -846,14 +1019,20 @@ def _fit_array(o: _Opts, name: str, x: Array, notes: list[str]) -> Array:
         notes.append(f"added a channel axis: {'x'.join(map(str, sample))} -> 1x{sample[0]}x{sample[1]}")
         return x[:, None]
     if len(sample) == 3 and len(shape) == 3 and _matches((sample[2], sample[0], sample[1]), shape):
-        notes.append(f"moved channels first: {'x'.join(map(str, sample))} -> "
-                     f"{sample[2]}x{sample[0]}x{sample[1]}")
+        notes.append(
+            f"moved channels first: {'x'.join(map(str, sample))} -> {sample[2]}x{sample[0]}x{sample[1]}"
+        )
         return np.ascontiguousarray(np.moveaxis(x, 3, 1))
     raise _shape_error(name, sample, shape)
 
 
-def _array_dataset(o: _Opts, name: str, parts: dict[str, tuple[Array, Array]], notes: list[str],
-                   feature_names: list[str] | None = None) -> Dataset:
+def _array_dataset(
+    o: _Opts,
+    name: str,
+    parts: dict[str, tuple[Array, Array]],
+    notes: list[str],
+    feature_names: list[str] | None = None,
+) -> Dataset:
     """Check, label, reshape, split and normalise in-memory arrays (train plus optional val/test)."""
     order = [k for k in ("train", "val", "test") if k in parts]
     xs, ys = [], []
@@ -864,13 +1043,17 @@ def _array_dataset(o: _Opts, name: str, parts: dict[str, tuple[Array, Array]], n
         if x.ndim == 1:
             x = x[:, None]
         if y.ndim < 1 or x.shape[0] != y.shape[0]:
-            raise DataError(f"data '{name}': {k} inputs have {x.shape[0]} samples but labels "
-                            f"have {y.shape[0] if y.ndim else 'none (a scalar)'}")
+            raise DataError(
+                f"data '{name}': {k} inputs have {x.shape[0]} samples but labels "
+                f"have {y.shape[0] if y.ndim else 'none (a scalar)'}"
+            )
         if x.dtype.kind not in "biuf":
             raise DataError(f"data '{name}': inputs have non-numeric dtype {x.dtype}")
         if k != "train" and x.shape[1:] != parts["train"][0].shape[1:]:
-            raise DataError(f"data '{name}': {k} inputs have sample shape {x.shape[1:]} but train "
-                            f"inputs {parts['train'][0].shape[1:]}")
+            raise DataError(
+                f"data '{name}': {k} inputs have sample shape {x.shape[1:]} but train "
+                f"inputs {parts['train'][0].shape[1:]}"
+            )
         xs.append(x)
         ys.append(y)
     counts = [len(x) for x in xs]
@@ -890,12 +1073,15 @@ def _array_dataset(o: _Opts, name: str, parts: dict[str, tuple[Array, Array]], n
         else:
             x_all = x_all.astype(np.float32)
         if not np.isfinite(x_all).all():
-            raise DataError(f"data '{name}': inputs contain NaN or infinite values (or values too large "
-                            f"for float32)")
+            raise DataError(
+                f"data '{name}': inputs contain NaN or infinite values (or values too large for float32)"
+            )
     x_all = _fit_array(o, name, x_all, notes)
     bounds = np.cumsum([0, *counts])
-    given = {k: Split(x_all[bounds[i]:bounds[i + 1]], y_all[bounds[i]:bounds[i + 1]])
-             for i, k in enumerate(order)}
+    given = {
+        k: Split(x_all[bounds[i] : bounds[i + 1]], y_all[bounds[i] : bounds[i + 1]])
+        for i, k in enumerate(order)
+    }
     train_x, train_y = given["train"].x, given["train"].y
     vf = 0.0 if "val" in given else o.val_fraction
     tf = 0.0 if "test" in given else o.test_fraction
@@ -921,8 +1107,9 @@ def _array_dataset(o: _Opts, name: str, parts: dict[str, tuple[Array, Array]], n
         if feature_names is not None:
             pre["feature_names"] = feature_names
         notes.append(f"standardised inputs ({kind}) with train mean/std")
-    return Dataset(name, task, *splits, num_classes=num_classes, class_names=class_names,
-                   preprocess=pre, notes=notes)
+    return Dataset(
+        name, task, *splits, num_classes=num_classes, class_names=class_names, preprocess=pre, notes=notes
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -948,10 +1135,14 @@ def _load_image_folder(o: _Opts, folder: Path) -> Dataset:
         raise DataError(f"image folder '{folder}' needs Pillow, which is not installed") from e
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"image folder '{folder}' has no class sub-folders (expected one sub-folder per class)")
+        raise DataError(
+            f"image folder '{folder}' has no class sub-folders (expected one sub-folder per class)"
+        )
     if len(class_dirs) < 2:
-        raise DataError(f"image folder '{folder}' has only one class sub-folder '{class_dirs[0].name}'; "
-                        "classification needs at least two")
+        raise DataError(
+            f"image folder '{folder}' has only one class sub-folder '{class_dirs[0].name}'; "
+            "classification needs at least two"
+        )
     files: list[tuple[Path, int]] = []
     for label, d in enumerate(class_dirs):
         found = _image_files(d)
@@ -978,11 +1169,15 @@ def _load_image_folder(o: _Opts, folder: Path) -> Dataset:
     elif len(shape) == 1 and isinstance(shape[0], int) and math.isqrt(shape[0]) ** 2 == shape[0]:
         channels, height, width, flatten = 1, math.isqrt(shape[0]), math.isqrt(shape[0]), True
     else:
-        raise DataError(f"image folder '{folder}' gives images of shape (C, H, W) but the spec input shape is "
-                        f"{_fmt_shape(shape)}; use (C, H, W) with C 1 or 3, or (L,) with L a square")
+        raise DataError(
+            f"image folder '{folder}' gives images of shape (C, H, W) but the spec input shape is "
+            f"{_fmt_shape(shape)}; use (C, H, W) with C 1 or 3, or (L,) with L a square"
+        )
     if channels not in (1, 3):
-        raise DataError(f"image folder '{folder}': the spec input shape {_fmt_shape(shape)} has {channels} "
-                        "channels; images can be loaded with 1 (grey) or 3 (RGB)")
+        raise DataError(
+            f"image folder '{folder}': the spec input shape {_fmt_shape(shape)} has {channels} "
+            "channels; images can be loaded with 1 (grey) or 3 (RGB)"
+        )
     mode = "L" if channels == 1 else "RGB"
     x = np.empty((len(files), channels, height, width), dtype=np.float32)
     resized = 0
@@ -1000,12 +1195,28 @@ def _load_image_folder(o: _Opts, folder: Path) -> Dataset:
     splits = _random_split(x, y, o)
     splits, mean, std = _standardise(splits, axis=1)
     if flatten:
-        splits = (Split(splits[0].x.reshape(len(splits[0]), -1), splits[0].y),
-                  Split(splits[1].x.reshape(len(splits[1]), -1), splits[1].y),
-                  Split(splits[2].x.reshape(len(splits[2]), -1), splits[2].y))
+        splits = (
+            Split(splits[0].x.reshape(len(splits[0]), -1), splits[0].y),
+            Split(splits[1].x.reshape(len(splits[1]), -1), splits[1].y),
+            Split(splits[2].x.reshape(len(splits[2]), -1), splits[2].y),
+        )
         notes.append(f"images: flattened to {height * width} features")
     class_names = [d.name for d in class_dirs]
-    pre: dict[str, object] = {"kind": "image", "mean": mean, "std": std, "size": [height, width],
-                              "channels": channels, "scale": 1.0 / 255.0, "flatten": flatten}
-    return Dataset(str(folder), "classification", *splits, num_classes=len(class_names),
-                   class_names=class_names, preprocess=pre, notes=notes)
+    pre: dict[str, object] = {
+        "kind": "image",
+        "mean": mean,
+        "std": std,
+        "size": [height, width],
+        "channels": channels,
+        "scale": 1.0 / 255.0,
+        "flatten": flatten,
+    }
+    return Dataset(
+        str(folder),
+        "classification",
+        *splits,
+        num_classes=len(class_names),
+        class_names=class_names,
+        preprocess=pre,
+        notes=notes,
+    )

@@ -55,10 +55,19 @@ log = logging.getLogger(__name__)
 MAX_EVAL_SAMPLES = 2000
 
 
-def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None = None,
-                sets: Sequence[str] = (), scale: str | None = None, seed: int = 0,
-                options: ExportOptions = ExportOptions(), variants: Sequence[Variant] = (),
-                calibration: str | Path | None = None, int8_mode: Int8Mode = "auto") -> dict[str, Any]:  # fmt: skip
+def export_spec(
+    spec: str | Path,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    sets: Sequence[str] = (),
+    scale: str | None = None,
+    seed: int = 0,
+    options: ExportOptions = ExportOptions(),
+    variants: Sequence[Variant] = (),
+    calibration: str | Path | None = None,
+    int8_mode: Int8Mode = "auto",
+) -> dict[str, Any]:
     """Build ``spec`` (with ``weights``: a .safetensors file or a run folder), export, verify, and write
     the requested variants; returns the JSON report (also written to ``out + ".json"``).
 
@@ -77,10 +86,16 @@ def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None
         calib = load_calibration(Path(calibration), input_specs(graph, options), source.run.preprocess)
         check_index_bounds(calib, graph)
     if "int8" in variants and int8_mode == "static" and calibration is None and calib is None:
-        raise UsageError("static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
-                         "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known")  # fmt: skip
-    info = ExportInfo(labels=source.run.class_names, preprocess=source.run.preprocess, task=source.run.task,
-                      weights=str(source.weights) if source.weights else None)  # fmt: skip
+        raise UsageError(
+            "static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
+            "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known"
+        )
+    info = ExportInfo(
+        labels=source.run.class_names,
+        preprocess=source.run.preprocess,
+        task=source.run.task,
+        weights=str(source.weights) if source.weights else None,
+    )
     report = export_model(source.model, graph, out, options, info)
     if source.weights is None:
         report.warnings.insert(0, "no weights given: the freshly initialised network was exported")
@@ -89,7 +104,11 @@ def export_spec(spec: str | Path, out: str | Path, *, weights: str | Path | None
     report_path(failed_path(target)).unlink(missing_ok=True)
     if variants:
         eval_data = load_eval_data(source, dataset=dataset)
-        sizes = [static_sizes(graph)] if options.static else parity_sizes(graph, options.batches[:2], options.seq_lens)
+        sizes = (
+            [static_sizes(graph)]
+            if options.static
+            else parity_sizes(graph, options.batches[:2], options.seq_lens)
+        )
         for kind in variants:
             report.variants[kind] = make_variant(kind, target, graph, sizes, eval_data, calib, int8_mode)
     data = report.to_json()
@@ -109,8 +128,10 @@ def check_index_bounds(calib: Calibration, graph: Graph) -> None:
     for name, arr in calib.feeds.items():
         bound = graph.index_bound(name) if arr.dtype.kind in "iu" else None
         if bound is not None and arr.size and (int(arr.min()) < 0 or int(arr.max()) >= bound):
-            raise UsageError(f"calibration input '{name}' ({calib.source}) holds ids {int(arr.min())}..{int(arr.max())}, "
-                             f"but the model takes 0..{bound - 1}")  # fmt: skip
+            raise UsageError(
+                f"calibration input '{name}' ({calib.source}) holds ids {int(arr.min())}..{int(arr.max())}, "
+                f"but the model takes 0..{bound - 1}"
+            )
 
 
 def _run_dataset(source: Source) -> tuple[str, str, Any] | None:
@@ -122,19 +143,25 @@ def _run_dataset(source: Source) -> tuple[str, str, Any] | None:
         return None
     from specc.data import load_dataset
 
-    (input_name, t), = graph.inputs.items()
-    kw = {k: run.data[k] for k in ("seed", "val_fraction", "test_fraction", "seq_len", "num_samples")
-          if isinstance(run.data.get(k), int | float) and not isinstance(run.data.get(k), bool)}  # fmt: skip
+    ((input_name, t),) = graph.inputs.items()
+    kw = {
+        k: run.data[k]
+        for k in ("seed", "val_fraction", "test_fraction", "seq_len", "num_samples")
+        if isinstance(run.data.get(k), int | float) and not isinstance(run.data.get(k), bool)
+    }
     try:
-        ds = load_dataset(name, input_shape=tuple(t.shape), input_dtype=t.dtype, **kw)  # type: ignore[arg-type]
+        ds = load_dataset(name, input_shape=tuple(t.shape), input_dtype=t.dtype, **kw)
     except (DataError, UsageError) as e:
-        log.warning("cannot load the data set '%s' of the run (%s): accuracy and calibration use none", name, e)
+        log.warning(
+            "cannot load the data set '%s' of the run (%s): accuracy and calibration use none", name, e
+        )
         return None
     return input_name, name, ds
 
 
-def load_eval_data(source: Source, limit: int = MAX_EVAL_SAMPLES, *,
-                   dataset: tuple[str, str, Any] | None = None) -> EvalData | None:  # fmt: skip
+def load_eval_data(
+    source: Source, limit: int = MAX_EVAL_SAMPLES, *, dataset: tuple[str, str, Any] | None = None
+) -> EvalData | None:
     """The validation split of the run's data set, as recorded in ``RUN/data.json``; None if unknown.
     ``dataset``: what :func:`_run_dataset` returned, if it was called already."""
     found = dataset if dataset is not None else _run_dataset(source)
@@ -146,8 +173,9 @@ def load_eval_data(source: Source, limit: int = MAX_EVAL_SAMPLES, *,
     return EvalData({input_name: ds.val.x[:limit]}, ds.val.y[:limit], name)
 
 
-def run_calibration(source: Source, limit: int = CALIBRATION_SAMPLES, *,
-                    dataset: tuple[str, str, Any] | None = None) -> Calibration | None:  # fmt: skip
+def run_calibration(
+    source: Source, limit: int = CALIBRATION_SAMPLES, *, dataset: tuple[str, str, Any] | None = None
+) -> Calibration | None:
     """Calibration inputs for static int8: a seeded random subset of the run's training split."""
     found = dataset if dataset is not None else _run_dataset(source)
     if found is None or len(found[2].train) == 0:

@@ -75,7 +75,9 @@ def bench_session(path: Path, threads: int | None = None) -> Any:
 
     from specc.runtime.session import session_options
 
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 def ort_fn(path: Path, threads: int | None = None) -> Fn:
@@ -103,8 +105,10 @@ def onnx_feeds(path: Path, batch: int, seq: int, seed: int = 0) -> Feeds:
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for spec in model.inputs:
-        shape = tuple(batch if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else seq
-                      for i, d in enumerate(spec.shape))  # fmt: skip
+        shape = tuple(
+            batch if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else seq
+            for i, d in enumerate(spec.shape)
+        )
         if spec.dtype == "float32":
             feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32)
         elif spec.dtype == "bool":
@@ -136,8 +140,9 @@ def _quantized(src: Path, folder: Path, seq: int) -> tuple[Path, str]:
 # ----------------------------------------------------------------------------------- compile
 
 
-def _compile_child(spec: str, sets: tuple[str, ...], scale: str | None, weights: str | None,
-                   s: BenchSettings, queue: Any) -> None:  # fmt: skip
+def _compile_child(
+    spec: str, sets: tuple[str, ...], scale: str | None, weights: str | None, s: BenchSettings, queue: Any
+) -> None:
     try:
         import torch
 
@@ -158,8 +163,9 @@ def _compile_child(spec: str, sets: tuple[str, ...], scale: str | None, weights:
         queue.put(skipped("torch.compile", f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
 
 
-def compile_row(spec: str, sets: tuple[str, ...], scale: str | None, weights: str | None,
-                s: BenchSettings) -> dict[str, Any]:  # fmt: skip
+def compile_row(
+    spec: str, sets: tuple[str, ...], scale: str | None, weights: str | None, s: BenchSettings
+) -> dict[str, Any]:
     """Measure ``torch.compile`` in a spawned child; skip it past ``compile_timeout_s``."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -187,8 +193,14 @@ def bench_onnx(path: str | Path, s: BenchSettings = BenchSettings(), int8: bool 
     return {"model": str(src), "settings": s.__dict__, "rows": rows}
 
 
-def bench_spec(spec: str | Path, s: BenchSettings = BenchSettings(), *, sets: Sequence[str] = (),
-               scale: str | None = None, weights: str | None = None) -> dict[str, Any]:  # fmt: skip
+def bench_spec(
+    spec: str | Path,
+    s: BenchSettings = BenchSettings(),
+    *,
+    sets: Sequence[str] = (),
+    scale: str | None = None,
+    weights: str | None = None,
+) -> dict[str, Any]:
     """torch eager, torch.compile, onnxruntime fp32 and int8 for a spec."""
     from specc.export import ExportOptions, export_model
     from specc.export.samples import SampleSizes, make_inputs, symbols_of
@@ -214,13 +226,17 @@ def table(result: dict[str, Any]) -> str:
     """A text table of the rows, with each engine's speed-up over the first row."""
     rows = result["rows"]
     base = next((r for r in rows if r["latency_ms"]), None)
-    lines = [f"{'engine':<20} {'b1 median ms':>12} {'b1 p90 ms':>10} {'b' + str(result['settings']['batch']) + ' samples/s':>14} {'speed-up':>8}  note"]  # noqa: E501
+    lines = [
+        f"{'engine':<20} {'b1 median ms':>12} {'b1 p90 ms':>10} {'b' + str(result['settings']['batch']) + ' samples/s':>14} {'speed-up':>8}  note"
+    ]  # noqa: E501
     for r in rows:
         if r["latency_ms"] is None:
             lines.append(f"{r['engine']:<20} {'-':>12} {'-':>10} {'-':>14} {'-':>8}  {r['note']}")
             continue
         med = r["latency_ms"]["median"]
         speed = base["latency_ms"]["median"] / med if base else 1.0
-        lines.append(f"{r['engine']:<20} {med:>12.3f} {r['latency_ms']['p90']:>10.3f} "
-                     f"{r['throughput_per_s']:>14.1f} {speed:>7.2f}x  {r['note']}")  # fmt: skip
+        lines.append(
+            f"{r['engine']:<20} {med:>12.3f} {r['latency_ms']['p90']:>10.3f} "
+            f"{r['throughput_per_s']:>14.1f} {speed:>7.2f}x  {r['note']}"
+        )
     return "\n".join(lines)

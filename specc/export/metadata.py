@@ -35,12 +35,19 @@ from specc.runtime.model import (
 
 def input_entries(graph: Graph, static: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """``specc.inputs`` of the metadata: name, shape with the batch axis (sizes from ``static``), dtype."""
-    return [{"name": n, "shape": input_dims(graph, n, static), "dtype": t.dtype} for n, t in graph.inputs.items()]
+    return [
+        {"name": n, "shape": input_dims(graph, n, static), "dtype": t.dtype} for n, t in graph.inputs.items()
+    ]
 
 
-def build_metadata(graph: Graph, *, labels: Sequence[str] | None = None,
-                   preprocess: Mapping[str, Any] | None = None, task: str | None = None,
-                   static: Mapping[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
+def build_metadata(
+    graph: Graph,
+    *,
+    labels: Sequence[str] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    task: str | None = None,
+    static: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """The metadata of an exported graph (values not yet serialised; ``None`` entries are omitted).
 
     ``static`` fixes the batch axis and symbols (``--static``); shapes then hold only ints.

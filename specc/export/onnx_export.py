@@ -112,9 +112,15 @@ class ExportReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model, "spec_name": self.spec_name, "ok": self.ok,
-            "exporter": self.exporter, "opset": self.opset, "static": self.static,
-            "sha256": self.sha256, "size_bytes": self.size_bytes, "external_data": self.external_data,
+            "model": self.model,
+            "spec_name": self.spec_name,
+            "ok": self.ok,
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "static": self.static,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "external_data": self.external_data,
             "weights": self.weights,
             "dynamic_axes": {k: {str(a): s for a, s in v.items()} for k, v in self.dynamic_axes.items()},
             "tolerance": self.tolerance,
@@ -122,8 +128,10 @@ class ExportReport:
             "max_diff": summarise(self.parity),
             "parity": [c.to_json() for c in self.parity],
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-            "node_names": self.node_names, "warnings": self.warnings, "variants": self.variants,
-        }  # fmt: skip
+            "node_names": self.node_names,
+            "warnings": self.warnings,
+            "variants": self.variants,
+        }
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -158,8 +166,9 @@ def _quiet(notes: list[str]) -> Iterator[None]:
             notes.append(text)
 
 
-def to_onnx(model: torch.nn.Module, graph: Graph, path: Path, options: ExportOptions,
-            notes: list[str]) -> None:  # fmt: skip
+def to_onnx(
+    model: torch.nn.Module, graph: Graph, path: Path, options: ExportOptions, notes: list[str]
+) -> None:
     """Run ``torch.onnx.export`` on an eval-mode model with dynamic batch/symbol axes."""
     sizes = static_sizes(graph) if options.static else example_sizes(graph)
     feeds = make_inputs(graph, sizes)
@@ -170,21 +179,34 @@ def to_onnx(model: torch.nn.Module, graph: Graph, path: Path, options: ExportOpt
     except Exception as e:  # a build bug, not an export one: say so before the exporter muddles it
         shapes = ", ".join(f"{n} {tuple(v.shape)} {v.dtype}" for n, v in feeds.items())
         raise BuildError(f"the PyTorch model '{graph.name}' fails on example inputs ({shapes}): {e}") from e
-    names = dict(input_names=list(graph.inputs), output_names=list(graph.outputs))
+    names: dict[str, Any] = dict(input_names=list(graph.inputs), output_names=list(graph.outputs))
     with _quiet(notes), torch.inference_mode(False), torch.no_grad():
         try:
             if options.exporter == "torchscript":
                 torch.onnx.export(
-                    model, args, str(path), dynamo=False, opset_version=options.opset_version,
+                    model,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=options.opset_version,
                     dynamic_axes=None if options.static else dynamic_axes(graph),
-                    do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL, **names,
-                )  # fmt: skip
+                    do_constant_folding=True,
+                    training=torch.onnx.TrainingMode.EVAL,
+                    **names,
+                )
             else:
                 torch.onnx.export(
-                    model, args, str(path), dynamo=True, opset_version=options.opset_version,
+                    model,
+                    args,
+                    str(path),
+                    dynamo=True,
+                    opset_version=options.opset_version,
                     dynamic_shapes=None if options.static else (_dynamo_shapes(graph),),
-                    external_data=True, verbose=False, optimize=True, **names,
-                )  # fmt: skip
+                    external_data=True,
+                    verbose=False,
+                    optimize=True,
+                    **names,
+                )
         except Exception as e:  # the exporters raise many types; the message is what matters
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportVerificationError(f"torch.onnx.export ({options.exporter}) failed: {first}") from e
@@ -212,8 +234,14 @@ def save_model(proto: onnx.ModelProto, path: Path) -> list[Path]:
         onnx.save_model(proto, str(path))
         return []
     data = path.with_name(path.name + ".data")
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)  # fmt: skip
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
     return [data]
 
 
@@ -233,9 +261,14 @@ def node_name_stats(proto: onnx.ModelProto) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def export_model(model: torch.nn.Module, graph: Graph, out: str | os.PathLike[str],
-                 options: ExportOptions = ExportOptions(), info: ExportInfo | None = None) -> ExportReport:  # fmt: skip
-    """Export ``model`` (a :class:`~specc.build.CompiledModel` or any module taking the graph's
+def export_model(
+    model: torch.nn.Module,
+    graph: Graph,
+    out: str | os.PathLike[str],
+    options: ExportOptions = ExportOptions(),
+    info: ExportInfo | None = None,
+) -> ExportReport:
+    """Export ``model`` (a :class:`~specc.nn.CompiledModel` or any module taking the graph's
     inputs) to ``out``, verify it and publish it with its manifest and JSON report."""
     info = info or ExportInfo()
     target = Path(out)
@@ -243,8 +276,15 @@ def export_model(model: torch.nn.Module, graph: Graph, out: str | os.PathLike[st
         raise UsageError(f"output folder does not exist: {target.parent}")
     if target.suffix != ".onnx":
         raise UsageError(f"the output must end in .onnx, got '{target.name}'")
-    report = ExportReport(str(target), graph.name, options.exporter, options.opset_version, options.static,
-                          tolerance={"atol": options.atol, "rtol": options.rtol}, weights=info.weights)  # fmt: skip
+    report = ExportReport(
+        str(target),
+        graph.name,
+        options.exporter,
+        options.opset_version,
+        options.static,
+        tolerance={"atol": options.atol, "rtol": options.rtol},
+        weights=info.weights,
+    )
     report.dynamic_axes = {} if options.static else dynamic_axes(graph)
     work = target.parent / temp_name(target.name)
     work.mkdir()
@@ -255,8 +295,15 @@ def export_model(model: torch.nn.Module, graph: Graph, out: str | os.PathLike[st
     return report
 
 
-def _export_in(work: Path, model: torch.nn.Module, graph: Graph, target: Path, options: ExportOptions,
-               info: ExportInfo, report: ExportReport) -> None:  # fmt: skip
+def _export_in(
+    work: Path,
+    model: torch.nn.Module,
+    graph: Graph,
+    target: Path,
+    options: ExportOptions,
+    info: ExportInfo,
+    report: ExportReport,
+) -> None:
     start = time.perf_counter()
     net = copy.deepcopy(model).cpu().eval()
     raw = work / "raw.onnx"
@@ -266,8 +313,13 @@ def _export_in(work: Path, model: torch.nn.Module, graph: Graph, target: Path, o
     t = time.perf_counter()
     proto = onnx.load(str(raw))
     static = static_sizes(graph) if options.static else None
-    meta = build_metadata(graph, labels=info.labels, preprocess=info.preprocess, task=info.task,
-                          static=static.to_json() if static else None)  # fmt: skip
+    meta = build_metadata(
+        graph,
+        labels=info.labels,
+        preprocess=info.preprocess,
+        task=info.task,
+        static=static.to_json() if static else None,
+    )
     set_metadata(proto, meta)
     report.node_names = node_name_stats(proto)
     staged = work / target.name
@@ -281,13 +333,21 @@ def _export_in(work: Path, model: torch.nn.Module, graph: Graph, target: Path, o
 
     t = time.perf_counter()
     sizes = [static] if static else parity_sizes(graph, options.batches, options.seq_lens)
-    report.parity = parity(torch_runner(net, list(graph.inputs)), ort_runner(ort_session(staged)), graph, sizes,
-                           atol=options.atol, rtol=options.rtol)  # fmt: skip
+    report.parity = parity(
+        torch_runner(net, list(graph.inputs)),
+        ort_runner(ort_session(staged)),
+        graph,
+        sizes,
+        atol=options.atol,
+        rtol=options.rtol,
+    )
     report.timings_s["verify"] = time.perf_counter() - t
     report.timings_s["total"] = time.perf_counter() - start
     if not report.ok:
         _keep_failed(staged, external, target, report)
-        raise_on_failure(report.parity, f"export of '{graph.name}' failed verification", options.atol, options.rtol)
+        raise_on_failure(
+            report.parity, f"export of '{graph.name}' failed verification", options.atol, options.rtol
+        )
     _publish(staged, external, target, report)
 
 

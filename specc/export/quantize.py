@@ -46,8 +46,17 @@ CONV_OPS = ("Conv", "ConvTranspose")
 #: list) and halves the output error (rel. L2 0.67 % vs 1.2 %). quantize_dynamic rewrites Gemm
 #: (2-d Linear) to MatMul first.
 DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM")
-INT8_OPS = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeLSTM", "QEmbedLayerNormalization",
-            "DynamicQuantizeMatMul", "QGemm", "QLinearConv", "QLinearMatMul")  # fmt: skip
+INT8_OPS = (
+    "MatMulInteger",
+    "ConvInteger",
+    "QAttention",
+    "DynamicQuantizeLSTM",
+    "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+    "QLinearConv",
+    "QLinearMatMul",
+)
 
 
 @dataclass(frozen=True)
@@ -85,23 +94,28 @@ def _int8_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def quantize_int8(src: Path, dst: Path, calibration: Calibration | None = None,
-                  mode: Int8Mode = "auto") -> dict[str, Any]:  # fmt: skip
+def quantize_int8(
+    src: Path, dst: Path, calibration: Calibration | None = None, mode: Int8Mode = "auto"
+) -> dict[str, Any]:
     """Write the int8 variant of ``src`` to ``dst``; returns what was done (for the report)."""
     if mode not in INT8_MODES:
         raise UsageError(f"unknown int8 mode '{mode}'; choose one of {', '.join(INT8_MODES)}")
     has_conv = bool(op_types(src) & set(CONV_OPS))
     if mode == "static" and calibration is None:
-        raise UsageError("static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
-                         "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known")  # fmt: skip
+        raise UsageError(
+            "static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
+            "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known"
+        )
     if mode == "static" or (mode == "auto" and has_conv and calibration is not None):
         assert calibration is not None
         return quantize_static_int8(src, dst, calibration)
     info = quantize_dynamic_int8(src, dst)
     if has_conv:
-        info["note"] = ("Conv layers stay fp32 in dynamic quantisation (ConvInteger is slower than fp32 on "
-                        "CPU); give calibration data (--calibration, or a run folder with its data set) "
-                        "for static int8 Conv")  # fmt: skip
+        info["note"] = (
+            "Conv layers stay fp32 in dynamic quantisation (ConvInteger is slower than fp32 on "
+            "CPU); give calibration data (--calibration, or a run folder with its data set) "
+            "for static int8 Conv"
+        )
     return info
 
 
@@ -120,13 +134,24 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> dict[str, Any]:
 
     with _root_log_level(logging.ERROR), atomic_path(dst) as tmp:  # "consider pre-processing" warning
         # DefaultTensorType: outputs of fused contrib ops (Attention, ...) have no inferred type
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=list(DYNAMIC_OP_TYPES),
-                         per_channel=False, reduce_range=False,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})  # fmt: skip
+        quantize_dynamic(
+            str(src),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(DYNAMIC_OP_TYPES),
+            per_channel=False,
+            reduce_range=False,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+        )
     counts = _int8_counts(dst)
-    info: dict[str, Any] = {"method": "onnxruntime.quantization.quantize_dynamic", "mode": "dynamic",
-                            "weight_type": "QInt8", "per_channel": False, "op_types": list(DYNAMIC_OP_TYPES),
-                            "int8_ops": counts}  # fmt: skip
+    info: dict[str, Any] = {
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "mode": "dynamic",
+        "weight_type": "QInt8",
+        "per_channel": False,
+        "op_types": list(DYNAMIC_OP_TYPES),
+        "int8_ops": counts,
+    }
     if not counts:
         info["note"] = "no op was quantised: the file is fp32"
     return info
@@ -147,7 +172,9 @@ def fixed_batch(path: Path) -> int | None:
     """The batch size of a model exported with ``--static`` (first input's first axis), else None."""
     graph = onnx.load(str(path), load_external_data=False).graph
     dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
-    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    return (
+        int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    )
 
 
 def quantize_static_int8(src: Path, dst: Path, calibration: Calibration) -> dict[str, Any]:
@@ -158,7 +185,10 @@ def quantize_static_int8(src: Path, dst: Path, calibration: Calibration) -> dict
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batch = fixed_batch(src) or CALIBRATION_BATCH
-    with tempfile.TemporaryDirectory(prefix=".specc-quant-", dir=dst.parent) as work, _root_log_level(logging.ERROR):
+    with (
+        tempfile.TemporaryDirectory(prefix=".specc-quant-", dir=dst.parent) as work,
+        _root_log_level(logging.ERROR),
+    ):
         model_in = Path(work) / "pre.onnx"
         preprocessed = True
         try:
@@ -168,19 +198,36 @@ def quantize_static_int8(src: Path, dst: Path, calibration: Calibration) -> dict
             model_in, preprocessed = src, False
         with atomic_path(dst) as tmp:
             try:
-                quantize_static(str(model_in), str(tmp), _Reader(calibration.feeds, batch),  # type: ignore[arg-type]
-                                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+                quantize_static(
+                    str(model_in),
+                    str(tmp),
+                    _Reader(calibration.feeds, batch),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=False,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
             except Exception as e:  # onnxruntime's own exception types, raised while running the inputs
                 if type(e).__module__.startswith("onnxruntime"):
-                    raise UsageError(f"static int8 calibration could not run '{src.name}' on the calibration "
-                                     f"inputs ({calibration.source}): {str(e).splitlines()[0][:400]}") from e  # fmt: skip
+                    raise UsageError(
+                        f"static int8 calibration could not run '{src.name}' on the calibration "
+                        f"inputs ({calibration.source}): {str(e).splitlines()[0][:400]}"
+                    ) from e
                 raise
-    return {"method": "onnxruntime.quantization.quantize_static", "mode": "static", "format": "QDQ",
-            "weight_type": "QInt8 (per channel)", "activation_type": "QUInt8", "calibration": "MinMax",
-            "calibration_samples": calibration.samples, "calibration_source": calibration.source,
-            "preprocessed": preprocessed, "int8_ops": _int8_counts(dst)}  # fmt: skip
+    return {
+        "method": "onnxruntime.quantization.quantize_static",
+        "mode": "static",
+        "format": "QDQ",
+        "weight_type": "QInt8 (per channel)",
+        "activation_type": "QUInt8",
+        "calibration": "MinMax",
+        "calibration_samples": calibration.samples,
+        "calibration_source": calibration.source,
+        "preprocessed": preprocessed,
+        "int8_ops": _int8_counts(dst),
+    }
 
 
 # ------------------------------------------------------------------------------------ calibration
@@ -194,8 +241,12 @@ def _subset(feeds: dict[str, NDArray[Any]], limit: int, seed: int = 0) -> dict[s
     return {k: v[idx] for k, v in feeds.items()}
 
 
-def load_calibration(path: Path, inputs: Sequence[TensorSpec], preprocess: Mapping[str, Any] | None,
-                     limit: int = CALIBRATION_SAMPLES) -> Calibration:  # fmt: skip
+def load_calibration(
+    path: Path,
+    inputs: Sequence[TensorSpec],
+    preprocess: Mapping[str, Any] | None,
+    limit: int = CALIBRATION_SAMPLES,
+) -> Calibration:
     """Calibration inputs from a file or folder, checked against the model's ``inputs`` exactly like
     ``specc predict``'s: ``.npy`` (a single-input model) or ``.npz`` (one array per input name), each
     with the batch axis first; or a folder of images (PNG/JPEG/BMP, sub-folders included, e.g. one
@@ -208,9 +259,11 @@ def load_calibration(path: Path, inputs: Sequence[TensorSpec], preprocess: Mappi
         if not images:
             raise UsageError(f"calibration folder '{path}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         if preprocess is None or preprocess.get("kind") != "image" or len(names) != 1:
-            raise UsageError(f"cannot calibrate from the images in '{path}': images need the image preprocessing "
-                             "of a training run (give --weights RUN_FOLDER) and a single-input model; "
-                             "otherwise pass preprocessed arrays as .npy/.npz")  # fmt: skip
+            raise UsageError(
+                f"cannot calibrate from the images in '{path}': images need the image preprocessing "
+                "of a training run (give --weights RUN_FOLDER) and a single-input model; "
+                "otherwise pass preprocessed arrays as .npy/.npz"
+            )
         images = [images[i] for i in sorted(np.random.default_rng(0).permutation(len(images))[:limit])]
         raw = {names[0]: np.concatenate([load_image(p, preprocess, inputs[0]) for p in images])}
     elif path.suffix.lower() in ARRAY_SUFFIXES:
@@ -221,6 +274,8 @@ def load_calibration(path: Path, inputs: Sequence[TensorSpec], preprocess: Mappi
     feeds = {s.name: check_input(s.name, raw[s.name], s, symbols)[0] for s in inputs}
     sizes = {len(v) for v in feeds.values()}
     if len(sizes) != 1 or 0 in sizes:
-        raise UsageError(f"--calibration '{path}': every input needs the same, non-zero number of samples, "
-                         f"got {', '.join(f'{k} {len(v)}' for k, v in feeds.items())}")  # fmt: skip
+        raise UsageError(
+            f"--calibration '{path}': every input needs the same, non-zero number of samples, "
+            f"got {', '.join(f'{k} {len(v)}' for k, v in feeds.items())}"
+        )
     return Calibration(_subset(feeds, limit), str(path))

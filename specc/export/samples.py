@@ -58,13 +58,14 @@ def vocab_size(graph: Graph, input_name: str) -> int:
     return bound if bound is not None else SMALL_INT
 
 
-def parity_sizes(graph: Graph, batches: tuple[int, ...] = PARITY_BATCHES,
-                 seq_lens: tuple[int, ...] = PARITY_SEQ_LENS) -> list[SampleSizes]:  # fmt: skip
+def parity_sizes(
+    graph: Graph, batches: tuple[int, ...] = PARITY_BATCHES, seq_lens: tuple[int, ...] = PARITY_SEQ_LENS
+) -> list[SampleSizes]:
     """Batch sizes × (for specs with symbolic axes) sequence lengths, capped at ``graph.dims``."""
     symbols = symbols_of(graph)
     if not symbols:
         return [SampleSizes(b, {}) for b in batches]
-    out = []
+    out: list[SampleSizes] = []
     for length in seq_lens:
         sizes = {s: _cap(length, graph.dims.get(s)) for s in symbols}
         out.extend(SampleSizes(b, sizes) for b in batches)
@@ -85,8 +86,10 @@ def make_inputs(graph: Graph, sizes: SampleSizes, seed: int = 0) -> dict[str, ND
     rng = np.random.default_rng(seed)
     feeds: dict[str, NDArray[Any]] = {}
     for name, t in graph.inputs.items():
-        shape = tuple(sizes.batch if d == BATCH else sizes.symbols[d] if isinstance(d, str) else d
-                      for d in input_dims(graph, name))  # fmt: skip
+        shape = tuple(
+            sizes.batch if d == BATCH else sizes.symbols[d] if isinstance(d, str) else d
+            for d in input_dims(graph, name)
+        )
         if t.dtype == "int64":
             feeds[name] = rng.integers(0, vocab_size(graph, name), size=shape, dtype=np.int64)
         elif t.dtype == "bool":

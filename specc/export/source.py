@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from specc.build import CompiledModel, build
 from specc.errors import UsageError
+from specc.nn import CompiledModel, build
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,14 @@ class Source:
     run: RunInfo
 
 
-def load_source(spec: str | Path, *, weights: str | Path | None = None, sets: tuple[str, ...] = (),
-                scale: str | None = None, seed: int = 0) -> Source:  # fmt: skip
+def load_source(
+    spec: str | Path,
+    *,
+    weights: str | Path | None = None,
+    sets: tuple[str, ...] = (),
+    scale: str | None = None,
+    seed: int = 0,
+) -> Source:
     """Build ``spec`` and load ``weights`` (a ``.safetensors`` file or a run folder) into it."""
     model = build(Path(spec), sets=sets, scale=scale, seed=seed)
     if weights is None:

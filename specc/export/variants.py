@@ -32,8 +32,18 @@ log = logging.getLogger(__name__)
 
 Variant = Literal["opt", "int8", "fp16"]
 KEY_VARIANT = "specc.variant"
-FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
-             "LayerNormalization", "FastGelu", "BiasGelu", "Gelu", "FusedConv", "FusedMatMul")  # fmt: skip
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "LayerNormalization",
+    "FastGelu",
+    "BiasGelu",
+    "Gelu",
+    "FusedConv",
+    "FusedMatMul",
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,21 @@ def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -
         # the raw 2-d mask, not the "bert" default MaskIndexEnd (a per-row count of leading ones,
         # which silently assumes right padding: any other mask would compute something else)
         fusions.attention_mask_format = AttentionMaskFormat.AttentionMask
-        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
-                             optimization_options=fusions)  # fmt: skip
+        opt = optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=0,
+            optimization_options=fusions,
+        )
         with atomic_path(dst) as tmp:
             opt.save_model_to_file(str(tmp))
-        return {"method": "onnxruntime.transformers.optimizer (bert)", "num_heads": heads, "hidden_size": hidden}
+        return {
+            "method": "onnxruntime.transformers.optimizer (bert)",
+            "num_heads": heads,
+            "hidden_size": hidden,
+        }
     import onnxruntime as ort
 
     from specc.runtime.session import session_options
@@ -132,7 +152,9 @@ def _copy_metadata(src: Path, dst: Path, kind: str) -> None:
         onnx.save_model(model, str(tmp))
 
 
-def _batches(data: EvalData, path: Path, limit: int | None = None) -> Iterator[tuple[dict[str, NDArray[Any]], NDArray[Any]]]:  # noqa: E501
+def _batches(
+    data: EvalData, path: Path, limit: int | None = None
+) -> Iterator[tuple[dict[str, NDArray[Any]], NDArray[Any]]]:  # noqa: E501
     """``(feeds, targets)`` of ``data`` in batches the model at ``path`` takes: 256 samples, or the
     fixed batch size of a ``--static`` file (dropping a last partial batch)."""
     fixed = fixed_batch(path)
@@ -145,8 +167,9 @@ def _batches(data: EvalData, path: Path, limit: int | None = None) -> Iterator[t
         yield {k: v[i : i + size] for k, v in data.feeds.items()}, y
 
 
-def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequence[SampleSizes],
-                  data: EvalData | None = None) -> dict[str, Any]:  # fmt: skip
+def output_change(
+    reference: Path, candidate: Path, graph: Graph, sizes: Sequence[SampleSizes], data: EvalData | None = None
+) -> dict[str, Any]:
     """Max/mean absolute difference per output and top-1 agreement vs the fp32 model: on random
     inputs at every size of ``sizes`` (the dynamic axes), or with ``data`` on its first 256 samples
     (real inputs: what a quantised model is calibrated for; random ones overstate its error)."""
@@ -160,7 +183,9 @@ def output_change(reference: Path, candidate: Path, graph: Graph, sizes: Sequenc
         a, b = ref(feeds), cand(feeds)
         for name in a:
             d = np.abs(a[name].astype(np.float64) - b[name].astype(np.float64))
-            cur = stats.setdefault(name, {"max_abs": 0.0, "mean_abs": 0.0, "ref_max_abs": 0.0, "top1_agree": 1.0})
+            cur = stats.setdefault(
+                name, {"max_abs": 0.0, "mean_abs": 0.0, "ref_max_abs": 0.0, "top1_agree": 1.0}
+            )
             cur["max_abs"] = max(cur["max_abs"], float(d.max()) if d.size else 0.0)
             cur["mean_abs"] = max(cur["mean_abs"], float(d.mean()) if d.size else 0.0)
             cur["ref_max_abs"] = max(cur["ref_max_abs"], float(np.abs(a[name]).max()) if d.size else 0.0)
@@ -184,9 +209,15 @@ def accuracy(path: Path, data: EvalData) -> float:
     return hits / max(total, 1)
 
 
-def make_variant(kind: Variant, target: Path, graph: Graph, sizes: Sequence[SampleSizes],
-                 eval_data: EvalData | None = None, calibration: Calibration | None = None,
-                 int8_mode: Int8Mode = "auto") -> dict[str, Any]:  # fmt: skip
+def make_variant(
+    kind: Variant,
+    target: Path,
+    graph: Graph,
+    sizes: Sequence[SampleSizes],
+    eval_data: EvalData | None = None,
+    calibration: Calibration | None = None,
+    int8_mode: Int8Mode = "auto",
+) -> dict[str, Any]:
     """Write one variant of the verified ``target`` and check it; returns its report entry."""
     dst = variant_path(target, kind)
     start = time.perf_counter()
@@ -203,8 +234,11 @@ def make_variant(kind: Variant, target: Path, graph: Graph, sizes: Sequence[Samp
     if eval_data is not None:
         entry["output_change_on_data"] = output_change(target, dst, graph, sizes, eval_data)
     if eval_data is not None:
-        entry["accuracy"] = {"split": f"{eval_data.source} (validation, {len(eval_data.targets)} samples)",
-                             "fp32": accuracy(target, eval_data), kind: accuracy(dst, eval_data)}  # fmt: skip
+        entry["accuracy"] = {
+            "split": f"{eval_data.source} (validation, {len(eval_data.targets)} samples)",
+            "fp32": accuracy(target, eval_data),
+            kind: accuracy(dst, eval_data),
+        }
     else:
         entry["accuracy"] = None
         entry["accuracy_note"] = "no validation split available (random inputs only)"

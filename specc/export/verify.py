@@ -36,8 +36,14 @@ class OutputDiff:
     ok: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "worst_index": list(self.worst_index),
-                "ref": self.worst_ref, "got": self.worst_got, "ok": self.ok}  # fmt: skip
+        return {
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "worst_index": list(self.worst_index),
+            "ref": self.worst_ref,
+            "got": self.worst_got,
+            "ok": self.ok,
+        }
 
 
 def compare(ref: NDArray[Any], got: NDArray[Any], atol: float = ATOL, rtol: float = RTOL) -> OutputDiff:
@@ -57,8 +63,9 @@ def compare(ref: NDArray[Any], got: NDArray[Any], atol: float = ATOL, rtol: floa
     flat = int(np.argmax(excess))
     idx = tuple(int(i) for i in np.unravel_index(flat, ref.shape))
     rel = diff / np.maximum(np.abs(np.nan_to_num(r)), 1e-12)
-    return OutputDiff(float(diff.max()), float(rel.max()), idx, float(r[idx]), float(g[idx]),
-                      bool(excess.max() <= 0.0))  # fmt: skip
+    return OutputDiff(
+        float(diff.max()), float(rel.max()), idx, float(r[idx]), float(g[idx]), bool(excess.max() <= 0.0)
+    )
 
 
 @dataclass
@@ -73,8 +80,11 @@ class ParityCase:
         return all(d.ok for d in self.outputs.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {"sizes": self.sizes.to_json(), "ok": self.ok,
-                "outputs": {k: v.to_json() for k, v in self.outputs.items()}}  # fmt: skip
+        return {
+            "sizes": self.sizes.to_json(),
+            "ok": self.ok,
+            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+        }
 
 
 def torch_runner(model: Any, input_names: Sequence[str]) -> Runner:
@@ -85,8 +95,10 @@ def torch_runner(model: Any, input_names: Sequence[str]) -> Runner:
         with torch.inference_mode():
             out = model(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names])
         outs = out if isinstance(out, tuple) else (out,)
-        return {n: t.detach().float().numpy() if t.is_floating_point() else t.numpy()
-                for n, t in zip(model.output_names, outs, strict=True)}  # fmt: skip
+        return {
+            n: t.detach().float().numpy() if t.is_floating_point() else t.numpy()
+            for n, t in zip(model.output_names, outs, strict=True)
+        }
 
     return run
 
@@ -110,8 +122,16 @@ def ort_runner(session: Any) -> Runner:
     return run
 
 
-def parity(reference: Runner, candidate: Runner, graph: Graph, sizes: Sequence[SampleSizes], *,
-           atol: float = ATOL, rtol: float = RTOL, seed: int = 0) -> list[ParityCase]:  # fmt: skip
+def parity(
+    reference: Runner,
+    candidate: Runner,
+    graph: Graph,
+    sizes: Sequence[SampleSizes],
+    *,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    seed: int = 0,
+) -> list[ParityCase]:
     """Compare two runners on random inputs at every size setting."""
     cases = []
     for k, s in enumerate(sizes):

@@ -32,8 +32,14 @@ def infer(graph: Graph) -> Graph:
             continue
         bad_index = next((r for r in node.inputs if r.index >= len(known[r.node])), None)
         if bad_index is not None:
-            diags.append(Diagnostic(f"'{bad_index.node}' has {len(known[bad_index.node])} output(s); "
-                                    f"there is no output {bad_index.index}", node.loc, node.src))  # fmt: skip
+            diags.append(
+                Diagnostic(
+                    f"'{bad_index.node}' has {len(known[bad_index.node])} output(s); "
+                    f"there is no output {bad_index.index}",
+                    node.loc,
+                    node.src,
+                )
+            )
             continue
         ins = [known[r.node][r.index] for r in node.inputs]
         message = _arity(node, len(ins)) or _dtype_problem(node, node.inputs, ins)
@@ -41,8 +47,10 @@ def infer(graph: Graph) -> Graph:
             try:
                 node.inferred = node.op.infer(ins, ctx)
             except ShapeMismatch as exc:
-                message = (f"{node.op.op_name} '{node.path}' cannot accept input "
-                           f"{_describe(graph, node.inputs, ins)}: {exc}")  # fmt: skip
+                message = (
+                    f"{node.op.op_name} '{node.path}' cannot accept input "
+                    f"{_describe(graph, node.inputs, ins)}: {exc}"
+                )
         if message is not None:
             if node.via:
                 message += " (in block used at " + ", ".join(f"line {v.line}" for v in node.via) + ")"
@@ -70,6 +78,9 @@ def _growth_problems(graph: Graph, known: dict[str, list[TensorType]]) -> list[D
         if ref.node in known:
             channels = known[ref.node][ref.index].shape[0]
             if channels != growth:
-                out.append(Diagnostic(f"dense layer body produces {channels} channels but growth_rate is {growth}",
-                                      loc, src))  # fmt: skip
+                out.append(
+                    Diagnostic(
+                        f"dense layer body produces {channels} channels but growth_rate is {growth}", loc, src
+                    )
+                )
     return out

@@ -71,8 +71,12 @@ class Graph:
 
     def index_bound(self, input_name: str) -> int | None:
         """The tightest bound on the values of an int64 input over the ops reading it (None if none)."""
-        bounds = [b for n in self.nodes if any(r.node == input_name for r in n.inputs)
-                  if (b := n.op.index_bound()) is not None]  # fmt: skip
+        bounds = [
+            b
+            for n in self.nodes
+            if any(r.node == input_name for r in n.inputs)
+            if (b := n.op.index_bound()) is not None
+        ]
         return min(bounds) if bounds else None
 
     def output_types(self) -> dict[str, TensorType]:

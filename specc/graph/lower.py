@@ -22,13 +22,13 @@ from pydantic import BaseModel
 
 from specc.errors import Diagnostic, Location, LowerError, did_you_mean
 from specc.graph.ir import Graph, Node, Ref
+from specc.lang.document import Block, SpecDocument
+from specc.lang.expr import ExprError, is_expr, substitute
+from specc.lang.syntax import PARAM_TYPES, RESERVED_NAMES
+from specc.lang.validate import validate
 from specc.load.tree import LList, LMap, to_plain
 from specc.ops import OPS
 from specc.ops.base import Op, TensorType
-from specc.spec.document import Block, SpecDocument
-from specc.spec.expr import ExprError, is_expr, substitute
-from specc.spec.model import PARAM_TYPES, RESERVED_NAMES
-from specc.spec.validate import validate
 
 MAX_NODES = 100_000
 MAX_REPEAT = 10_000
@@ -194,8 +194,16 @@ class Lowerer:
         return out
 
     # ---- sequences and items ----------------------------------------------------------------
-    def seq(self, items: Any, prefix: str, src: str, scope: Scope, x: Ref | None, via: tuple[Location, ...],
-            collapse: bool = True) -> Ref | None:  # fmt: skip
+    def seq(
+        self,
+        items: Any,
+        prefix: str,
+        src: str,
+        scope: Scope,
+        x: Ref | None,
+        via: tuple[Location, ...],
+        collapse: bool = True,
+    ) -> Ref | None:
         if not isinstance(items, LList):
             items = _as_list(items)
         scope.outputs = []
@@ -211,7 +219,9 @@ class Lowerer:
                 scope.outputs.append(x)
         return x
 
-    def item(self, item: Any, prefix: str, index: str | None, ctx: _Ctx, scope: Scope, x: Ref | None) -> Ref | None:
+    def item(
+        self, item: Any, prefix: str, index: str | None, ctx: _Ctx, scope: Scope, x: Ref | None
+    ) -> Ref | None:
         if isinstance(item, str):
             key, args = item, None
         elif isinstance(item, LMap) and item:
@@ -221,7 +231,9 @@ class Lowerer:
             if len(item) != 1:
                 raise self.error(
                     f"a layer is one op or block, like {{conv2d: {{...}}}}; found keys {', '.join(item)}"
-                    " (name/from go inside the op's arguments)", ctx)  # fmt: skip
+                    " (name/from go inside the op's arguments)",
+                    ctx,
+                )
             key, args = next(iter(item.items()))
             ctx = _Ctx(f"{ctx.src}.{key}", item.value_loc(key), ctx.via)
         else:
@@ -268,8 +280,16 @@ class Lowerer:
                 value = self.defaults[key]
                 args[fld] = value.model_dump() if isinstance(value, BaseModel) else value
 
-    def op_node(self, cls: type[Op], raw_args: Any, prefix: str, index: str | None, ctx: _Ctx, scope: Scope,
-                x: Ref | None) -> Ref:  # fmt: skip
+    def op_node(
+        self,
+        cls: type[Op],
+        raw_args: Any,
+        prefix: str,
+        index: str | None,
+        ctx: _Ctx,
+        scope: Scope,
+        x: Ref | None,
+    ) -> Ref:
         args = self.op_args(cls, raw_args, ctx, scope)
         src_from = args.pop("from", None)
         self.fill_defaults(cls, args)
@@ -285,8 +305,9 @@ class Lowerer:
             self.ties.append((ref.node, param, self.resolve(owner, scope, tctx).node))
         return ref
 
-    def inputs_for(self, src_from: Any, args: LMap, min_inputs: int, what: str, ctx: _Ctx, scope: Scope,
-                   x: Ref | None) -> list[Ref]:  # fmt: skip
+    def inputs_for(
+        self, src_from: Any, args: LMap, min_inputs: int, what: str, ctx: _Ctx, scope: Scope, x: Ref | None
+    ) -> list[Ref]:
         if src_from is None:
             if min_inputs > 1:
                 raise self.error(f"{what} needs {min_inputs} or more inputs: give from: [a, b]", ctx)
@@ -294,11 +315,21 @@ class Lowerer:
                 raise self.error("this layer has no input: give it from:", ctx)
             return [x]
         refs = src_from if isinstance(src_from, list) else [src_from]
-        fctx = _Ctx(f"{ctx.src}.from", args.value_loc("from") if "from" in args.val_locs else ctx.loc, ctx.via)
+        fctx = _Ctx(
+            f"{ctx.src}.from", args.value_loc("from") if "from" in args.val_locs else ctx.loc, ctx.via
+        )
         return [self.resolve(r, scope, fctx) for r in refs]
 
-    def add_node(self, op: Op, inputs: list[Ref], prefix: str, index: str | None, name: str | None, ctx: _Ctx,
-                 scope: Scope) -> Ref:  # fmt: skip
+    def add_node(
+        self,
+        op: Op,
+        inputs: list[Ref],
+        prefix: str,
+        index: str | None,
+        name: str | None,
+        ctx: _Ctx,
+        scope: Scope,
+    ) -> Ref:
         path = join(prefix, name or index or "")
         if not path:
             path = op.op_name
@@ -316,7 +347,9 @@ class Lowerer:
         if name is None:
             return
         if name in RESERVED_NAMES:
-            raise self.error(f"'{name}' is reserved (it is a torch.nn.Module attribute); choose another name", ctx)
+            raise self.error(
+                f"'{name}' is reserved (it is a torch.nn.Module attribute); choose another name", ctx
+            )
         if name in scope.names:
             first = scope.names[name][1]
             where = f" (first at line {first.line})" if first else ""
@@ -346,8 +379,16 @@ class Lowerer:
         return Ref(found.node, index)
 
     # ---- blocks -------------------------------------------------------------------------------
-    def call_block(self, block: Block, raw_args: Any, prefix: str, index: str | None, ctx: _Ctx, scope: Scope,
-                   x: Ref | None) -> Ref | None:  # fmt: skip
+    def call_block(
+        self,
+        block: Block,
+        raw_args: Any,
+        prefix: str,
+        index: str | None,
+        ctx: _Ctx,
+        scope: Scope,
+        x: Ref | None,
+    ) -> Ref | None:
         args = self.subst(raw_args if isinstance(raw_args, LMap) else LMap(loc=ctx.loc), ctx, scope)
         if raw_args is not None and not isinstance(raw_args, LMap):
             raise self.error(f"block '{block.name}' takes a mapping of parameters", ctx)
@@ -356,9 +397,13 @@ class Lowerer:
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise self.error(f"name must be an identifier, got {name!r}", ctx, args.value_loc("name"))
         params = self.bind_params(block, args, ctx)
-        inputs = self.inputs_for(src_from, args, len(block.definition.inputs), f"block '{block.name}'", ctx, scope, x)
+        inputs = self.inputs_for(
+            src_from, args, len(block.definition.inputs), f"block '{block.name}'", ctx, scope, x
+        )
         if len(inputs) != len(block.definition.inputs):
-            raise self.error(f"block '{block.name}' takes inputs {block.definition.inputs}, got {len(inputs)}", ctx)
+            raise self.error(
+                f"block '{block.name}' takes inputs {block.definition.inputs}, got {len(inputs)}", ctx
+            )
         path = join(prefix, name or index or "")
         inner = Scope({**self.root_vars(scope), **params})
         for input_name, ref in zip(block.definition.inputs, inputs, strict=True):
@@ -379,15 +424,21 @@ class Lowerer:
         values: dict[str, Any] = {}
         for key in args:
             if key not in declared:
-                raise self.error(f"block '{block.name}' has no parameter '{key}'{did_you_mean(key, declared)}",
-                                 ctx, args.key_locs.get(key))  # fmt: skip
+                raise self.error(
+                    f"block '{block.name}' has no parameter '{key}'{did_you_mean(key, declared)}",
+                    ctx,
+                    args.key_locs.get(key),
+                )
         for key, decl in declared.items():
             required = isinstance(decl, str) and decl in PARAM_TYPES
             if key in args:
                 values[key] = to_plain(args[key])
                 if required and not _type_ok(decl, values[key]):
-                    raise self.error(f"parameter '{key}' of block '{block.name}' must be {decl}, got {values[key]!r}",
-                                     ctx, args.value_loc(key))  # fmt: skip
+                    raise self.error(
+                        f"parameter '{key}' of block '{block.name}' must be {decl}, got {values[key]!r}",
+                        ctx,
+                        args.value_loc(key),
+                    )
             elif required:
                 raise self.error(f"block '{block.name}' needs parameter '{key}' ({decl})", ctx)
             else:
@@ -395,13 +446,18 @@ class Lowerer:
         return values
 
     # ---- structural forms -----------------------------------------------------------------
-    def structural(self, kind: str, item: LMap, prefix: str, index: str | None, ctx: _Ctx, scope: Scope,
-                   x: Ref | None) -> Ref | None:  # fmt: skip
+    def structural(
+        self, kind: str, item: LMap, prefix: str, index: str | None, ctx: _Ctx, scope: Scope, x: Ref | None
+    ) -> Ref | None:
         allowed = STRUCTURAL[kind]
         for key in item:
             if key not in allowed:
                 others = [k for k in item if k in STRUCTURAL and k != kind]
-                why = f" ('{kind}' and '{others[0]}' cannot share one item)" if others else did_you_mean(key, allowed)
+                why = (
+                    f" ('{kind}' and '{others[0]}' cannot share one item)"
+                    if others
+                    else did_you_mean(key, allowed)
+                )
                 raise self.error(f"unknown key '{key}' in a {kind} item{why}", ctx, item.key_locs[key])
         ctx = _Ctx(f"{ctx.src}.{kind}", ctx.loc, ctx.via)
         name = item.get("name")
@@ -418,17 +474,34 @@ class Lowerer:
             self.register_name(name, out.node, ctx, scope)
         return out
 
-    def value(self, item: LMap, key: str, ctx: _Ctx, scope: Scope, kind: type | tuple[type, ...],
-              default: Any = None, low: int | None = None, high: int | None = None) -> Any:  # fmt: skip
+    def value(
+        self,
+        item: LMap,
+        key: str,
+        ctx: _Ctx,
+        scope: Scope,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        low: int | None = None,
+        high: int | None = None,
+    ) -> Any:
         raw = item.get(key, default)
         try:
             value = substitute(to_plain(raw), scope.vars) if is_expr(raw) else to_plain(raw)
         except ExprError as exc:
             raise self.error(str(exc), ctx, item.value_loc(key), f"{ctx.src}.{key}") from None
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)) or not isinstance(value, kind):
+        if (
+            isinstance(value, bool)
+            and bool not in (kind if isinstance(kind, tuple) else (kind,))
+            or not isinstance(value, kind)
+        ):
             raise self.error(f"'{key}' must be {_kind_name(kind)}, got {value!r}", ctx, item.value_loc(key))
-        if isinstance(value, int) and ((low is not None and value < low) or (high is not None and value > high)):
-            raise self.error(f"'{key}' must be between {low} and {high}, got {value}", ctx, item.value_loc(key))
+        if isinstance(value, int) and (
+            (low is not None and value < low) or (high is not None and value > high)
+        ):
+            raise self.error(
+                f"'{key}' must be between {low} and {high}, got {value}", ctx, item.value_loc(key)
+            )
         return value
 
     def index_name(self, item: LMap, ctx: _Ctx, scope: Scope) -> str:
@@ -455,7 +528,9 @@ class Lowerer:
         if body is None:
             return None
         shortcut = item.get("shortcut", "auto")
-        sctx = _Ctx(f"{ctx.src}.shortcut", item.value_loc("shortcut") if "shortcut" in item else ctx.loc, ctx.via)
+        sctx = _Ctx(
+            f"{ctx.src}.shortcut", item.value_loc("shortcut") if "shortcut" in item else ctx.loc, ctx.via
+        )
         if shortcut == "identity":
             short: Ref | None = x
         elif shortcut == "auto":
@@ -518,7 +593,9 @@ class Lowerer:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "an integer", str: "a string", float: "a number"}.get(k, k.__name__) for k in kinds)
+    return " or ".join(
+        {int: "an integer", str: "a string", float: "a number"}.get(k, k.__name__) for k in kinds
+    )
 
 
 def _type_ok(decl: str, value: Any) -> bool:
@@ -554,4 +631,3 @@ def lower(doc: SpecDocument) -> Graph:
     if diags:
         raise LowerError(diags)
     return graph
-

@@ -46,7 +46,9 @@ def apply_overrides(tree: Any, sets: Sequence[str]) -> Any:
     if not sets:
         return tree
     if not isinstance(tree, LMap):
-        raise LoadError([Diagnostic("--set needs a spec whose top level is a mapping", Location("<--set>", 1, 1))])
+        raise LoadError(
+            [Diagnostic("--set needs a spec whose top level is a mapping", Location("<--set>", 1, 1))]
+        )
     for i, item in enumerate(sets):
         parts, raw_value, where = _split(item, i)
         value = _with_loc(parse_scalar(raw_value, f"<--set {parts[0]}>"), where)
@@ -77,7 +79,9 @@ def _index(node: LList, part: str, done: list[str], where: Location) -> int:
     except ValueError:
         raise LoadError([Diagnostic(f"--set: {'.'.join(done)}: a list needs an index", where)]) from None
     if not -len(node) <= idx < len(node):
-        raise LoadError([Diagnostic(f"--set: {'.'.join(done)}: index out of range (list has {len(node)})", where)])
+        raise LoadError(
+            [Diagnostic(f"--set: {'.'.join(done)}: index out of range (list has {len(node)})", where)]
+        )
     return idx % len(node)
 
 

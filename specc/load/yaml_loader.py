@@ -44,7 +44,9 @@ class _StrictResolver(yaml.resolver.BaseResolver):
     """Implicit scalar types of YAML 1.2's core schema (no yes/no/on/off, no sexagesimal)."""
 
 
-_StrictResolver.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_StrictResolver.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _StrictResolver.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
 _StrictResolver.add_implicit_resolver(
     _FLOAT,
@@ -79,7 +81,9 @@ def _check_events(text: str, file: str, limits: Limits) -> None:
         if isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > limits.max_aliases:
-                raise LoadError.one(f"more than {limits.max_aliases} YAML aliases", _loc(file, event.start_mark))
+                raise LoadError.one(
+                    f"more than {limits.max_aliases} YAML aliases", _loc(file, event.start_mark)
+                )
             if any(a == event.anchor for a, _ in open_anchors):
                 raise LoadError.one(f"recursive alias *{event.anchor}", _loc(file, event.start_mark))
             nodes += sizes.get(event.anchor or "", 1)
@@ -102,7 +106,8 @@ def _check_events(text: str, file: str, limits: Limits) -> None:
                 sizes[anchor] = nodes - start + 1
         if nodes > limits.max_nodes:
             raise LoadError.one(
-                f"more than {limits.max_nodes} YAML nodes (after expanding aliases)", _loc(file, event.start_mark)
+                f"more than {limits.max_nodes} YAML nodes (after expanding aliases)",
+                _loc(file, event.start_mark),
             )
 
 
@@ -186,7 +191,9 @@ def load_yaml_file(path: str | Path, limits: Limits = LIMITS) -> Any:
     try:
         size = p.stat().st_size
         if size > limits.max_bytes:
-            raise LoadError.one(f"file is larger than {limits.max_bytes} bytes ({size} bytes)", Location(name, 1, 1))
+            raise LoadError.one(
+                f"file is larger than {limits.max_bytes} bytes ({size} bytes)", Location(name, 1, 1)
+            )
         data = p.read_bytes()
     except FileNotFoundError:
         raise LoadError.one(f"no such file: {name}") from None

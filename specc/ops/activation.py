@@ -16,7 +16,12 @@ ActName = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh"
 ACTIVATIONS: tuple[str, ...] = ActName.__args__  # type: ignore[attr-defined]
 
 # which extra argument each function takes (all others are rejected)
-_ARGS: dict[str, str] = {"leaky_relu": "negative_slope", "elu": "alpha", "gelu": "approximate", "softmax": "dim"}
+_ARGS: dict[str, str] = {
+    "leaky_relu": "negative_slope",
+    "elu": "alpha",
+    "gelu": "approximate",
+    "softmax": "dim",
+}
 
 
 class _Activation(Op):
@@ -58,8 +63,16 @@ class _Activation(Op):
         arg = _ARGS.get(fn)
         if arg and getattr(self, arg) is not None:
             kwargs[arg] = getattr(self, arg)
-        cls = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
-               "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}[fn]  # fmt: skip
+        cls = {
+            "relu": nn.ReLU,
+            "leaky_relu": nn.LeakyReLU,
+            "elu": nn.ELU,
+            "gelu": nn.GELU,
+            "silu": nn.SiLU,
+            "sigmoid": nn.Sigmoid,
+            "tanh": nn.Tanh,
+            "identity": nn.Identity,
+        }[fn]
         module: nn.Module = cls(**kwargs)
         return module
 

@@ -35,7 +35,9 @@ def split_inputs(inputs: list[TensorType]) -> tuple[TensorType, TensorType, Tens
     floats = [t for t in inputs if t.dtype == "float32"]
     masks = [t for t in inputs if t.dtype == "bool"]
     if not floats or len(floats) > 3 or len(masks) > 1 or inputs[: len(floats)] != floats:
-        raise ShapeMismatch("inputs must be [x], [query, key_value] or [query, key, value], then an optional bool mask")
+        raise ShapeMismatch(
+            "inputs must be [x], [query, key_value] or [query, key, value], then an optional bool mask"
+        )
     for t in floats:
         expect_rank(t, (2,), "(seq, features)")
     q, k, v = (floats * 3)[:3] if len(floats) == 1 else (floats[0], floats[1], floats[-1])
@@ -86,7 +88,7 @@ class DotProductAttention(_Attention):
         return Inferred([TensorType((q.shape[0], dv))], [], tq * tk * (d + dv))
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import DotProductAttention as Module
+        from specc.nn.sequence_modules import DotProductAttention as Module
 
         d = expect_int(inputs[0].shape[1], "the query feature axis")
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(d)
@@ -111,7 +113,10 @@ class AdditiveAttention(_Attention):
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         q, k, v, _ = split_inputs(inputs)
-        dq, dk = expect_int(q.shape[1], "the query feature axis"), expect_int(k.shape[1], "the key feature axis")
+        dq, dk = (
+            expect_int(q.shape[1], "the query feature axis"),
+            expect_int(k.shape[1], "the key feature axis"),
+        )
         dv = expect_int(v.shape[1], "the value feature axis")
         h = self.num_hiddens
         tq, tk = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0])
@@ -119,7 +124,7 @@ class AdditiveAttention(_Attention):
         return Inferred([TensorType((q.shape[0], dv))], [(h, dk), (h, dq), (1, h)], macs)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import AdditiveAttention as Module
+        from specc.nn.sequence_modules import AdditiveAttention as Module
 
         (h, dk), (_, dq) = inferred.param_shapes[:2]
         return Module(dk, dq, h, self.dropout, *_arity(inputs))
@@ -146,17 +151,24 @@ class MultiheadAttention(_Attention):
     num_heads: PositiveInt
     causal: bool = False
     bias: bool = True
-    qkv: Literal["fused", "separate"] = Field("fused", description="parameter layout of the q/k/v projections")
+    qkv: Literal["fused", "separate"] = Field(
+        "fused", description="parameter layout of the q/k/v projections"
+    )
 
     def dims(self, inputs: list[TensorType]) -> tuple[int, int, int]:
         q, k, v, _ = split_inputs(inputs)
         e = expect_int(q.shape[1], "the query feature axis")
-        kd, vd = expect_int(k.shape[1], "the key feature axis"), expect_int(v.shape[1], "the value feature axis")
+        kd, vd = (
+            expect_int(k.shape[1], "the key feature axis"),
+            expect_int(v.shape[1], "the value feature axis"),
+        )
         if e % self.num_heads:
             raise ShapeMismatch(f"embed dim {e} is not divisible by num_heads {self.num_heads}")
         if self.qkv == "fused" and (kd != e or vd != e):
-            raise ShapeMismatch(f"qkv: fused needs key/value features equal to the query's {e}, got {kd} and {vd}"
-                                " (use qkv: separate)")  # fmt: skip
+            raise ShapeMismatch(
+                f"qkv: fused needs key/value features equal to the query's {e}, got {kd} and {vd}"
+                " (use qkv: separate)"
+            )
         return e, kd, vd
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
@@ -173,9 +185,19 @@ class MultiheadAttention(_Attention):
         return Inferred([TensorType((q.shape[0], e))], shapes, macs)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import MultiheadAttention as Module
+        from specc.nn.sequence_modules import MultiheadAttention as Module
 
         e, kd, vd = self.dims(inputs)
         num_float, has_mask = _arity(inputs)
-        return Module(e, self.num_heads, kd, vd, bias=self.bias, fused=self.qkv == "fused", causal=self.causal,
-                      dropout=self.dropout, num_float=num_float, has_mask=has_mask)  # fmt: skip
+        return Module(
+            e,
+            self.num_heads,
+            kd,
+            vd,
+            bias=self.bias,
+            fused=self.qkv == "fused",
+            causal=self.causal,
+            dropout=self.dropout,
+            num_float=num_float,
+            has_mask=has_mask,
+        )

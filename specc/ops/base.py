@@ -74,7 +74,7 @@ class InferContext:
         """A size to count MACs with: the int itself, or the nominal value of a symbolic dim."""
         if isinstance(d, int):
             return d
-        from specc.spec.expr import ExprError, evaluate
+        from specc.lang.expr import ExprError, evaluate
 
         try:
             value = evaluate("$" + d if d.isidentifier() else _dollarise(d), self.dims)
@@ -93,9 +93,16 @@ def _dollarise(expr: str) -> str:
 
 
 InitName = Literal[
-    "default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
-    "normal", "trunc_normal", "zeros", "ones",
-]  # fmt: skip
+    "default",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "normal",
+    "trunc_normal",
+    "zeros",
+    "ones",
+]
 
 
 class InitSpec(BaseModel):
@@ -131,12 +138,16 @@ class Op(BaseModel):
     input_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     """Dtypes accepted on every input (checked by the driver before :meth:`infer`)."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="node name for `from:` references")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="node name for `from:` references"
+    )
     from_: str | list[str] | None = Field(
         None, alias="from", description="input node(s): a name, an input, or -1/-2 for earlier nodes"
     )
     init: InitName | InitSpec | None = Field(None, description="weight init (default from `defaults.init`)")
-    bias_init: InitName | InitSpec | None = Field(None, description="bias init (default from `defaults.bias_init`)")
+    bias_init: InitName | InitSpec | None = Field(
+        None, description="bias init (default from `defaults.bias_init`)"
+    )
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         """Shape rule: raise :class:`ShapeMismatch` with a plain message when inputs do not fit."""

@@ -43,13 +43,15 @@ class _ConvNd(Op):
         if self.padding == "same":
             spans = [di * (ki - 1) for ki, di in zip(k, d, strict=True)]
             if any(s % 2 for s in spans):
-                raise ShapeMismatch('padding "same" with an even kernel span is asymmetric; give padding explicitly')
+                raise ShapeMismatch(
+                    'padding "same" with an even kernel span is asymmetric; give padding explicitly'
+                )
             return tuple(s // 2 for s in spans)
         return tuple_n(self.padding, self.nd, "padding")
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         (x,) = inputs
-        expect_rank(x, (self.nd + 1,), "(C, " + ", ".join("HW"[-self.nd:] if self.nd == 2 else "L") + ")")
+        expect_rank(x, (self.nd + 1,), "(C, " + ", ".join("HW"[-self.nd :] if self.nd == 2 else "L") + ")")
         cin = expect_int(x.shape[0], "the channel axis")
         if cin % self.groups:
             raise ShapeMismatch(f"input channels {cin} are not divisible by groups {self.groups}")
@@ -70,9 +72,20 @@ class _ConvNd(Op):
         cls = nn.Conv1d if self.nd == 1 else nn.Conv2d
         _, cin_g, *k = inferred.param_shapes[0]
         pad = self.padding if isinstance(self.padding, str) else tuple_n(self.padding, self.nd, "padding")
-        stride, dilation = tuple_n(self.stride, self.nd, "stride"), tuple_n(self.dilation, self.nd, "dilation")
-        module: nn.Module = cls(cin_g * self.groups, self.out_channels, tuple(k), stride=stride, padding=pad,  # type: ignore[arg-type]
-                                dilation=dilation, groups=self.groups, bias=self.bias)  # type: ignore[arg-type]  # fmt: skip
+        stride, dilation = (
+            tuple_n(self.stride, self.nd, "stride"),
+            tuple_n(self.dilation, self.nd, "dilation"),
+        )
+        module: nn.Module = cls(
+            cin_g * self.groups,
+            self.out_channels,
+            tuple(k),  # type: ignore[arg-type]
+            stride=stride,  # type: ignore[arg-type]
+            padding=pad,  # type: ignore[arg-type]
+            dilation=dilation,  # type: ignore[arg-type]
+            groups=self.groups,
+            bias=self.bias,
+        )
         return module
 
 

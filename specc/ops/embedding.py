@@ -37,7 +37,10 @@ class Embedding(Op):
 
     @model_validator(mode="after")
     def _padding(self) -> Embedding:
-        if self.padding_idx is not None and not -self.num_embeddings <= self.padding_idx < self.num_embeddings:
+        if (
+            self.padding_idx is not None
+            and not -self.num_embeddings <= self.padding_idx < self.num_embeddings
+        ):
             raise ValueError(f"padding_idx {self.padding_idx} is outside 0..{self.num_embeddings - 1}")
         return self
 
@@ -50,7 +53,7 @@ class Embedding(Op):
         return Inferred([out], [(self.num_embeddings, self.embedding_dim)], 0)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import Embedding as EmbeddingModule
+        from specc.nn.sequence_modules import Embedding as EmbeddingModule
 
         factor = math.sqrt(self.embedding_dim) if self.scale else 1.0
         return EmbeddingModule(self.num_embeddings, self.embedding_dim, self.padding_idx, factor)
@@ -84,13 +87,15 @@ class PositionalEncoding(Op):
         if isinstance(x.shape[0], int) and x.shape[0] > self.max_len:
             raise ShapeMismatch(f"sequence length {x.shape[0]} is longer than max_len {self.max_len}")
         if isinstance(x.shape[0], str) and ctx.dims.get(x.shape[0], 0) > self.max_len:
-            raise ShapeMismatch(f"the sequence axis '{x.shape[0]}' is {ctx.dims[x.shape[0]]} long (dims or data) "
-                                f"but max_len is {self.max_len}")  # fmt: skip
+            raise ShapeMismatch(
+                f"the sequence axis '{x.shape[0]}' is {ctx.dims[x.shape[0]]} long (dims or data) "
+                f"but max_len is {self.max_len}"
+            )
         shapes: list[tuple[int, ...]] = [(self.max_len, dim)] if self.kind == "learned" else []
         return Inferred([x], shapes, ctx.numel(x.shape))
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import LearnedPositions, SinusoidalPositions
+        from specc.nn.sequence_modules import LearnedPositions, SinusoidalPositions
 
         dim = expect_int(inputs[0].shape[1], "the feature axis")
         if self.kind == "learned":

@@ -31,7 +31,9 @@ class Linear(Op):
     shorthand = "out_features"
     out_features: PositiveInt
     bias: bool = True
-    tie: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="node whose weight to share")
+    tie: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="node whose weight to share"
+    )
 
     def tied(self) -> dict[str, str]:
         return {"weight": self.tie} if self.tie else {}
@@ -50,5 +52,6 @@ class Linear(Op):
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
 
-        return nn.Linear(expect_int(inputs[0].shape[-1], "the feature axis"), self.out_features, bias=self.bias)
-
+        return nn.Linear(
+            expect_int(inputs[0].shape[-1], "the feature axis"), self.out_features, bias=self.bias
+        )

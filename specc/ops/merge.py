@@ -38,7 +38,7 @@ class _Elementwise(Op):
         return Inferred([TensorType(shape, inputs[0].dtype)], [], ctx.numel(shape) * (len(inputs) - 1))
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.functional import Elementwise
+        from specc.nn.modules import Elementwise
 
         return Elementwise(self.fn)
 
@@ -98,13 +98,15 @@ class Concat(Op):
         for t in inputs[1:]:
             for i, (a, b) in enumerate(zip(inputs[0].shape, t.shape, strict=True)):
                 if i != axis and a != b:
-                    raise ShapeMismatch(f"inputs {inputs[0]} and {t} differ on axis {i}, not only on dim {axis}")
+                    raise ShapeMismatch(
+                        f"inputs {inputs[0]} and {t} differ on axis {i}, not only on dim {axis}"
+                    )
         sizes = [t.shape[axis] for t in inputs]
         total: Dim = sum(sizes) if all(isinstance(s, int) for s in sizes) else "+".join(map(str, sizes))  # type: ignore[arg-type]
         shape = (*inputs[0].shape[:axis], total, *inputs[0].shape[axis + 1 :])
         return Inferred([TensorType(shape, inputs[0].dtype)])
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.functional import Concat as ConcatModule
+        from specc.nn.modules import Concat as ConcatModule
 
         return ConcatModule(self.axis(inputs[0].rank) + 1)

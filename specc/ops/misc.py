@@ -99,6 +99,6 @@ class Reshape(Op):
         return Inferred([TensorType(tuple(target), x.dtype)])
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.functional import Reshape as ReshapeModule
+        from specc.nn.modules import Reshape as ReshapeModule
 
         return ReshapeModule(tuple(inferred.outputs[0].shape))  # type: ignore[arg-type]

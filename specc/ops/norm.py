@@ -61,7 +61,9 @@ def normalized_shape(word: str, shape: tuple[Dim, ...]) -> tuple[int, ...]:
     if kind == "instance" and len(shape) < 2:
         raise ShapeMismatch("instance norm needs (C, L) or (C, H, W) input, got features only")
     if kind == "instance" and all(d == 1 for d in shape[1:]):
-        raise ShapeMismatch(f"instance norm needs more than one spatial element per channel, got {TensorType(shape)}")
+        raise ShapeMismatch(
+            f"instance norm needs more than one spatial element per channel, got {TensorType(shape)}"
+        )
     return (expect_int(shape[0], "the channel axis"),)
 
 
@@ -77,7 +79,11 @@ def norm_param_shapes(word: str, shape: tuple[Dim, ...], affine: bool = True) ->
 
 
 def make_norm(
-    word: str, shape: tuple[Dim, ...], eps: float | None = None, momentum: float | None = None, affine: bool = True
+    word: str,
+    shape: tuple[Dim, ...],
+    eps: float | None = None,
+    momentum: float | None = None,
+    affine: bool = True,
 ) -> nn.Module:
     """Build the torch module for a norm word at this input shape (see the module table)."""
     import torch.nn as nn
@@ -132,5 +138,3 @@ class Norm(Op):
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         return make_norm(self.kind or "batch", inputs[0].shape, self.eps, self.momentum, self.affine)
-
-

@@ -32,15 +32,24 @@ class _Pool(Op):
         s = tuple_n(self.stride if self.stride is not None else self.kernel_size, self.nd, "stride")
         p = tuple_n(self.padding, self.nd, "padding")
         if any(pi > ki // 2 for pi, ki in zip(p, k, strict=True)):
-            raise ShapeMismatch(f"padding {self.padding} must be at most half of kernel_size {self.kernel_size}")
-        spatial = tuple(window_dim(x.shape[1 + i], k[i], s[i], p[i], ceil=self.ceil_mode) for i in range(self.nd))
+            raise ShapeMismatch(
+                f"padding {self.padding} must be at most half of kernel_size {self.kernel_size}"
+            )
+        spatial = tuple(
+            window_dim(x.shape[1 + i], k[i], s[i], p[i], ceil=self.ceil_mode) for i in range(self.nd)
+        )
         out = TensorType((x.shape[0], *spatial))
         return Inferred([out], [], 0)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
 
-        cls = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d}
+        cls = {
+            ("max", 1): nn.MaxPool1d,
+            ("max", 2): nn.MaxPool2d,
+            ("avg", 1): nn.AvgPool1d,
+            ("avg", 2): nn.AvgPool2d,
+        }
         stride = self.stride if self.stride is not None else self.kernel_size
         args = [tuple_n(v, self.nd, "") for v in (self.kernel_size, stride, self.padding)]
         module: nn.Module = cls[(self.kind, self.nd)](*args, ceil_mode=self.ceil_mode)
@@ -115,8 +124,12 @@ class _Adaptive(Op):
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
 
-        cls = {("avg", 1): nn.AdaptiveAvgPool1d, ("avg", 2): nn.AdaptiveAvgPool2d,
-               ("max", 1): nn.AdaptiveMaxPool1d, ("max", 2): nn.AdaptiveMaxPool2d}  # fmt: skip
+        cls = {
+            ("avg", 1): nn.AdaptiveAvgPool1d,
+            ("avg", 2): nn.AdaptiveAvgPool2d,
+            ("max", 1): nn.AdaptiveMaxPool1d,
+            ("max", 2): nn.AdaptiveMaxPool2d,
+        }
         module: nn.Module = cls[(self.kind, self.nd)](tuple_n(self.output_size, self.nd, ""))
         return module
 
@@ -169,7 +182,7 @@ class _Global(Op):
         return Inferred([TensorType((x.shape[0],))], [], 0)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.functional import GlobalPool
+        from specc.nn.modules import GlobalPool
 
         return GlobalPool(self.kind, inputs[0].rank)
 
@@ -197,5 +210,3 @@ class GlobalMaxPool(_Global):
 
     op_name = "global_maxpool"
     kind = "max"
-
-

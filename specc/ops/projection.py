@@ -66,7 +66,7 @@ class Projection(Op):
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
 
-        from specc.build.functional import Shortcut
+        from specc.nn.modules import Shortcut
 
         x, target = inputs
         if x.shape == target.shape:

@@ -45,7 +45,9 @@ class _Recurrent(Op):
         state = TensorType((self.num_layers * self.directions, self.hidden_size))
         for s in states:
             if s.shape != state.shape:
-                raise ShapeMismatch(f"the initial state must be {state} (layers·directions, hidden_size), got {s}")
+                raise ShapeMismatch(
+                    f"the initial state must be {state} (layers·directions, hidden_size), got {s}"
+                )
         g, h = self.gates * self.hidden_size, self.hidden_size
         shapes: list[tuple[int, ...]] = []
         macs = 0
@@ -59,9 +61,16 @@ class _Recurrent(Op):
         return Inferred(outputs, shapes, macs * ctx.nominal(x.shape[0]))
 
     def _kwargs(self, inputs: list[TensorType]) -> dict[str, Any]:
-        return {"input_size": expect_int(inputs[0].shape[1], "the feature axis"), "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers, "bias": self.bias, "batch_first": True, "dropout": self.dropout,
-                "bidirectional": self.bidirectional, "output": self.output}  # fmt: skip
+        return {
+            "input_size": expect_int(inputs[0].shape[1], "the feature axis"),
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "batch_first": True,
+            "dropout": self.dropout,
+            "bidirectional": self.bidirectional,
+            "output": self.output,
+        }
 
 
 @register
@@ -78,7 +87,7 @@ class RNN(_Recurrent):
     nonlinearity: Literal["tanh", "relu"] = "tanh"
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import RNN as RNNModule
+        from specc.nn.sequence_modules import RNN as RNNModule
 
         return RNNModule(nonlinearity=self.nonlinearity, **self._kwargs(inputs))
 
@@ -97,7 +106,7 @@ class GRU(_Recurrent):
     gates = 3
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import GRU as GRUModule
+        from specc.nn.sequence_modules import GRU as GRUModule
 
         return GRUModule(**self._kwargs(inputs))
 
@@ -118,6 +127,6 @@ class LSTM(_Recurrent):
     max_inputs = 3
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import LSTM as LSTMModule
+        from specc.nn.sequence_modules import LSTM as LSTMModule
 
         return LSTMModule(**self._kwargs(inputs))

@@ -48,7 +48,7 @@ class Select(Op):
         return Inferred([TensorType(x.shape[:axis] + x.shape[axis + 1 :], x.dtype)])
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import Select as SelectModule
+        from specc.nn.sequence_modules import Select as SelectModule
 
         return SelectModule(_axis(self.dim, inputs[0].rank) + 1, self.index)
 
@@ -79,6 +79,6 @@ class Broadcast(Op):
         return Inferred([TensorType((*x.shape[:axis], like.shape[axis], *x.shape[axis:]), x.dtype)])
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
-        from specc.build.sequence import Broadcast as BroadcastModule
+        from specc.nn.sequence_modules import Broadcast as BroadcastModule
 
         return BroadcastModule(_axis(self.dim, inputs[0].rank + 1) + 1)

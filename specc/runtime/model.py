@@ -452,7 +452,9 @@ class Model:
             )
         if len(self._inputs) != 1:
             article = "an" if kind[0] in "aeiou" else "a"
-            raise UsageError(f"{article} {kind} gives one input but the model takes {len(self._inputs)}: {self._expects()}")
+            raise UsageError(
+                f"{article} {kind} gives one input but the model takes {len(self._inputs)}: {self._expects()}"
+            )
         return pre
 
     def _feeds_from_file(self, path: Path) -> tuple[dict[str, NDArray[Any]], str | None]:

@@ -21,8 +21,13 @@ DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 DISABLE_KEY = "optimization.disable_specified_optimizers"
 
 
-def session_options(threads: int | None = None, *, optimization: Literal["all", "none"] = "all",
-                    log_level: int = 3, cpu_fusions: bool = True) -> Any:  # fmt: skip
+def session_options(
+    threads: int | None = None,
+    *,
+    optimization: Literal["all", "none"] = "all",
+    log_level: int = 3,
+    cpu_fusions: bool = True,
+) -> Any:
     """``onnxruntime.SessionOptions`` with specc's settings (see the module docstring);
     ``cpu_fusions=False`` keeps every onnxruntime fusion (for GPU providers, where the fused
     kernels are the fast ones)."""

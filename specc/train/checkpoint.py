@@ -77,9 +77,19 @@ _ALIASES_KEY = "specc.aliases"
 
 # What torch.load(weights_only=True) accepts (checked before a save, so a resume never fails on it).
 _LEAVES: tuple[type, ...] = (
-    type(None), bool, int, float, complex, str, bytes, bytearray,
-    torch.Tensor, torch.Size, torch.dtype, torch.device,
-)  # fmt: skip
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    torch.Tensor,
+    torch.Size,
+    torch.dtype,
+    torch.device,
+)
 _CONTAINERS: tuple[type, ...] = (dict, OrderedDict, list, tuple, set)
 
 
@@ -250,9 +260,13 @@ def _prepare_model_state(
             raise ValueError(f"model_state[{name!r}]: a meta tensor has no data to save")
         if tensor.numel() > 0:
             view = (
-                tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-                tuple(tensor.shape), tensor.stride(), tensor.dtype,
-            )  # fmt: skip
+                tensor.device,
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tuple(tensor.shape),
+                tensor.stride(),
+                tensor.dtype,
+            )
             if view in views:
                 aliases[name] = views[view]
                 continue

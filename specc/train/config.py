@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from specc.errors import Diagnostic, Location, ParseError
+from specc.lang.validate import validate
 from specc.load import LMap, apply_overrides, load_yaml_file
-from specc.spec.validate import validate
 
 Metric = str  # "accuracy", "perplexity", "exact_match" or "topK" (e.g. "top5"); checked below
 _METRIC_RE = re.compile(r"^(accuracy|perplexity|exact_match|top[1-9][0-9]*)$")
@@ -30,10 +30,15 @@ class EarlyStopping(_Strict):
     """Stop when ``metric`` (a validation metric) has not improved for ``patience`` epochs."""
 
     patience: PositiveInt = 5
-    metric: str = Field("val_loss", description="val_loss, val_accuracy, val_perplexity, val_topK, val_exact_match")
+    metric: str = Field(
+        "val_loss", description="val_loss, val_accuracy, val_perplexity, val_topK, val_exact_match"
+    )
     min_delta: float = Field(0.0, ge=0)
-    restore_best: bool = Field(True, description="end with the weights of the best epoch (RUN/best.safetensors), "
-                                                 "evaluated and saved as the run's weights; false: the last epoch's")
+    restore_best: bool = Field(
+        True,
+        description="end with the weights of the best epoch (RUN/best.safetensors), "
+        "evaluated and saved as the run's weights; false: the last epoch's",
+    )
 
     @model_validator(mode="after")
     def _metric(self) -> EarlyStopping:
@@ -61,7 +66,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["none", "step", "cosine", "onecycle"] = "none"
     warmup_steps: NonNegativeInt = Field(0, description="linear warm-up from 0 (none/step/cosine)")
-    step_size: PositiveInt = Field(1000, description="schedule 'step': multiply lr by gamma every step_size steps")
+    step_size: PositiveInt = Field(
+        1000, description="schedule 'step': multiply lr by gamma every step_size steps"
+    )
     gamma: float = Field(0.1, gt=0, le=1)
     epochs: PositiveInt | None = 10
     max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer steps")
@@ -80,13 +87,20 @@ class TrainConfig(_Strict):
     metrics: list[Metric] | None = Field(None, description="default: by task (accuracy, perplexity, ...)")
     augment: Literal["none", "crop", "crop_flip"] = "none"
     crop_padding: NonNegativeInt = 2
-    checkpoint_every: PositiveInt | None = Field(None, description="steps; checkpoints are also saved each epoch")
+    checkpoint_every: PositiveInt | None = Field(
+        None, description="steps; checkpoints are also saved each epoch"
+    )
     keep_checkpoints: PositiveInt = 3
     log_every: PositiveInt = Field(50, description="steps between plain log lines")
     sync_batchnorm: bool = Field(False, description="convert BatchNorm to SyncBatchNorm when distributed")
-    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state over the processes "
-                                          "(FSDP2 fully_shard per top-level block) instead of DDP")
-    seq_len: PositiveInt | None = Field(None, description="text/synthetic sequence length (default: the spec's)")
+    fsdp: bool = Field(
+        False,
+        description="shard parameters, gradients and optimizer state over the processes "
+        "(FSDP2 fully_shard per top-level block) instead of DDP",
+    )
+    seq_len: PositiveInt | None = Field(
+        None, description="text/synthetic sequence length (default: the spec's)"
+    )
     num_samples: PositiveInt | None = Field(None, description="synthetic sample count / cap on samples")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
@@ -96,8 +110,10 @@ class TrainConfig(_Strict):
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps (or both: training stops at the first reached)")
         if self.fsdp and self.amp == "fp16":
-            raise ValueError("fsdp does not support amp 'fp16' (the grad scaler does not handle sharded "
-                             "gradients); use amp 'bf16'")
+            raise ValueError(
+                "fsdp does not support amp 'fp16' (the grad scaler does not handle sharded "
+                "gradients); use amp 'bf16'"
+            )
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         for b in self.betas:
@@ -105,7 +121,9 @@ class TrainConfig(_Strict):
                 raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         for m in self.metrics or []:
             if not _METRIC_RE.match(m):
-                raise ValueError(f"unknown metric '{m}' (accuracy, perplexity, exact_match or topK such as top5)")
+                raise ValueError(
+                    f"unknown metric '{m}' (accuracy, perplexity, exact_match or topK such as top5)"
+                )
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
         if self.batch_size % self.grad_accum:
@@ -125,8 +143,9 @@ def train_config_from_tree(tree: Any, file: str, fallback: Location | None = Non
     return cfg
 
 
-def load_train_config(spec_raw: Any, spec_file: str, config_file: Path | None = None,
-                      sets: Sequence[str] = ()) -> TrainConfig:  # fmt: skip
+def load_train_config(
+    spec_raw: Any, spec_file: str, config_file: Path | None = None, sets: Sequence[str] = ()
+) -> TrainConfig:
     """The training config of a run.
 
     Args:

@@ -84,8 +84,11 @@ def _store(rank: int, world: int) -> Any:
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     base = dist.TCPStore(  # type: ignore[attr-defined]
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-        is_master=not agent and rank == 0, timeout=timedelta(minutes=10),
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent and rank == 0,
+        timeout=timedelta(minutes=10),
     )
     return dist.PrefixStore(f"specc/attempt_{restart_count()}", base)  # type: ignore[attr-defined]
 
@@ -124,7 +127,12 @@ def fsdp_units(model: nn.Module) -> list[list[nn.Module]]:
 
     def blocks(m: nn.Module) -> list[nn.Module]:
         kids = [c for c in m.children() if holds(c)]
-        if called is not None and id(m) not in called_ids and kids and not any(id(k) in called_ids for k in kids):
+        if (
+            called is not None
+            and id(m) not in called_ids
+            and kids
+            and not any(id(k) in called_ids for k in kids)
+        ):
             return kids  # a repeat: one block per iteration
         return [m]
 
@@ -186,7 +194,9 @@ def fsdp_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full: dict[str, Any] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full: dict[str, Any] = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if full:
         first: dict[int, str] = {}
         for name, t in model.state_dict(keep_vars=True).items():
@@ -200,7 +210,9 @@ def fsdp_optim_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, 
     """The full optimizer state (parameter names as keys) on rank 0's CPU, empty elsewhere; a collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return dict(get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+    return dict(
+        get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    )
 
 
 def fsdp_load_optim_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -27,8 +27,10 @@ class InitReport:
     def lines(self) -> list[str]:
         out = [f"init-from {self.source}: loaded {len(self.loaded)} tensors"]
         if self.mismatched:
-            out.append("  skipped (shape differs): " + ", ".join(
-                f"{n} {list(a)} in file vs {list(b)} in model" for n, a, b in self.mismatched))
+            out.append(
+                "  skipped (shape differs): "
+                + ", ".join(f"{n} {list(a)} in file vs {list(b)} in model" for n, a, b in self.mismatched)
+            )
         if self.missing:
             out.append("  missing in the file (kept as initialised): " + ", ".join(self.missing))
         if self.unexpected:
@@ -47,8 +49,10 @@ def read_weights(source: Path) -> dict[str, torch.Tensor]:
         else:
             ckpt = find_latest_checkpoint(source)
             if ckpt is None:
-                raise UsageError(f"--init-from {source}: a run folder with neither model.safetensors "
-                                 "nor a valid checkpoint")
+                raise UsageError(
+                    f"--init-from {source}: a run folder with neither model.safetensors "
+                    "nor a valid checkpoint"
+                )
             return load_checkpoint(ckpt, verify=False)[0]
     if not source.is_file():
         raise UsageError(f"--init-from {source}: no such file or run folder")
@@ -86,8 +90,10 @@ def freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise UsageError(f"--freeze {pattern!r} matches no parameter; names look like "
-                             f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
+            raise UsageError(
+                f"--freeze {pattern!r} matches no parameter; names look like "
+                f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+            )
         frozen += hits
     for name, p in model.named_parameters():
         if name in frozen:

@@ -24,8 +24,7 @@ from specc.data import Dataset
 from specc.errors import SpeccError
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
-from specc.train.config import TrainConfig
-from specc.train.data import (
+from specc.train.batches import (
     ModelIO,
     TensorSplit,
     epoch_permutation,
@@ -34,6 +33,7 @@ from specc.train.data import (
     steps_per_epoch,
     to_tensors,
 )
+from specc.train.config import TrainConfig
 from specc.train.distributed import Dist
 from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
 from specc.train.optim import make_optimizer, make_scheduler
@@ -50,7 +50,7 @@ class NonFiniteError(SpeccError):
 
 
 class StateOnly(nn.Module):
-    """Hands a gathered state dict to :func:`specc.build.save_weights` (which calls ``state_dict()``)."""
+    """Hands a gathered state dict to :func:`specc.nn.save_weights` (which calls ``state_dict()``)."""
 
     def __init__(self, state: dict[str, torch.Tensor]) -> None:
         super().__init__()
@@ -120,8 +120,17 @@ class Outcome:
 class Trainer:
     """Trains ``model`` on ``ds`` as ``cfg`` says; rank 0 writes into ``run``."""
 
-    def __init__(self, model: nn.Module, io: ModelIO, ds: Dataset, cfg: TrainConfig, run: Path,
-                 device: torch.device, dist: Dist, report: RunReport) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        io: ModelIO,
+        ds: Dataset,
+        cfg: TrainConfig,
+        run: Path,
+        device: torch.device,
+        dist: Dist,
+        report: RunReport,
+    ) -> None:
         self.model, self.io, self.ds, self.cfg, self.run = model, io, ds, cfg, run
         self.device, self.dist, self.report = device, dist, report
         self.loss_kind = loss_name(cfg, ds.task)
@@ -166,9 +175,18 @@ class Trainer:
             self.scaler.load_state_dict(st["grad_scaler"])
         ckpt.restore_rng_state(st["rng"])
         extra = st["extra"]
-        self.state = Progress(st["step"], st["epoch"], st["position"], list(extra["history"]), extra["best"],
-                              extra["bad_epochs"], extra["stopped_early"], extra["loss_sum"], extra["loss_count"],
-                              extra.get("best_epoch"))  # fmt: skip
+        self.state = Progress(
+            st["step"],
+            st["epoch"],
+            st["position"],
+            list(extra["history"]),
+            extra["best"],
+            extra["bad_epochs"],
+            extra["stopped_early"],
+            extra["loss_sum"],
+            extra["loss_count"],
+            extra.get("best_epoch"),
+        )
         return int(st["step"])
 
     def wrap(self) -> None:
@@ -333,7 +351,9 @@ class Trainer:
         if augment and self.cfg.augment != "none" and first.dim() == 4 and first.is_floating_point():
             from specc.data.augment import random_crop_flip
 
-            first = random_crop_flip(first, self.aug_gen, self.cfg.crop_padding, self.cfg.augment == "crop_flip")
+            first = random_crop_flip(
+                first, self.aug_gen, self.cfg.crop_padding, self.cfg.augment == "crop_flip"
+            )
         if self.cfg.channels_last and first.dim() == 4:
             first = first.contiguous(memory_format=torch.channels_last)
         return (first, *xs[1:])
@@ -341,8 +361,14 @@ class Trainer:
     def _nonfinite(self, total: float, norm: float) -> None:
         st = self.state
         where = f"step {st.step + 1} (epoch {st.epoch + 1}, batch {st.position + 1})"
-        culprit = next((n for n, p in self.model.named_parameters()
-                        if p.grad is not None and not torch.isfinite(_local(p.grad)).all()), None)
+        culprit = next(
+            (
+                n
+                for n, p in self.model.named_parameters()
+                if p.grad is not None and not torch.isfinite(_local(p.grad)).all()
+            ),
+            None,
+        )
         loss_text = f"{total / max(norm, 1.0):.4g}"
         if not math.isfinite(total):
             what = f"non-finite loss ({loss_text}) at {where}"
@@ -353,25 +379,35 @@ class Trainer:
         else:
             what = f"the gradient norm overflowed at {where} (loss {loss_text})"
         newest = ckpt.find_latest_checkpoint(self.run)
-        kept = f"the newest checkpoint ({newest.name}) holds the last finite weights" if newest else \
-            "no checkpoint was saved yet"
+        kept = (
+            f"the newest checkpoint ({newest.name}) holds the last finite weights"
+            if newest
+            else "no checkpoint was saved yet"
+        )
         self.report.write_metrics(st.history, None, f"failed: {what}")
-        raise NonFiniteError(f"{what}; stopped before applying it; {kept}. "
-                             "Lower train.lr, set train.grad_clip, or check the data and the spec")
+        raise NonFiniteError(
+            f"{what}; stopped before applying it; {kept}. "
+            "Lower train.lr, set train.grad_clip, or check the data and the spec"
+        )
 
     # ------------------------------------------------------------------------------ epochs
 
     def _end_epoch(self, rate: float) -> None:
         st = self.state
         val = self.evaluate(self.ds.val) if len(self.ds.val) else {}
-        row: dict[str, Any] = {"epoch": st.epoch + 1, "step": st.step,
-                               "train_loss": st.loss_sum / max(st.loss_count, 1.0)}
+        row: dict[str, Any] = {
+            "epoch": st.epoch + 1,
+            "step": st.step,
+            "train_loss": st.loss_sum / max(st.loss_count, 1.0),
+        }
         row.update({f"val_{k}": v for k, v in val.items()})
         row.update({"lr": self.sched.get_last_lr()[0], "samples_per_s": rate})
         st.history.append(row)
         st.epoch, st.position, st.loss_sum, st.loss_count = st.epoch + 1, 0, 0.0, 0.0
         self._early_stopping(row)
-        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "step", "lr", "samples_per_s"))
+        shown = " ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "step", "lr", "samples_per_s")
+        )
         self.report.log(f"epoch {row['epoch']} step {st.step}: {shown} ({rate:,.0f} samples/s)")
         self.report.write_metrics(st.history, None, "running")
         self._save()
@@ -394,12 +430,15 @@ class Trainer:
     def _save_best(self) -> None:
         """The weights of the best epoch so far, as ``RUN/best.safetensors`` with the epoch in its
         metadata (rank 0 writes; FSDP gathers them, a collective)."""
-        from specc.build import save_weights
+        from specc.nn import save_weights
 
         full = self.model_state() if self.fsdp else None
         if self.dist.is_main:
-            save_weights(StateOnly(full) if full is not None else self.model, self.run / BEST_WEIGHTS,
-                         metadata={"epoch": str(self.state.best_epoch)})  # fmt: skip
+            save_weights(
+                StateOnly(full) if full is not None else self.model,
+                self.run / BEST_WEIGHTS,
+                metadata={"epoch": str(self.state.best_epoch)},
+            )
 
     def _restore_best(self) -> int | None:
         """Early stopping's ``restore_best``: load the best epoch's weights on every rank (rank 0
@@ -417,13 +456,19 @@ class Trainer:
             problem, full = self._read_best(path, st.best_epoch)
         failed = torch.tensor([float(bool(problem))], device=self.device)
         if self.dist.all_max(failed).item():
-            self.report.log(f"restore_best: {problem or 'rank 0 could not read ' + str(path)}; "
-                            f"keeping the last epoch's weights (epoch {st.epoch})")  # fmt: skip
+            self.report.log(
+                f"restore_best: {problem or 'rank 0 could not read ' + str(path)}; "
+                f"keeping the last epoch's weights (epoch {st.epoch})"
+            )
             return None
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            set_model_state_dict(
+                self.model,
+                dict[str, Any](full),
+                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+            )
         else:
             if self.dist.is_main:
                 self.model.load_state_dict(full)
@@ -431,8 +476,10 @@ class Trainer:
                 for t in self.model.state_dict().values():
                     torch.distributed.broadcast(t, 0)
         value = st.best * (-1.0 if es.higher_is_better else 1.0) if st.best is not None else float("nan")
-        self.report.log(f"restore_best: weights of epoch {st.best_epoch} ({es.metric} {value:.4f}), not of the "
-                        f"last epoch {st.epoch}")  # fmt: skip
+        self.report.log(
+            f"restore_best: weights of epoch {st.best_epoch} ({es.metric} {value:.4f}), not of the "
+            f"last epoch {st.epoch}"
+        )
         return st.best_epoch
 
     def _read_best(self, path: Path, epoch: int) -> tuple[str, dict[str, torch.Tensor]]:
@@ -442,7 +489,7 @@ class Trainer:
         if not path.is_file():
             return f"{path} is missing", {}
         try:
-            with safe_open(str(path), "pt") as f:  # type: ignore[no-untyped-call]
+            with safe_open(str(path), "pt") as f:
                 saved = (f.metadata() or {}).get("epoch")
             full = distributed.load_full_state(self.model, path)
         except Exception as e:  # noqa: BLE001 - any unreadable file means: keep the last weights
@@ -480,8 +527,12 @@ class Trainer:
 
     def _final(self, wall: float, weights_epoch: int | None = None) -> dict[str, Any]:
         rates = [row["samples_per_s"] for row in self.state.history]
-        final: dict[str, Any] = {"step": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
-                                 "samples_per_s": sum(rates) / len(rates) if rates else None}
+        final: dict[str, Any] = {
+            "step": self.state.step,
+            "epochs": self.state.epoch,
+            "wall_s": wall,
+            "samples_per_s": sum(rates) / len(rates) if rates else None,
+        }
         if weights_epoch is not None:
             final["weights_of_epoch"] = weights_epoch  # restore_best: whose weights the metrics and files are
         for name, split in (("val", self.ds.val), ("test", self.ds.test)):
@@ -499,12 +550,24 @@ class Trainer:
         if not self.dist.is_main:
             return None
         st = self.state
-        extra = {"history": st.history, "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
-                 "stopped_early": st.stopped_early, "loss_sum": st.loss_sum, "loss_count": st.loss_count,
-                 "config": self.cfg.model_dump_json()}
-        state = {"optimizer": optim, "scheduler": self.sched.state_dict(),
-                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                 "epoch": st.epoch, "position": st.position, "extra": extra}
+        extra = {
+            "history": st.history,
+            "best": st.best,
+            "best_epoch": st.best_epoch,
+            "bad_epochs": st.bad_epochs,
+            "stopped_early": st.stopped_early,
+            "loss_sum": st.loss_sum,
+            "loss_count": st.loss_count,
+            "config": self.cfg.model_dump_json(),
+        }
+        state = {
+            "optimizer": optim,
+            "scheduler": self.sched.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": st.epoch,
+            "position": st.position,
+            "extra": extra,
+        }
         return ckpt.save_checkpoint(self.run, st.step, weights, state, keep=self.cfg.keep_checkpoints)
 
 

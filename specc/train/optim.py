@@ -10,14 +10,21 @@ import torch
 from specc.train.config import TrainConfig
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, device: torch.device
-                   ) -> torch.optim.Optimizer:  # fmt: skip
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov), Adam or AdamW over ``params``."""
     params = list(params)
     fused = {"foreach": True} if device.type == "cuda" else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, **fused)  # fmt: skip
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            **fused,
+        )
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
 
@@ -35,12 +42,15 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return 1.0
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
-                   ) -> torch.optim.lr_scheduler.LRScheduler:  # fmt: skip
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimizer step; one-cycle is torch's ``OneCycleLR``."""
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=max(2, total_steps),
+            opt,
+            max_lr=cfg.lr,
+            total_steps=max(2, total_steps),
             cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
-        )  # fmt: skip
+        )
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step, total_steps))

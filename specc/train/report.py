@@ -51,10 +51,13 @@ class RunReport:
 
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[rate]} samples/s"),
                 TimeRemainingColumn(),
-            )  # fmt: skip
+            )
             self._progress.start()
         label = f"epoch {epoch + 1}" + (f"/{total_epochs}" if total_epochs else "")
         self._task = self._progress.add_task(label, total=steps, completed=done, loss="-", rate="-")

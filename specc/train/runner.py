@@ -30,8 +30,8 @@ from specc.errors import DataError, ShapeError, UsageError
 from specc.graph import Graph, infer
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
+from specc.train.batches import ModelIO, check_fit, load_for_model, write_data_json
 from specc.train.config import TrainConfig, load_train_config
-from specc.train.data import ModelIO, check_fit, load_for_model, write_data_json
 from specc.train.finetune import freeze, init_from
 from specc.train.loop import Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
@@ -97,8 +97,8 @@ def train(req: TrainRequest) -> Outcome:
 
 def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     from specc.api import check
-    from specc.build import build
-    from specc.report import render
+    from specc.nn import build
+    from specc.summary import render
 
     graph = check(req.spec, req.sets, req.scale)
     cfg = load_train_config(graph.meta["document"].raw, str(req.spec), req.config, req.sets)
@@ -113,9 +113,15 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     resume = req.resume or distributed.restart_count() > 0
     _check_out(req.out, resume)
     io = ModelIO.from_graph(graph)
-    ds = load_for_model(req.data, io, seed=cfg.seed, seq_len=cfg.seq_len or nominal_seq_len(graph),
-                        num_samples=cfg.num_samples, val_fraction=cfg.val_fraction,
-                        test_fraction=cfg.test_fraction)  # fmt: skip
+    ds = load_for_model(
+        req.data,
+        io,
+        seed=cfg.seed,
+        seq_len=cfg.seq_len or nominal_seq_len(graph),
+        num_samples=cfg.num_samples,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+    )
     bind_sequence_dims(graph, ds)
     _determinism(cfg)
     model = build(graph, seed=cfg.seed)
@@ -125,11 +131,18 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     if req.freeze:
         frozen = freeze(model, req.freeze)
         notes.append(f"froze {len(frozen)} parameters: {', '.join(frozen)}")
-    info = {"spec": str(req.spec), "data": req.data, "sets": list(req.sets), "scale": req.scale,
-            "config": str(req.config) if req.config else None, "init_from": str(req.init_from) if req.init_from else None,
-            "freeze": list(req.freeze)}  # fmt: skip
-    session = Session(model, io, ds, cfg, req.out, device, dist, req.quiet, resume, graph.labels, render(graph),
-                      info, notes)  # fmt: skip
+    info = {
+        "spec": str(req.spec),
+        "data": req.data,
+        "sets": list(req.sets),
+        "scale": req.scale,
+        "config": str(req.config) if req.config else None,
+        "init_from": str(req.init_from) if req.init_from else None,
+        "freeze": list(req.freeze),
+    }
+    session = Session(
+        model, io, ds, cfg, req.out, device, dist, req.quiet, resume, graph.labels, render(graph), info, notes
+    )
     try:
         return run_session(session, stop)
     finally:
@@ -157,8 +170,10 @@ def bind_sequence_dims(graph: Graph, ds: Dataset) -> None:
         infer(graph)
     except ShapeError as exc:
         told = ", ".join(f"{k}={v}" for k, v in sizes.items())
-        raise DataError(f"data '{ds.name}' ({told}) does not fit the spec: "
-                        + "; ".join(d.message for d in exc.diagnostics)) from None  # fmt: skip
+        raise DataError(
+            f"data '{ds.name}' ({told}) does not fit the spec: "
+            + "; ".join(d.message for d in exc.diagnostics)
+        ) from None
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -168,8 +183,10 @@ def _check_out(out: Path, resume: bool) -> None:
         return
     used = [p.name for p in (out / ckpt.CHECKPOINTS_DIR, out / FINAL_WEIGHTS) if p.exists()]
     if used:
-        raise UsageError(f"--out {out} already holds a run ({', '.join(used)}); pass --resume to continue it "
-                         "or choose another --out")
+        raise UsageError(
+            f"--out {out} already holds a run ({', '.join(used)}); pass --resume to continue it "
+            "or choose another --out"
+        )
     existing = out.absolute()
     while not existing.exists():  # fail now, before loading data, if the folder cannot be made
         existing = existing.parent
@@ -200,7 +217,9 @@ def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
     _log_start(s, report)
     if s.resume:
         step = trainer.resume()
-        report.log(f"resumed from step {step}" if step is not None else f"no checkpoint in {s.run}: starting fresh")
+        report.log(
+            f"resumed from step {step}" if step is not None else f"no checkpoint in {s.run}: starting fresh"
+        )
     trainer.wrap()
     try:
         with contextlib.nullcontext(stop) if stop is not None else StopRequest() as active:
@@ -252,26 +271,39 @@ def _write_run_files(s: Session) -> None:
     if s.spec_text is not None:
         atomic_write_text(s.run / "spec.yaml", s.spec_text)
     atomic_write_text(s.run / "train.yaml", yaml.safe_dump(s.cfg.model_dump(mode="json"), sort_keys=False))
-    info = {**s.info, "device": str(s.device), "world_size": s.dist.world, "torch": torch.__version__,
-            "resume": s.resume}  # fmt: skip
+    info = {
+        **s.info,
+        "device": str(s.device),
+        "world_size": s.dist.world,
+        "torch": torch.__version__,
+        "resume": s.resume,
+    }
     atomic_write_text(s.run / "run.json", json.dumps(info, indent=2) + "\n")
     write_data_json(s.run, s.ds, s.io, s.labels)
 
 
 def _log_start(s: Session, report: RunReport) -> None:
     ds = s.ds
-    classes = f", {ds.num_classes} classes" if ds.task == "classification" else (
-        f", vocabulary {ds.num_classes}" if ds.num_classes else "")
-    report.log(f"data {ds.name}: {ds.task}{classes}; train {len(ds.train)} / val {len(ds.val)} / "
-               f"test {len(ds.test)} samples of shape {tuple(ds.sample_shape)}")
+    classes = (
+        f", {ds.num_classes} classes"
+        if ds.task == "classification"
+        else (f", vocabulary {ds.num_classes}" if ds.num_classes else "")
+    )
+    report.log(
+        f"data {ds.name}: {ds.task}{classes}; train {len(ds.train)} / val {len(ds.val)} / "
+        f"test {len(ds.test)} samples of shape {tuple(ds.sample_shape)}"
+    )
     for line in [*ds.notes, *check_fit(ds, s.io), *s.notes]:
         report.log(f"  {line}")
     params = sum(p.numel() for p in s.model.parameters())
-    report.log(f"model: {params:,} parameters on {s.device}" + (f", {s.dist.world} processes" if s.dist.enabled else ""))
+    report.log(
+        f"model: {params:,} parameters on {s.device}"
+        + (f", {s.dist.world} processes" if s.dist.enabled else "")
+    )
 
 
 def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -> None:
-    from specc.build import save_weights
+    from specc.nn import save_weights
 
     report.write_metrics(trainer.state.history, outcome.final, outcome.status)
     if trainer.fsdp:
@@ -282,14 +314,26 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
     elif s.dist.is_main:
         save_weights(s.model, s.run / FINAL_WEIGHTS)
     final = outcome.final or {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items()
-                      if isinstance(v, float) and (k.startswith("test_") or k.startswith("val_")))
+    shown = ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in final.items()
+        if isinstance(v, float) and (k.startswith("test_") or k.startswith("val_"))
+    )
     report.log(f"done ({outcome.status}) at step {outcome.step}: {shown}")
     report.log(f"weights: {s.run / FINAL_WEIGHTS}")
 
 
-def train_module(model: nn.Module, io: ModelIO, ds: Dataset, cfg: TrainConfig, run: Path, *,
-                 resume: bool = False, device: str = "cpu", quiet: bool = True) -> Outcome:  # fmt: skip
+def train_module(
+    model: nn.Module,
+    io: ModelIO,
+    ds: Dataset,
+    cfg: TrainConfig,
+    run: Path,
+    *,
+    resume: bool = False,
+    device: str = "cpu",
+    quiet: bool = True,
+) -> Outcome:
     """Train any ``nn.Module`` whose inputs/output ``io`` describes (library use and tests)."""
     dist = distributed.Dist()
     return run_session(Session(model, io, ds, cfg, run, pick_device(device, dist), dist, quiet, resume))

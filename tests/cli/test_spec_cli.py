@@ -75,7 +75,9 @@ def test_set_unknown_key_gets_hint(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, SMALL)
     result = run_cli("check", str(spec), "--set", "defaults.activaton=gelu")
     assert result.code == 2
-    assert "<--set>:1:1: defaults.activaton: unknown key 'activaton' (did you mean 'activation'?)" in result.err
+    assert (
+        "<--set>:1:1: defaults.activaton: unknown key 'activaton' (did you mean 'activation'?)" in result.err
+    )
 
 
 def test_schema_lists_ops() -> None:
@@ -97,7 +99,9 @@ def test_ops_listing_and_detail() -> None:
 def test_build_refuses_huge_spec_fast(tmp_path: Path) -> None:
     import time
 
-    spec = write_spec(tmp_path, "specc: 1\nname: huge\ninputs: {x: {shape: [400000]}}\nlayers:\n  - linear: 250000\n")
+    spec = write_spec(
+        tmp_path, "specc: 1\nname: huge\ninputs: {x: {shape: [400000]}}\nlayers:\n  - linear: 250000\n"
+    )
     start = time.perf_counter()
     result = run_cli("build", str(spec))
     assert result.code == 2

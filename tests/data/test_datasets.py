@@ -17,8 +17,12 @@ def _all_y(ds: Dataset) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("name", "shape", "total", "classes"),
-    [("iris", (4,), 150, 3), ("wine", (13,), 178, 3), ("breast_cancer", (30,), 569, 2),
-     ("digits", (1, 8, 8), 1797, 10)],
+    [
+        ("iris", (4,), 150, 3),
+        ("wine", (13,), 178, 3),
+        ("breast_cancer", (30,), 569, 2),
+        ("digits", (1, 8, 8), 1797, 10),
+    ],
 )
 def test_sklearn_sets_load(name: str, shape: tuple[int, ...], total: int, classes: int) -> None:
     ds = load_dataset(name, input_shape=shape, input_dtype="float32")
@@ -72,9 +76,15 @@ def test_digits_flattened(length: int, note: str | None) -> None:
         assert note in ds.notes
 
 
-@pytest.mark.parametrize(("source", "shape", "data_shape"),
-                         [("digits", (2, 8, 8), "(1, 8, 8)"), ("digits", (50,), "(1, 8, 8)"),
-                          ("iris", (5,), "(4,)"), ("iris", (1, 2, 2), "(4,)")])
+@pytest.mark.parametrize(
+    ("source", "shape", "data_shape"),
+    [
+        ("digits", (2, 8, 8), "(1, 8, 8)"),
+        ("digits", (50,), "(1, 8, 8)"),
+        ("iris", (5,), "(4,)"),
+        ("iris", (1, 2, 2), "(4,)"),
+    ],
+)
 def test_shape_mismatch_names_both_shapes(source: str, shape: tuple[int, ...], data_shape: str) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(source, input_shape=shape, input_dtype="float32")
@@ -151,9 +161,14 @@ def test_csv_label_column_and_regression(tmp_path: Path) -> None:
     assert ds3.task == "regression"
 
 
-@pytest.mark.parametrize(("bad_line", "match"), [("1.0,abc,x", "column 'b' value 'abc' is not a number"),
-                                                 ("1.0,2.0", "expected 3 fields, found 2"),
-                                                 ("1.0,nan,x", "not finite")])
+@pytest.mark.parametrize(
+    ("bad_line", "match"),
+    [
+        ("1.0,abc,x", "column 'b' value 'abc' is not a number"),
+        ("1.0,2.0", "expected 3 fields, found 2"),
+        ("1.0,nan,x", "not finite"),
+    ],
+)
 def test_csv_bad_row_names_path_and_line(tmp_path: Path, bad_line: str, match: str) -> None:
     path = _write(tmp_path / "bad.csv", f"a,b,label\n1,2,x\n\n3,4,y\n{bad_line}\n5,6,x\n")
     with pytest.raises(DataError, match=match) as err:
@@ -196,9 +211,13 @@ def test_npz_round_trip(tmp_path: Path) -> None:
 def test_npz_with_own_test_split_and_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     path = tmp_path / "imgs.npz"
-    np.savez(path, x_train=rng.integers(0, 256, size=(40, 6, 6, 3), dtype=np.uint8),
-             y_train=rng.integers(0, 2, size=40), x_test=rng.integers(0, 256, size=(10, 6, 6, 3), dtype=np.uint8),
-             y_test=np.arange(10) % 2)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, size=(40, 6, 6, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 2, size=40),
+        x_test=rng.integers(0, 256, size=(10, 6, 6, 3), dtype=np.uint8),
+        y_test=np.arange(10) % 2,
+    )
     ds = load_dataset(str(path), input_shape=(3, 6, 6), input_dtype="float32")
     assert ds.train.x.shape[1:] == (3, 6, 6)
     assert len(ds.test) == 10 and ds.test.y.tolist() == (np.arange(10) % 2).tolist()
@@ -341,7 +360,7 @@ def test_text_file_and_errors(tmp_path: Path) -> None:
 
 def _target(row: np.ndarray) -> list[int]:
     eos = int(np.flatnonzero(row == EOS_ID)[0])
-    assert (row[eos + 1:] == PAD_ID).all()
+    assert (row[eos + 1 :] == PAD_ID).all()
     return [int(t) for t in row[:eos]]
 
 
@@ -349,8 +368,15 @@ def _target(row: np.ndarray) -> list[int]:
 def test_synthetic_seq2seq(kind: str) -> None:
     ds = load_dataset(kind, input_shape=(12,), input_dtype="int64", num_samples=400, seed=5)
     assert ds.task == "seq2seq" and ds.num_classes == SYNTHETIC_VOCAB_SIZE
-    assert ds.preprocess == {"kind": "tokens", "pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID,
-                             "vocab_size": SYNTHETIC_VOCAB_SIZE, "seq_len": 12, "symbols": [3, 12]}
+    assert ds.preprocess == {
+        "kind": "tokens",
+        "pad": PAD_ID,
+        "bos": BOS_ID,
+        "eos": EOS_ID,
+        "vocab_size": SYNTHETIC_VOCAB_SIZE,
+        "seq_len": 12,
+        "symbols": [3, 12],
+    }
     assert len(ds.train) + len(ds.val) + len(ds.test) == 400
     for sp in (ds.train, ds.val, ds.test):
         assert sp.x.shape[1:] == (12,) and sp.y.shape[1:] == (13,)
@@ -358,7 +384,7 @@ def test_synthetic_seq2seq(kind: str) -> None:
         for xr, yr in zip(sp.x, sp.y, strict=True):
             src = xr[xr != PAD_ID].tolist()
             assert len(src) >= 1 and all(3 <= t <= 12 for t in src)
-            assert (xr[len(src):] == PAD_ID).all()
+            assert (xr[len(src) :] == PAD_ID).all()
             want = {"copy": src, "reverse": src[::-1], "sort": sorted(src)}[kind]
             assert _target(yr) == want
     again = load_dataset(kind, input_shape=(12,), input_dtype="int64", num_samples=400, seed=5)
@@ -383,7 +409,7 @@ def test_random_crop_flip_deterministic_and_shape() -> None:
     # each output is a flipped-or-not window of the zero-padded input
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(x.shape[0]):
-        windows = [padded[i, :, r:r + 6, s:s + 5] for r in range(5) for s in range(5)]
+        windows = [padded[i, :, r : r + 6, s : s + 5] for r in range(5) for s in range(5)]
         assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(-1)) for w in windows)
     # a generator in the same state reproduces the same stream across calls (resume)
     g = torch.Generator().manual_seed(3)

@@ -30,7 +30,7 @@ PREPROCESS = {"kind": "image", "mean": [0.5], "std": [0.25], "size": [12, 12], "
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder (weights + data.json) exported once with --int8 --fp16 --optimize."""
-    from specc.build import build, save_weights
+    from specc.nn import build, save_weights
 
     root = tmp_path_factory.mktemp("export")
     spec = root / "tiny_cnn.yaml"
@@ -38,11 +38,22 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = root / "run"
     run.mkdir()
     save_weights(build(spec, seed=3), run / "model.safetensors")
-    (run / "data.json").write_text(json.dumps({"preprocess": PREPROCESS, "class_names": ["x", "y", "z"],
-                                               "task": "classification"}))  # fmt: skip
+    (run / "data.json").write_text(
+        json.dumps({"preprocess": PREPROCESS, "class_names": ["x", "y", "z"], "task": "classification"})
+    )
     out = root / "m.onnx"
-    r = run_cli("export", str(spec), "--weights", str(run), "--out", str(out), "--int8", "--fp16",
-                "--optimize", "--json")  # fmt: skip
+    r = run_cli(
+        "export",
+        str(spec),
+        "--weights",
+        str(run),
+        "--out",
+        str(out),
+        "--int8",
+        "--fp16",
+        "--optimize",
+        "--json",
+    )
     assert r.code == 0, r.err
     (root / "stdout.json").write_text(r.out)
     return out
@@ -72,7 +83,9 @@ def test_metadata_round_trip(exported: Path) -> None:
     assert meta["specc.version"]
     proto = onnx.load(str(exported))
     assert any(n.name.startswith("/stem/") for n in proto.graph.node)
-    assert {i.name: i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input} == {"image": "batch"}
+    assert {i.name: i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input} == {
+        "image": "batch"
+    }
 
 
 def test_runtime_verifies_manifest(exported: Path, tmp_path: Path) -> None:
@@ -100,16 +113,19 @@ def test_variants_written_and_checked(exported: Path) -> None:
 
 
 def test_int8_accuracy_on_validation_split(tmp_path: Path) -> None:
-    from specc.build import build, save_weights
+    from specc.nn import build, save_weights
 
     spec = tmp_path / "iris.yaml"
-    spec.write_text("specc: 1\nname: iris_mlp\ninputs: {x: {shape: [4]}}\n"
-                    "layers: [linear: 16, relu, linear: 3]\n")
+    spec.write_text(
+        "specc: 1\nname: iris_mlp\ninputs: {x: {shape: [4]}}\nlayers: [linear: 16, relu, linear: 3]\n"
+    )
     run = tmp_path / "run"
     run.mkdir()
     save_weights(build(spec), run / "model.safetensors")
     (run / "data.json").write_text(json.dumps({"source": "iris", "task": "classification", "seed": 0}))
-    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "m.onnx"), "--int8", "--fp16", "--json")
+    r = run_cli(
+        "export", str(spec), "-w", str(run), "--out", str(tmp_path / "m.onnx"), "--int8", "--fp16", "--json"
+    )
     assert r.code == 0, r.err
     for kind in ("int8", "fp16"):
         acc = json.loads(r.out)["variants"][kind]["accuracy"]
@@ -169,10 +185,10 @@ def test_wrong_model_fails_verification(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_corrupted_initializer_fails_reverification(tmp_path: Path) -> None:
-    from specc.build import build
     from specc.errors import ExportVerificationError
     from specc.export.samples import parity_sizes
     from specc.export.verify import ort_runner, ort_session, parity, raise_on_failure, torch_runner
+    from specc.nn import build
 
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC)
@@ -184,8 +200,12 @@ def test_corrupted_initializer_fails_reverification(tmp_path: Path) -> None:
     arr[0, 0] += 1.0
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
     onnx.save(proto, str(tmp_path / "bad.onnx"))
-    cases = parity(torch_runner(model, ["image"]), ort_runner(ort_session(tmp_path / "bad.onnx")),
-                   model.graph, parity_sizes(model.graph))  # fmt: skip
+    cases = parity(
+        torch_runner(model, ["image"]),
+        ort_runner(ort_session(tmp_path / "bad.onnx")),
+        model.graph,
+        parity_sizes(model.graph),
+    )
     with pytest.raises(ExportVerificationError, match="output 'output' differs"):
         raise_on_failure(cases, "re-verification", 1e-4, 1e-3)
 
@@ -209,7 +229,11 @@ def test_bench_json_keys(tmp_path: Path) -> None:
     r = run_cli("bench", str(spec), "--json", "--iters", "3", "--warmup", "1", "--batch", "4", "--no-compile")
     assert r.code == 0, r.err
     result = json.loads(r.out)
-    assert [row["engine"] for row in result["rows"]] == ["torch eager", "onnxruntime fp32", "onnxruntime int8"]
+    assert [row["engine"] for row in result["rows"]] == [
+        "torch eager",
+        "onnxruntime fp32",
+        "onnxruntime int8",
+    ]
     for row in result["rows"]:
         assert set(row) == {"engine", "latency_ms", "throughput_per_s", "note"}
         assert set(row["latency_ms"]) == {"median", "p90"} and row["throughput_per_s"] > 0
@@ -224,13 +248,22 @@ def test_optimize_fuses_specc_attention_with_exact_mask_semantics(tmp_path: Path
     from conftest import SPECS
 
     out = tmp_path / "bert.onnx"
-    r = run_cli("export", str(SPECS / "bert_base.yaml"), "--scale", "tiny", "--out", str(out), "--optimize", "--json")
+    r = run_cli(
+        "export", str(SPECS / "bert_base.yaml"), "--scale", "tiny", "--out", str(out), "--optimize", "--json"
+    )
     assert r.code == 0, r.err
     fused = json.loads(r.out)["variants"]["opt"]["fused_ops"]
     assert fused.get("Attention") == 2, fused  # both layers of the tiny scale
     rng = np.random.default_rng(0)
     mask = rng.random((3, 10)) > 0.4
     mask[:, 0], mask[1, -1], mask[1, 3] = True, True, False  # holes and a kept token after padding
-    feeds = {"tokens": rng.integers(1, 64, (3, 10)), "token_types": rng.integers(0, 2, (3, 10)), "attention_mask": mask}
-    plain, opt = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (out, tmp_path / "bert.opt.onnx"))
+    feeds = {
+        "tokens": rng.integers(1, 64, (3, 10)),
+        "token_types": rng.integers(0, 2, (3, 10)),
+        "attention_mask": mask,
+    }
+    plain, opt = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        for p in (out, tmp_path / "bert.opt.onnx")
+    )
     np.testing.assert_allclose(opt.run(None, feeds)[0], plain.run(None, feeds)[0], atol=1e-5, rtol=1e-4)

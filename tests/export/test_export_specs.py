@@ -57,7 +57,7 @@ def _graph(case: Path | str, tmp_path: Path):  # type: ignore[no-untyped-def]
         path.write_text(INLINE[case])
     else:
         path = case
-    from specc.spec.document import load_spec
+    from specc.lang.document import load_spec
 
     try:
         doc = load_spec(path, (), None)
@@ -66,13 +66,15 @@ def _graph(case: Path | str, tmp_path: Path):  # type: ignore[no-untyped-def]
     scale = "tiny" if "tiny" in doc.spec.scales else None
     graph = check(path, (), scale)
     if graph.params > MAX_PARAMS:
-        pytest.skip(f"{graph.params:,} parameters at scale {scale or '(default; no tiny scale)'}, over {MAX_PARAMS:,}")
+        pytest.skip(
+            f"{graph.params:,} parameters at scale {scale or '(default; no tiny scale)'}, over {MAX_PARAMS:,}"
+        )
     return graph
 
 
 @pytest.mark.parametrize("case", _cases())
 def test_spec_exports_with_parity(case: Path | str, tmp_path: Path) -> None:
-    from specc.build import build
+    from specc.nn import build
 
     graph = _graph(case, tmp_path)
     model = build(graph)

@@ -40,9 +40,25 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     spec = root / "small_cnn.yaml"
     spec.write_text(SPEC)
     run = root / "run"
-    r = run_cli("train", str(spec), "--data", "digits", "--out", str(run), "--quiet", "--device", "cpu",
-                "--set", "train.epochs=4", "--set", "train.optimizer=adamw", "--set", "train.lr=0.01",
-                "--set", "train.augment=none")  # fmt: skip
+    r = run_cli(
+        "train",
+        str(spec),
+        "--data",
+        "digits",
+        "--out",
+        str(run),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.optimizer=adamw",
+        "--set",
+        "train.lr=0.01",
+        "--set",
+        "train.augment=none",
+    )
     assert r.code == 0, r.err
     return spec, run
 
@@ -58,7 +74,9 @@ def test_static_int8_from_the_run_folder(trained: tuple[Path, Path], tmp_path: P
     int8 = Path(v["file"])
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= _ops(int8)
     weights = {i.name: i for i in onnx.load(str(int8)).graph.initializer}
-    assert any(w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4 for w in weights.values())  # conv kernels
+    assert any(
+        w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4 for w in weights.values()
+    )  # conv kernels
     acc = v["accuracy"]
     assert acc["fp32"] > 0.8, acc  # the network learnt something, so the comparison means something
     assert acc["int8"] >= acc["fp32"] - 0.03, acc
@@ -70,10 +88,14 @@ def test_static_int8_from_the_run_folder(trained: tuple[Path, Path], tmp_path: P
     assert (a == b).mean() >= 0.95
 
 
-def test_static_export_with_static_int8_from_the_run_folder(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_static_export_with_static_int8_from_the_run_folder(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
     """--static fixes the batch at 1: calibration, output change and accuracy feed it one sample at a time."""
     spec, run = trained
-    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "s.onnx"), "--static", "--int8", "--json")
+    r = run_cli(
+        "export", str(spec), "-w", str(run), "--out", str(tmp_path / "s.onnx"), "--static", "--int8", "--json"
+    )
     assert r.code == 0, r.err
     v = json.loads(r.out)["variants"]["int8"]
     assert v["mode"] == "static" and v["accuracy"]["int8"] >= v["accuracy"]["fp32"] - 0.03
@@ -85,22 +107,40 @@ def test_static_export_with_static_int8_from_the_run_folder(trained: tuple[Path,
 def test_images_need_the_run_folders_preprocessing(tmp_path: Path) -> None:
     from PIL import Image
 
-    from specc.build import build, save_weights
+    from specc.nn import build, save_weights
 
     spec = tmp_path / "small_cnn.yaml"
     spec.write_text(SPEC)
     save_weights(build(spec, seed=1), tmp_path / "w.safetensors")
     (tmp_path / "images").mkdir()
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "images" / "a.png")
-    r = run_cli("export", str(spec), "-w", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "m.onnx"),
-                "--int8", "--calibration", str(tmp_path / "images"))  # fmt: skip
+    r = run_cli(
+        "export",
+        str(spec),
+        "-w",
+        str(tmp_path / "w.safetensors"),
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--int8",
+        "--calibration",
+        str(tmp_path / "images"),
+    )
     assert r.code == 2 and "give --weights RUN_FOLDER" in r.err and not (tmp_path / "m.onnx").exists()
 
 
 def test_dynamic_mode_keeps_conv_fp32_and_says_so(trained: tuple[Path, Path], tmp_path: Path) -> None:
     spec, run = trained
-    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "m.onnx"), "--int8",
-                "--int8-mode", "dynamic")  # fmt: skip
+    r = run_cli(
+        "export",
+        str(spec),
+        "-w",
+        str(run),
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--int8",
+        "--int8-mode",
+        "dynamic",
+    )
     assert r.code == 0, r.err
     assert "(dynamic)" in r.out and "Conv layers stay fp32" in r.out
     ops = _ops(tmp_path / "m.int8.onnx")
@@ -108,7 +148,7 @@ def test_dynamic_mode_keeps_conv_fp32_and_says_so(trained: tuple[Path, Path], tm
 
 
 def _untrained_run(tmp_path: Path) -> tuple[Path, Path]:
-    from specc.build import build, save_weights
+    from specc.nn import build, save_weights
 
     spec = tmp_path / "small_cnn.yaml"
     spec.write_text(SPEC)
@@ -125,18 +165,44 @@ def test_calibration_from_npz_and_from_an_image_folder(tmp_path: Path) -> None:
     spec, run = _untrained_run(tmp_path)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "cal.npz", image=rng.standard_normal((40, 1, 12, 12)).astype(np.float32))
-    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "a.onnx"), "--int8",
-                "--calibration", str(tmp_path / "cal.npz"), "--json")  # fmt: skip
+    r = run_cli(
+        "export",
+        str(spec),
+        "-w",
+        str(run),
+        "--out",
+        str(tmp_path / "a.onnx"),
+        "--int8",
+        "--calibration",
+        str(tmp_path / "cal.npz"),
+        "--json",
+    )
     assert r.code == 0, r.err
     v = json.loads(r.out)["variants"]["int8"]
-    assert v["mode"] == "static" and v["calibration_samples"] == 40 and v["calibration_source"].endswith("cal.npz")
+    assert (
+        v["mode"] == "static"
+        and v["calibration_samples"] == 40
+        and v["calibration_source"].endswith("cal.npz")
+    )
     folder = tmp_path / "images"
     for i in range(5):  # the training layout: one sub-folder per class
         (folder / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"class{i % 2}" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(
+            folder / f"class{i % 2}" / f"{i}.png"
+        )
     (folder / "notes.txt").write_text("not an image: ignored")
-    r = run_cli("export", str(spec), "-w", str(run), "--out", str(tmp_path / "b.onnx"), "--int8",
-                "--calibration", str(folder), "--json")  # fmt: skip
+    r = run_cli(
+        "export",
+        str(spec),
+        "-w",
+        str(run),
+        "--out",
+        str(tmp_path / "b.onnx"),
+        "--int8",
+        "--calibration",
+        str(folder),
+        "--json",
+    )
     assert r.code == 0, r.err
     v = json.loads(r.out)["variants"]["int8"]
     assert v["mode"] == "static" and v["calibration_samples"] == 5
@@ -158,7 +224,9 @@ def test_bad_calibration_is_a_usage_error(tmp_path: Path, args: list[str], messa
     np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 12, 12), np.float32))  # 3 channels, the model takes 1
     (tmp_path / "empty").mkdir()
     out = tmp_path / "m.onnx"
-    r = run_cli("export", str(spec), "-w", str(run), "--out", str(out), *[a.format(tmp=tmp_path) for a in args])
+    r = run_cli(
+        "export", str(spec), "-w", str(run), "--out", str(out), *[a.format(tmp=tmp_path) for a in args]
+    )
     assert r.code == 2, (r.code, r.err)
     assert message in r.err and "Traceback" not in r.err
     assert not out.exists() and not (tmp_path / "m.int8.onnx").exists()  # refused before anything is written
@@ -166,7 +234,7 @@ def test_bad_calibration_is_a_usage_error(tmp_path: Path, args: list[str], messa
 
 def _conv_specs() -> list[object]:
     from specc.api import check
-    from specc.spec.document import load_spec
+    from specc.lang.document import load_spec
 
     cases = []
     for path in sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml")):
@@ -182,10 +250,10 @@ def test_every_bundled_cnn_quantises_statically(path: Path, scale: str | None, t
     quantiser handles each op pattern (concat, ceil-mode pools, dense blocks, residual adds, 1x1
     shortcuts) and the int8 model stays close to fp32 on inputs like the calibration ones."""
     from specc.api import check
-    from specc.build import build
     from specc.export import ExportOptions, export_model
     from specc.export.quantize import Calibration, quantize_int8
     from specc.export.samples import SampleSizes, make_inputs
+    from specc.nn import build
 
     graph = check(path, (), scale)
     if graph.params > 8_000_000:
@@ -203,11 +271,22 @@ def test_every_bundled_cnn_quantises_statically(path: Path, scale: str | None, t
 
 def test_calibration_ids_out_of_the_embedding_range_are_refused(tmp_path: Path) -> None:
     spec = tmp_path / "emb.yaml"
-    spec.write_text("specc: 1\nname: emb_mlp\ninputs: {ids: {shape: [12], dtype: int64}}\n"
-                    "layers: [embedding: {num_embeddings: 50, embedding_dim: 8}, flatten, linear: 3]\n")
+    spec.write_text(
+        "specc: 1\nname: emb_mlp\ninputs: {ids: {shape: [12], dtype: int64}}\n"
+        "layers: [embedding: {num_embeddings: 50, embedding_dim: 8}, flatten, linear: 3]\n"
+    )
     np.savez(tmp_path / "cal.npz", ids=np.arange(24).reshape(2, 12) * 3)  # ids up to 69
-    r = run_cli("export", str(spec), "--out", str(tmp_path / "m.onnx"), "--int8", "--int8-mode", "static",
-                "--calibration", str(tmp_path / "cal.npz"))  # fmt: skip
+    r = run_cli(
+        "export",
+        str(spec),
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--int8",
+        "--int8-mode",
+        "static",
+        "--calibration",
+        str(tmp_path / "cal.npz"),
+    )
     assert r.code == 2, r.err
     assert "calibration input 'ids'" in r.err and "holds ids 0..69, but the model takes 0..49" in r.err
     assert not (tmp_path / "m.int8.onnx").exists()

@@ -30,12 +30,15 @@ outputs: {y: "3"}
 
 
 def test_residual_auto_projection_matches_torchvision_downsample() -> None:
-    g = check_text(HEAD + """layers:
+    g = check_text(
+        HEAD
+        + """layers:
   - residual:
       - conv2d: {out_channels: 16, kernel_size: 3, stride: 2, padding: 1, bias: false}
       - norm
     then: act
-""")
+"""
+    )
     by_path = {n.path: n for n in g.nodes}
     assert [n.path for n in g.nodes] == ["0.0", "0.1", "0.shortcut", "0.add", "0.then"]
     proj = by_path["0.shortcut"].inferred
@@ -90,8 +93,10 @@ layers:
     assert paths(text)["u1.0"][1] == (8, 8, 8)
     assert paths(text, scale="tiny")["1.0"][1] == (4, 8, 8)
     assert paths(text, scale="tiny", sets=["width=3"])["1.0"][1] == (6, 8, 8)
-    assert paths(text, sets=["defaults.activation=gelu"]) and check_text(
-        HEAD + text, sets=["defaults.activation=gelu"]).node("u1.1").op.function == "gelu"  # type: ignore[attr-defined]
+    assert (
+        paths(text, sets=["defaults.activation=gelu"])
+        and check_text(HEAD + text, sets=["defaults.activation=gelu"]).node("u1.1").op.function == "gelu"
+    )  # type: ignore[attr-defined]
     with pytest.raises(SpecError, match="unknown scale 'tinny' \\(did you mean 'tiny'\\?\\)"):
         check_text(HEAD + text, scale="tinny")
 
@@ -117,8 +122,10 @@ def test_include_cycle_reported(tmp_path: Path) -> None:
 
 
 def test_defaults_fill_and_are_overridable() -> None:
-    g = check_text(HEAD + "defaults: {norm: group(2), init: kaiming_normal}\nlayers:\n  - norm\n  - norm: layer\n"
-                   "  - conv2d: {out_channels: 4, kernel_size: 1, init: zeros}\n")  # fmt: skip
+    g = check_text(
+        HEAD + "defaults: {norm: group(2), init: kaiming_normal}\nlayers:\n  - norm\n  - norm: layer\n"
+        "  - conv2d: {out_channels: 4, kernel_size: 1, init: zeros}\n"
+    )
     kinds = [n.op.kind for n in g.nodes[:2]]  # type: ignore[attr-defined]
     assert kinds == ["group(2)", "layer"]
     assert g.nodes[2].op.init == "zeros"

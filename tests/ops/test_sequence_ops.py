@@ -36,29 +36,77 @@ def build(op: str, args: dict[str, Any], *types: TensorType) -> nn.Module:
         ("positional_encoding", {"kind": "learned", "max_len": 32}, [T_(("seq", 8))], [("seq", 8)], 256, 80),
         # rnn: 1 gate; (h·(f+h) + 2h) per direction and layer
         ("rnn", {"hidden_size": 4}, [T_(("seq", 3))], [("seq", 4)], 4 * 3 + 16 + 8, 10 * 4 * 7),
-        ("gru", {"hidden_size": 4, "num_layers": 2, "bidirectional": True, "output": "both"}, [T_(("seq", 3))],
-         [("seq", 8), (4, 4)], 2 * (12 * 3 + 48 + 24) + 2 * (12 * 8 + 48 + 24), 10 * (2 * 12 * 7 + 2 * 12 * 12)),
-        ("lstm", {"hidden_size": 5, "output": "state", "bias": False}, [T_((7, 2))], [(1, 5)], 20 * 2 + 100,
-         7 * 20 * 7),
+        (
+            "gru",
+            {"hidden_size": 4, "num_layers": 2, "bidirectional": True, "output": "both"},
+            [T_(("seq", 3))],
+            [("seq", 8), (4, 4)],
+            2 * (12 * 3 + 48 + 24) + 2 * (12 * 8 + 48 + 24),
+            10 * (2 * 12 * 7 + 2 * 12 * 12),
+        ),
+        (
+            "lstm",
+            {"hidden_size": 5, "output": "state", "bias": False},
+            [T_((7, 2))],
+            [(1, 5)],
+            20 * 2 + 100,
+            7 * 20 * 7,
+        ),
         ("lstm", {"hidden_size": 5}, [T_(("seq", 2)), T_((1, 5)), T_((1, 5))], [("seq", 5)], 180, 10 * 140),
-        ("dot_product_attention", {}, [T_(("seq", 4)), T_(("src", 4)), T_(("src", 6))], [("seq", 6)], 0,
-         10 * 6 * 10),
+        (
+            "dot_product_attention",
+            {},
+            [T_(("seq", 4)), T_(("src", 4)), T_(("src", 6))],
+            [("seq", 6)],
+            0,
+            10 * 6 * 10,
+        ),
         ("dot_product_attention", {"causal": True}, [T_(("seq", 4))], [("seq", 4)], 0, 10 * 10 * 8),
-        ("additive_attention", {"num_hiddens": 5}, [T_(("seq", 3)), T_(("src", 4)), T_(("src",), BOOL)],
-         [("seq", 4)], 5 * 4 + 5 * 3 + 5, 10 * 3 * 5 + 6 * 4 * 5 + 10 * 6 * 9),
-        ("multihead_attention", {"num_heads": 2}, [T_(("seq", 8))], [("seq", 8)], 3 * 64 + 24 + 64 + 8,
-         10 * 64 * 2 + 10 * 8 * 16 + 2 * 100 * 8),
-        ("multihead_attention", {"num_heads": 2, "bias": False}, [T_(("seq", 8)), T_(("src", 8)), T_(("src",), BOOL)],
-         [("seq", 8)], 4 * 64, 10 * 128 + 6 * 128 + 2 * 60 * 8),
-        ("multihead_attention", {"num_heads": 2, "qkv": "separate"}, [T_(("seq", 8)), T_(("src", 4))], [("seq", 8)],
-         (64 + 8) + 2 * (32 + 8) + (64 + 8), 10 * 128 + 6 * 64 + 2 * 60 * 8),
+        (
+            "additive_attention",
+            {"num_hiddens": 5},
+            [T_(("seq", 3)), T_(("src", 4)), T_(("src",), BOOL)],
+            [("seq", 4)],
+            5 * 4 + 5 * 3 + 5,
+            10 * 3 * 5 + 6 * 4 * 5 + 10 * 6 * 9,
+        ),
+        (
+            "multihead_attention",
+            {"num_heads": 2},
+            [T_(("seq", 8))],
+            [("seq", 8)],
+            3 * 64 + 24 + 64 + 8,
+            10 * 64 * 2 + 10 * 8 * 16 + 2 * 100 * 8,
+        ),
+        (
+            "multihead_attention",
+            {"num_heads": 2, "bias": False},
+            [T_(("seq", 8)), T_(("src", 8)), T_(("src",), BOOL)],
+            [("seq", 8)],
+            4 * 64,
+            10 * 128 + 6 * 128 + 2 * 60 * 8,
+        ),
+        (
+            "multihead_attention",
+            {"num_heads": 2, "qkv": "separate"},
+            [T_(("seq", 8)), T_(("src", 4))],
+            [("seq", 8)],
+            (64 + 8) + 2 * (32 + 8) + (64 + 8),
+            10 * 128 + 6 * 64 + 2 * 60 * 8,
+        ),
         ("select", {"index": 0}, [T_(("seq", 8))], [(8,)], 0, 0),
         ("select", {"index": -1, "dim": 1}, [T_((3, 4, 5))], [(3, 5)], 0, 0),
         ("broadcast", {"dim": 0}, [T_((6,)), T_(("seq", 3))], [("seq", 6)], 0, 0),
     ],
-)  # fmt: skip
-def test_shape_rules(op: str, args: dict[str, Any], types: list[TensorType], outs: list[tuple[Any, ...]],
-                     params: int, macs: int) -> None:  # fmt: skip
+)
+def test_shape_rules(
+    op: str,
+    args: dict[str, Any],
+    types: list[TensorType],
+    outs: list[tuple[Any, ...]],
+    params: int,
+    macs: int,
+) -> None:
     got = infer(op, args, *types)
     assert [t.shape for t in got.outputs] == outs
     assert got.params == params
@@ -71,15 +119,25 @@ def test_shape_rules(op: str, args: dict[str, Any], types: list[TensorType], out
     [
         ("multihead_attention", {"num_heads": 3}, [T_(("seq", 8))], "not divisible by num_heads 3"),
         ("multihead_attention", {"num_heads": 2}, [T_(("seq", 8)), T_(("s", 4))], "use qkv: separate"),
-        ("multihead_attention", {"num_heads": 2}, [T_(("seq", 8)), T_((5,), BOOL)], "key mask must be (seq,)"),
-        ("multihead_attention", {"num_heads": 2}, [T_(("seq",), BOOL), T_(("seq", 8))], "then an optional bool"),
+        (
+            "multihead_attention",
+            {"num_heads": 2},
+            [T_(("seq", 8)), T_((5,), BOOL)],
+            "key mask must be (seq,)",
+        ),
+        (
+            "multihead_attention",
+            {"num_heads": 2},
+            [T_(("seq",), BOOL), T_(("seq", 8))],
+            "then an optional bool",
+        ),
         ("gru", {"hidden_size": 4}, [T_(("seq", 3)), T_((2, 4))], "initial state must be (1, 4)"),
         ("rnn", {"hidden_size": 4}, [T_((3,))], "2-d input"),
         ("positional_encoding", {"max_len": 4}, [T_((5, 8))], "longer than max_len 4"),
         ("select", {"index": 5}, [T_((5, 8))], "index 5 is out of range"),
         ("dot_product_attention", {}, [T_(("seq", 4)), T_(("seq", 5))], "same feature size"),
     ],
-)  # fmt: skip
+)
 def test_shape_errors(op: str, args: dict[str, Any], types: list[TensorType], message: str) -> None:
     with pytest.raises(ShapeMismatch, match=None) as info:
         infer(op, args, *types)
@@ -93,12 +151,14 @@ def test_embedding_rejects_bad_padding_idx() -> None:
 
 def test_padding_vector_starts_at_zero_under_any_init(tmp_path: Any) -> None:
     """A spec-level init (BERT: normal 0.02) must not overwrite the zero padding row (as HF's init)."""
-    from specc.build import build as build_spec
+    from specc.nn import build as build_spec
 
     spec = tmp_path / "emb.yaml"
-    spec.write_text("specc: 1\nname: emb\ninputs: {ids: {shape: [seq], dtype: int64}}\ndims: {seq: 8}\n"
-                    "defaults: {init: {kind: normal, std: 1.0}}\n"
-                    "layers: [embedding: {num_embeddings: 20, embedding_dim: 4, padding_idx: 3, name: emb}]\n")
+    spec.write_text(
+        "specc: 1\nname: emb\ninputs: {ids: {shape: [seq], dtype: int64}}\ndims: {seq: 8}\n"
+        "defaults: {init: {kind: normal, std: 1.0}}\n"
+        "layers: [embedding: {num_embeddings: 20, embedding_dim: 4, padding_idx: 3, name: emb}]\n"
+    )
     weight = build_spec(spec, seed=0).get_submodule("emb").weight
     assert torch.count_nonzero(weight[3]) == 0 and torch.count_nonzero(weight[:3]) == 12
     assert 0.5 < weight[4:].std().item() < 1.5  # the normal(0, 1) init did happen elsewhere
@@ -119,8 +179,9 @@ def test_recurrent_matches_torch(kind: str) -> None:
     x_t, h_t = T_(("seq", 3)), T_((4, 6))
     ins = [x_t, h_t, h_t] if kind == "lstm" else [x_t, h_t]
     ours = build(kind, args, *ins).eval()
-    ref = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](3, 6, num_layers=2, bidirectional=True,
-                                                               batch_first=True).eval()  # fmt: skip
+    ref = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](
+        3, 6, num_layers=2, bidirectional=True, batch_first=True
+    ).eval()
     ref.load_state_dict(ours.state_dict())
     x, h0, c0 = torch.randn(3, 7, 3), torch.randn(3, 4, 6), torch.randn(3, 4, 6)
     if kind == "lstm":
@@ -186,7 +247,7 @@ def _flow_order(names: list[str], decoder: bool, norm_first: bool) -> list[str]:
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
 def test_transformer_layers_match_torch(decoder: bool, norm_first: bool) -> None:
     from specc.api import check_text
-    from specc.build import build as build_spec
+    from specc.nn import build as build_spec
 
     torch.manual_seed(0)
     d, heads, ffn = 16, 4, 32
@@ -250,20 +311,46 @@ CASES: dict[str, tuple[str, dict[str, Any], list[tuple[tuple[Any, ...], str]]]] 
     "pos_sin": ("positional_encoding", {"max_len": 64}, [(("T", 6), F32)]),
     "pos_learned": ("positional_encoding", {"kind": "learned", "max_len": 32}, [(("T", 6), F32)]),
     "rnn": ("rnn", {"hidden_size": 5, "num_layers": 2, "output": "both"}, [(("T", 3), F32)]),
-    "gru_bi_h0": ("gru", {"hidden_size": 5, "num_layers": 2, "bidirectional": True, "output": "both"},
-                  [(("T", 3), F32), ((4, 5), F32)]),
-    "lstm_bi": ("lstm", {"hidden_size": 5, "num_layers": 2, "bidirectional": True, "output": "both"},
-                [(("T", 3), F32)]),
-    "lstm_h0_c0": ("lstm", {"hidden_size": 5, "output": "state"}, [(("T", 3), F32), ((1, 5), F32), ((1, 5), F32)]),
+    "gru_bi_h0": (
+        "gru",
+        {"hidden_size": 5, "num_layers": 2, "bidirectional": True, "output": "both"},
+        [(("T", 3), F32), ((4, 5), F32)],
+    ),
+    "lstm_bi": (
+        "lstm",
+        {"hidden_size": 5, "num_layers": 2, "bidirectional": True, "output": "both"},
+        [(("T", 3), F32)],
+    ),
+    "lstm_h0_c0": (
+        "lstm",
+        {"hidden_size": 5, "output": "state"},
+        [(("T", 3), F32), ((1, 5), F32), ((1, 5), F32)],
+    ),
     "dot_causal": ("dot_product_attention", {"causal": True}, [(("T", 4), F32)]),
-    "dot_masked": ("dot_product_attention", {}, [(("T", 4), F32), (("S", 4), F32), (("S", 3), F32), (("S",), BOOL)]),
-    "additive": ("additive_attention", {"num_hiddens": 6}, [(("T", 4), F32), (("S", 3), F32), (("S",), BOOL)]),
+    "dot_masked": (
+        "dot_product_attention",
+        {},
+        [(("T", 4), F32), (("S", 4), F32), (("S", 3), F32), (("S",), BOOL)],
+    ),
+    "additive": (
+        "additive_attention",
+        {"num_hiddens": 6},
+        [(("T", 4), F32), (("S", 3), F32), (("S",), BOOL)],
+    ),
     "mha_self_causal": ("multihead_attention", {"num_heads": 2, "causal": True}, [(("T", 8), F32)]),
-    "mha_self_mask": ("multihead_attention", {"num_heads": 2, "qkv": "separate"}, [(("T", 8), F32), (("T",), BOOL)]),
-    "mha_cross": ("multihead_attention", {"num_heads": 4}, [(("T", 8), F32), (("S", 8), F32), (("S",), BOOL)]),
+    "mha_self_mask": (
+        "multihead_attention",
+        {"num_heads": 2, "qkv": "separate"},
+        [(("T", 8), F32), (("T",), BOOL)],
+    ),
+    "mha_cross": (
+        "multihead_attention",
+        {"num_heads": 4},
+        [(("T", 8), F32), (("S", 8), F32), (("S",), BOOL)],
+    ),
     "select_last": ("select", {"index": -1}, [(("T", 6), F32)]),
     "broadcast": ("broadcast", {"dim": 0}, [((6,), F32), (("T", 2), F32)]),
-}  # fmt: skip
+}
 
 
 def _sample(shape: tuple[Any, ...], dtype: str, batch: int, t: int, gen: torch.Generator) -> torch.Tensor:
@@ -286,8 +373,10 @@ def test_onnx_parity(case: str) -> None:
     module = build(op, args, *(T_(s, d) for s, d in specs)).eval()
     gen = torch.Generator().manual_seed(0)
     names = [f"in{i}" for i in range(len(specs))]
-    axes = {n: {0: "batch", **{i + 1: d for i, d in enumerate(s) if isinstance(d, str)}} for n, (s, _) in
-            zip(names, specs, strict=True)}  # fmt: skip
+    axes = {
+        n: {0: "batch", **{i + 1: d for i, d in enumerate(s) if isinstance(d, str)}}
+        for n, (s, _) in zip(names, specs, strict=True)
+    }
     example = tuple(_sample(s, d, 2, 8, gen) for s, d in specs)
     with torch.no_grad():
         n_out = len(module(*example)) if isinstance(module(*example), tuple) else 1
@@ -295,8 +384,16 @@ def test_onnx_parity(case: str) -> None:
     axes.update({o: {0: "batch"} for o in outs})
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(module, example, buf, dynamo=False, opset_version=17, input_names=names,
-                          output_names=outs, dynamic_axes=axes)  # fmt: skip
+        torch.onnx.export(
+            module,
+            example,
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=outs,
+            dynamic_axes=axes,
+        )
     session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         for t in (5, 17):
@@ -306,4 +403,6 @@ def test_onnx_parity(case: str) -> None:
             refs = ref if isinstance(ref, tuple) else (ref,)
             got = session.run(None, {n: f.numpy() for n, f in zip(names, feeds, strict=True)})
             for r, g in zip(refs, got, strict=True):
-                np.testing.assert_allclose(g, r.numpy(), atol=1e-5, rtol=1e-4, err_msg=f"{case} B={batch} T={t}")
+                np.testing.assert_allclose(
+                    g, r.numpy(), atol=1e-5, rtol=1e-4, err_msg=f"{case} B={batch} T={t}"
+                )

@@ -19,17 +19,64 @@ def run(op: str, args: dict[str, Any], *shapes: tuple[Any, ...]) -> tuple[tuple[
     [
         ("linear", {"out_features": 10}, [(784,)], (10,), 7850, 7840),
         ("linear", {"out_features": 4, "bias": False}, [("seq", 8)], ("seq", 4), 32, 320),
-        ("conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2}, [(1, 28, 28)], (6, 28, 28), 156, 117600),
-        ("conv2d", {"out_channels": 64, "kernel_size": 7, "stride": 2, "padding": 3, "bias": False},
-         [(3, 224, 224)], (64, 112, 112), 9408, 118013952),
-        ("conv2d", {"out_channels": 8, "kernel_size": 3, "padding": "same", "dilation": 2}, [(4, 9, 9)], (8, 9, 9),
-         296, 8 * 81 * 36),
-        ("conv2d", {"out_channels": 8, "kernel_size": 3, "groups": 4}, [(8, 5, 5)], (8, 3, 3), 152, 8 * 9 * 18),
-        ("conv2d", {"out_channels": 2, "kernel_size": [1, 3], "stride": [1, 2]}, [(1, 4, 9)], (2, 4, 4), 8, 2 * 16 * 3),
-        ("conv1d", {"out_channels": 5, "kernel_size": 3, "padding": "same"}, [(2, "seq")], (5, "seq"), 35, 5 * 10 * 6),
+        (
+            "conv2d",
+            {"out_channels": 6, "kernel_size": 5, "padding": 2},
+            [(1, 28, 28)],
+            (6, 28, 28),
+            156,
+            117600,
+        ),
+        (
+            "conv2d",
+            {"out_channels": 64, "kernel_size": 7, "stride": 2, "padding": 3, "bias": False},
+            [(3, 224, 224)],
+            (64, 112, 112),
+            9408,
+            118013952,
+        ),
+        (
+            "conv2d",
+            {"out_channels": 8, "kernel_size": 3, "padding": "same", "dilation": 2},
+            [(4, 9, 9)],
+            (8, 9, 9),
+            296,
+            8 * 81 * 36,
+        ),
+        (
+            "conv2d",
+            {"out_channels": 8, "kernel_size": 3, "groups": 4},
+            [(8, 5, 5)],
+            (8, 3, 3),
+            152,
+            8 * 9 * 18,
+        ),
+        (
+            "conv2d",
+            {"out_channels": 2, "kernel_size": [1, 3], "stride": [1, 2]},
+            [(1, 4, 9)],
+            (2, 4, 4),
+            8,
+            2 * 16 * 3,
+        ),
+        (
+            "conv1d",
+            {"out_channels": 5, "kernel_size": 3, "padding": "same"},
+            [(2, "seq")],
+            (5, "seq"),
+            35,
+            5 * 10 * 6,
+        ),
         ("conv1d", {"out_channels": 5, "kernel_size": 3}, [(2, 12)], (5, 10), 35, 300),
         ("maxpool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, [(64, 112, 112)], (64, 56, 56), 0, 0),
-        ("maxpool2d", {"kernel_size": 3, "stride": 2, "ceil_mode": True}, [(64, 112, 112)], (64, 56, 56), 0, 0),
+        (
+            "maxpool2d",
+            {"kernel_size": 3, "stride": 2, "ceil_mode": True},
+            [(64, 112, 112)],
+            (64, 56, 56),
+            0,
+            0,
+        ),
         ("maxpool2d", {"kernel_size": 2, "ceil_mode": True}, [(3, 7, 7)], (3, 4, 4), 0, 0),
         ("avgpool2d", {"kernel_size": 2}, [(6, 28, 28)], (6, 14, 14), 0, 0),
         ("maxpool1d", {"kernel_size": 2}, [(3, 9)], (3, 4), 0, 0),
@@ -64,8 +111,9 @@ def run(op: str, args: dict[str, Any], *shapes: tuple[Any, ...]) -> tuple[tuple[
         ("projection", {}, [(8,), (16,)], (16,), 144, 128),
     ],
 )
-def test_shape_rule(op: str, args: dict[str, Any], shapes: list[tuple[Any, ...]], out: tuple[Any, ...],
-                    params: int, macs: int) -> None:  # fmt: skip
+def test_shape_rule(
+    op: str, args: dict[str, Any], shapes: list[tuple[Any, ...]], out: tuple[Any, ...], params: int, macs: int
+) -> None:
     assert run(op, args, *shapes) == (out, params, macs)
 
 
@@ -74,7 +122,12 @@ def test_shape_rule(op: str, args: dict[str, Any], shapes: list[tuple[Any, ...]]
     [
         ("conv2d", {"out_channels": 6, "kernel_size": 5}, [(400,)], "expects a 3-d input"),
         ("conv2d", {"out_channels": 6, "kernel_size": 7}, [(1, 4, 4)], "does not fit an axis of 4"),
-        ("conv2d", {"out_channels": 6, "kernel_size": 3, "groups": 3}, [(4, 8, 8)], "not divisible by groups"),
+        (
+            "conv2d",
+            {"out_channels": 6, "kernel_size": 3, "groups": 3},
+            [(4, 8, 8)],
+            "not divisible by groups",
+        ),
         ("conv2d", {"out_channels": 6, "kernel_size": 2, "padding": "same"}, [(4, 8, 8)], "asymmetric"),
         ("linear", {"out_features": 3}, [("seq",)], "symbolic axis 'seq'"),
         ("add", {}, [(4, 8, 8), (5, 8, 8)], "do not match"),
@@ -87,7 +140,9 @@ def test_shape_rule(op: str, args: dict[str, Any], shapes: list[tuple[Any, ...]]
         ("softmax", {"dim": 3}, [(10,)], "out of range"),
     ],
 )
-def test_shape_rule_errors(op: str, args: dict[str, Any], shapes: list[tuple[Any, ...]], message: str) -> None:
+def test_shape_rule_errors(
+    op: str, args: dict[str, Any], shapes: list[tuple[Any, ...]], message: str
+) -> None:
     with pytest.raises(ShapeMismatch, match=None) as err:
         run(op, args, *shapes)
     assert message in str(err.value)

@@ -547,15 +547,25 @@ def test_import_does_not_pull_torch() -> None:
 def _residual_layernorm_model(path: Path) -> Path:
     """x (B, 4, 8) -> MatMul + bias + x -> LayerNormalization: the pattern SkipLayerNormFusion fuses."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
-             numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
-             numpy_helper.from_array(np.zeros(8, np.float32), "beta")]  # fmt: skip
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]),
-             helper.make_node("Add", ["hb", "x"], ["r"]),
-             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)]  # fmt: skip
-    graph = helper.make_graph(nodes, "skip_ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, 8])], inits)  # fmt: skip
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["hb"]),
+        helper.make_node("Add", ["hb", "x"], ["r"]),
+        helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "skip_ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, 8])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -584,5 +594,7 @@ def test_sessions_leave_skip_layer_norm_unfused(tmp_path: Path) -> None:
     model = load(src, verify_manifest=False)
     assert model.session.get_session_options().get_session_config_entry(DISABLE_KEY) == "SkipLayerNormFusion"
     x = np.random.default_rng(1).standard_normal((2, 4, 8)).astype(np.float32)
-    reference = ort.InferenceSession(str(src), sess_options=plain, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    reference = ort.InferenceSession(str(src), sess_options=plain, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     np.testing.assert_allclose(model(x=x)["y"], reference, rtol=1e-5, atol=1e-5)

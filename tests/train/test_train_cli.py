@@ -49,14 +49,28 @@ def test_digits_run_folder(tmp_path: Path) -> None:
     assert result.code == 0, result.err
     assert result.out.count("resized 1x8x8 -> 1x12x12") == 1
     assert "test_accuracy" in result.out
-    for name in ("spec.yaml", "train.yaml", "run.json", "data.json", "metrics.csv", "metrics.json",
-                 "curves.png", "model.safetensors", "train.log"):
+    for name in (
+        "spec.yaml",
+        "train.yaml",
+        "run.json",
+        "data.json",
+        "metrics.csv",
+        "metrics.json",
+        "curves.png",
+        "model.safetensors",
+        "train.log",
+    ):
         assert (run / name).is_file(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["epochs"]) == 1
     assert {"test_loss", "test_accuracy", "val_accuracy", "samples_per_s"} <= set(metrics["final"])
-    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,val_loss,val_accuracy")
+    assert (
+        (run / "metrics.csv")
+        .read_text()
+        .splitlines()[0]
+        .startswith("epoch,step,train_loss,val_loss,val_accuracy")
+    )
     data = json.loads((run / "data.json").read_text())
     assert data["task"] == "classification" and data["class_names"][:2] == ["0", "1"]
     assert data["preprocess"]["size"] == [12, 12] and data["inputs"][0]["name"] == "image"
@@ -66,11 +80,26 @@ def test_digits_run_folder(tmp_path: Path) -> None:
     assert again.code == 2 and "pass --resume" in again.err
 
 
-@pytest.mark.parametrize(("source", "features", "classes"), [("iris", 4, 3), ("wine", 13, 3), ("breast_cancer", 30, 2)])
+@pytest.mark.parametrize(
+    ("source", "features", "classes"), [("iris", 4, 3), ("wine", 13, 3), ("breast_cancer", 30, 2)]
+)
 def test_sklearn_tables(tmp_path: Path, source: str, features: int, classes: int) -> None:
     spec = _mlp(tmp_path, features, classes)
-    result = run_cli("train", str(spec), "--data", source, "--out", str(tmp_path / "r"), "--quiet",
-                     "--set", "train.optimizer=sgd", "--set", "train.nesterov=true", "--set", "train.schedule=onecycle")
+    result = run_cli(
+        "train",
+        str(spec),
+        "--data",
+        source,
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.nesterov=true",
+        "--set",
+        "train.schedule=onecycle",
+    )
     assert result.code == 0, result.err
     final = json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]
     assert 0 <= final["test_accuracy"] <= 1
@@ -80,7 +109,10 @@ def test_more_classes_than_outputs_refused_before_training(tmp_path: Path) -> No
     spec = _mlp(tmp_path, 13, 2)
     result = run_cli("train", str(spec), "--data", "wine", "--out", str(tmp_path / "r"))
     assert result.code == 2
-    assert "data 'wine' has 3 classes but the spec output 'output' has shape (2,): it cannot predict them all" in result.err
+    assert (
+        "data 'wine' has 3 classes but the spec output 'output' has shape (2,): it cannot predict them all"
+        in result.err
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -99,7 +131,9 @@ def test_shape_mismatch_and_bad_files(tmp_path: Path) -> None:
     bad.write_bytes(b"not a zip")
     result = run_cli("train", str(spec), "--data", str(bad), "--out", str(tmp_path / "r"))
     assert result.code == 2 and str(bad) in result.err and "Traceback" not in result.err
-    result = run_cli("train", str(spec), "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r"))
+    result = run_cli(
+        "train", str(spec), "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")
+    )
     assert result.code == 2 and "missing.csv" in result.err
 
 
@@ -108,9 +142,23 @@ def test_npz_regression_and_early_stopping(tmp_path: Path) -> None:
     x = rng.normal(size=(200, 3)).astype(np.float32)
     np.savez(tmp_path / "reg.npz", x=x, y=(x @ np.array([1.0, -2.0, 0.5], dtype=np.float32)))
     spec = _mlp(tmp_path, 3, 1)
-    result = run_cli("train", str(spec), "--data", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r"), "--quiet",
-                     "--set", "train.epochs=30", "--set", "train.lr=0.05", "--set", "train.optimizer=sgd",
-                     "--set", "train.early_stopping={patience: 1, metric: val_loss, min_delta: 100}")
+    result = run_cli(
+        "train",
+        str(spec),
+        "--data",
+        str(tmp_path / "reg.npz"),
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--set",
+        "train.epochs=30",
+        "--set",
+        "train.lr=0.05",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.early_stopping={patience: 1, metric: val_loss, min_delta: 100}",
+    )
     assert result.code == 0, result.err
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["status"] == "early_stopped" and len(metrics["epochs"]) == 2
@@ -121,11 +169,28 @@ def test_npz_regression_and_early_stopping(tmp_path: Path) -> None:
     assert first != last and metrics["final"]["weights_of_epoch"] == 1
     assert metrics["final"]["val_loss"] == pytest.approx(first, rel=1e-6)
     assert "restore_best: weights of epoch 1" in result.out
-    final, best = load_file(str(tmp_path / "r" / "model.safetensors")), load_file(str(tmp_path / "r" / "best.safetensors"))
+    final, best = (
+        load_file(str(tmp_path / "r" / "model.safetensors")),
+        load_file(str(tmp_path / "r" / "best.safetensors")),
+    )
     assert all(torch.equal(final[k], best[k]) for k in final)
-    result = run_cli("train", str(spec), "--data", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r2"), "--quiet",
-                     "--set", "train.epochs=30", "--set", "train.lr=0.05", "--set", "train.optimizer=sgd",
-                     "--set", "train.early_stopping={patience: 1, metric: val_loss, min_delta: 100, restore_best: false}")
+    result = run_cli(
+        "train",
+        str(spec),
+        "--data",
+        str(tmp_path / "reg.npz"),
+        "--out",
+        str(tmp_path / "r2"),
+        "--quiet",
+        "--set",
+        "train.epochs=30",
+        "--set",
+        "train.lr=0.05",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.early_stopping={patience: 1, metric: val_loss, min_delta: 100, restore_best: false}",
+    )
     assert result.code == 0, result.err
     metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
     assert metrics["final"]["val_loss"] == pytest.approx(metrics["epochs"][1]["val_loss"], rel=1e-6)
@@ -141,9 +206,21 @@ def test_restore_best_refuses_a_best_file_of_another_epoch(tmp_path: Path) -> No
     x = rng.normal(size=(200, 3)).astype(np.float32)
     np.savez(tmp_path / "reg.npz", x=x, y=(x @ np.array([1.0, -2.0, 0.5], dtype=np.float32)))
     spec = _mlp(tmp_path, 3, 1)
-    args = ["train", str(spec), "--data", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r"), "--quiet",
-            "--set", "train.lr=0.05", "--set", "train.optimizer=sgd",
-            "--set", "train.early_stopping={patience: 5, metric: val_loss, min_delta: 100}"]  # fmt: skip
+    args = [
+        "train",
+        str(spec),
+        "--data",
+        str(tmp_path / "reg.npz"),
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--set",
+        "train.lr=0.05",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.early_stopping={patience: 5, metric: val_loss, min_delta: 100}",
+    ]
     first = run_cli(*args, "--set", "train.epochs=2")
     assert first.code == 0, first.err
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]["weights_of_epoch"] == 1
@@ -160,8 +237,23 @@ def test_restore_best_refuses_a_best_file_of_another_epoch(tmp_path: Path) -> No
 def test_nonfinite_loss_stops_naming_step_and_tensor(tmp_path: Path) -> None:
     spec = _mlp(tmp_path, 4, 3)
     run = tmp_path / "r"
-    result = run_cli("train", str(spec), "--data", "iris", "--out", str(run), "--quiet", "--set", "train.epochs=3",
-                     "--set", "train.optimizer=sgd", "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1")
+    result = run_cli(
+        "train",
+        str(spec),
+        "--data",
+        "iris",
+        "--out",
+        str(run),
+        "--quiet",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.lr=1e30",
+        "--set",
+        "train.checkpoint_every=1",
+    )
     assert result.code == 2
     assert "non-finite loss (nan) at step 2 (epoch 1, batch 2)" in result.err
     assert "first non-finite gradient: 'hidden.weight'" in result.err
@@ -177,8 +269,19 @@ def test_init_from_new_head_and_freeze(tmp_path: Path) -> None:
     assert run_cli("train", str(base), "--data", "wine", "--out", str(tmp_path / "a"), "--quiet").code == 0
     first = load_file(str(tmp_path / "a" / "model.safetensors"))
     head5 = _mlp(tmp_path, 13, 5, "head5.yaml")
-    result = run_cli("train", str(head5), "--data", "wine", "--out", str(tmp_path / "b"), "--quiet",
-                     "--init-from", str(tmp_path / "a"), "--freeze", "hidden.*")
+    result = run_cli(
+        "train",
+        str(head5),
+        "--data",
+        "wine",
+        "--out",
+        str(tmp_path / "b"),
+        "--quiet",
+        "--init-from",
+        str(tmp_path / "a"),
+        "--freeze",
+        "hidden.*",
+    )
     assert result.code == 0, result.err
     assert "loaded 2 tensors" in result.out
     assert "head.weight [3, 8] in file vs [5, 8] in model" in result.out
@@ -188,19 +291,40 @@ def test_init_from_new_head_and_freeze(tmp_path: Path) -> None:
     assert second["head.weight"].shape == (5, 8)
     result = run_cli("train", str(head5), "--data", "wine", "--out", str(tmp_path / "c"), "--freeze", "nope*")
     assert result.code == 2 and "--freeze 'nope*' matches no parameter" in result.err
-    result = run_cli("train", str(head5), "--data", "wine", "--out", str(tmp_path / "c"), "--init-from", str(base))
+    result = run_cli(
+        "train", str(head5), "--data", "wine", "--out", str(tmp_path / "c"), "--init-from", str(base)
+    )
     assert result.code == 2 and "cannot read as safetensors" in result.err
 
 
-@pytest.mark.parametrize(("spec", "source", "metric", "extra"), [
-    ("lstm_lm.yaml", "text:stdlib", "test_perplexity", ("--set", "vocab=128")),
-    ("seq2seq_attention.yaml", "reverse", "test_exact_match", ()),
-])
+@pytest.mark.parametrize(
+    ("spec", "source", "metric", "extra"),
+    [
+        ("lstm_lm.yaml", "text:stdlib", "test_perplexity", ("--set", "vocab=128")),
+        ("seq2seq_attention.yaml", "reverse", "test_exact_match", ()),
+    ],
+)
 def test_sequence_specs(tmp_path: Path, spec: str, source: str, metric: str, extra: tuple[str, ...]) -> None:
     path = ROOT / "specs" / spec
     if not path.is_file():
         pytest.skip(f"specs/{spec} not written yet")
-    result = run_cli("train", str(path), "--scale", "tiny", "--data", source, "--out", str(tmp_path / "r"), "--quiet",
-                     "--set", "train.epochs=1", "--set", "train.num_samples=150", "--set", "train.seq_len=16", *extra)
+    result = run_cli(
+        "train",
+        str(path),
+        "--scale",
+        "tiny",
+        "--data",
+        source,
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.num_samples=150",
+        "--set",
+        "train.seq_len=16",
+        *extra,
+    )
     assert result.code == 0, result.err
     assert metric in json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]

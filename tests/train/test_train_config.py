@@ -38,7 +38,10 @@ def test_errors_are_located_and_all_reported() -> None:
     errors = _errors(SPEC)
     assert "spec.yaml:7:7: train.lr: input should be greater than 0, got -0.1" in errors
     assert "spec.yaml:8:3: train.optimiser: unknown key 'optimiser' (did you mean 'optimizer'?)" in errors
-    assert any(e.startswith("spec.yaml:10:19: train.early_stopping: early_stopping.metric 'accuracy'") for e in errors)
+    assert any(
+        e.startswith("spec.yaml:10:19: train.early_stopping: early_stopping.metric 'accuracy'")
+        for e in errors
+    )
     assert len(errors) == 3
 
 
@@ -75,7 +78,9 @@ def test_separate_config_file_with_sets(tmp_path: Path) -> None:
     conf.write_text("optimizer: sgd\nlr: 0.1\nnesterov: true\nbatch_size: 0\n")
     with pytest.raises(ParseError) as info:
         load_train_config(load_text(SPEC, "spec.yaml"), "spec.yaml", conf, ("train.lr=0.2",))
-    assert [str(d) for d in info.value.diagnostics] == [f"{conf}:4:13: train.batch_size: input should be greater than 0, got 0"]
+    assert [str(d) for d in info.value.diagnostics] == [
+        f"{conf}:4:13: train.batch_size: input should be greater than 0, got 0"
+    ]
     cfg = load_train_config(None, "spec.yaml", conf, ("train.batch_size=8", "train.lr=0.2", "layers.0=x"))
     assert cfg.batch_size == 8 and cfg.lr == 0.2 and cfg.nesterov
 

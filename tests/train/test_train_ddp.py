@@ -23,18 +23,17 @@ SPEC = mlp_spec("ddpmlp")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-
-
-
-
-
-
-
-
 def _watch(cmd: list[str], step: int) -> tuple[subprocess.Popen[str], list[str]]:
     """Start ``cmd`` and read its output until rank 0 logs ``step N``."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -103,7 +102,9 @@ def test_max_restarts_restarts_a_killed_worker(runs: tuple[Path, Path], tmp_path
 
 def _children(pid: int) -> list[int]:
     for _ in range(50):
-        found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+        found = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+        ).stdout.split()
         if len(found) >= 2:
             return sorted(int(p) for p in found)
         time.sleep(0.1)

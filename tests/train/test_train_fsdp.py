@@ -16,21 +16,13 @@ import torch
 from conftest import ROOT
 from dist_runs import check_restore_best, mlp_spec, run_train, run_weights, train_cmd, train_env
 
-from specc.build import build
+from specc.nn import build
 from specc.train import distributed
 from specc.train.config import TrainConfig
 
 SPEC = mlp_spec("fsdpmlp")
 
 dist_only = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-
-
-
-
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +47,27 @@ def test_fsdp_two_processes_equal_one_process(runs: tuple[Path, Path], tmp_path:
         rel = ((a[name] - b[name]).abs().max() / a[name].abs().max()).item()
         assert rel < 1e-5, (name, rel)
     state = torch.load(two / "checkpoints" / "step-00000024" / "state.pt", weights_only=True)
-    assert list(state["optimizer"]["state"]) == ["hidden.weight", "hidden.bias", "logits.weight", "logits.bias"]
+    assert list(state["optimizer"]["state"]) == [
+        "hidden.weight",
+        "hidden.bias",
+        "logits.weight",
+        "logits.bias",
+    ]
 
 
 @dist_only
 def test_fsdp_sigterm_and_resume_is_exact(runs: tuple[Path, Path], tmp_path: Path) -> None:
     spec, two = runs
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(spec, run, "--nproc-per-node", "2", "--fsdp"), cwd=ROOT, env=train_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        train_cmd(spec, run, "--nproc-per-node", "2", "--fsdp"),
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -110,8 +114,10 @@ def test_optimizer_state_round_trips_between_index_and_name_keys() -> None:
     assert list(by_name["state"]) == names and by_name["param_groups"][0]["params"] == names
     back = distributed.optim_state_by_index(by_name, names)
     assert back["param_groups"] == opt.state_dict()["param_groups"]
-    assert all(torch.equal(back["state"][i]["momentum_buffer"], opt.state[p]["momentum_buffer"])
-               for i, p in enumerate(model.parameters()))  # fmt: skip
+    assert all(
+        torch.equal(back["state"][i]["momentum_buffer"], opt.state[p]["momentum_buffer"])
+        for i, p in enumerate(model.parameters())
+    )
 
 
 def test_fsdp_refuses_fp16() -> None:
@@ -120,5 +126,7 @@ def test_fsdp_refuses_fp16() -> None:
 
 
 @dist_only
-def test_fsdp_restore_best_loads_the_best_epoch_into_the_shards(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_fsdp_restore_best_loads_the_best_epoch_into_the_shards(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     check_restore_best(runs[0], tmp_path / "run", "--nproc-per-node", "2", "--fsdp")

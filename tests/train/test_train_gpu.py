@@ -25,17 +25,30 @@ train: {epochs: 2, batch_size: 64, lr: 0.01}
 """
 
 
-@pytest.mark.parametrize("options", [
-    ("train.amp=bf16", "train.channels_last=true"),
-    ("train.amp=fp16",),
-    ("train.amp=bf16", "train.compile=true", "train.channels_last=true"),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("train.amp=bf16", "train.channels_last=true"),
+        ("train.amp=fp16",),
+        ("train.amp=bf16", "train.compile=true", "train.channels_last=true"),
+    ],
+)
 def test_cuda_training_options(tmp_path: Path, options: tuple[str, ...]) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     sets = [arg for opt in options for arg in ("--set", opt)]
-    result = run_cli("train", str(spec), "--data", "digits", "--out", str(tmp_path / "r"), "--device", "cuda",
-                     "--quiet", *sets)
+    result = run_cli(
+        "train",
+        str(spec),
+        "--data",
+        "digits",
+        "--out",
+        str(tmp_path / "r"),
+        "--device",
+        "cuda",
+        "--quiet",
+        *sets,
+    )
     assert result.code == 0, result.err
     assert "on cuda:0" in result.out
     final = json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]

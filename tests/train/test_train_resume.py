@@ -42,8 +42,19 @@ def _tensor_bytes(path: Path) -> dict[str, bytes]:
 
 
 def _cmd(spec: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--out", str(run),
-            "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "specc.cli",
+        "train",
+        str(spec),
+        "--data",
+        "digits",
+        "--out",
+        str(run),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -56,7 +67,9 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _interrupt_at(cmd: list[str], step: int, sig: int) -> tuple[int, str]:
     """Start ``cmd``; send ``sig`` once it logs ``step N``; return its exit code and output."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -90,7 +103,9 @@ def test_sigkill_then_resume_is_bit_exact(reference: tuple[Path, dict[str, bytes
     assert _tensor_bytes(run / "model.safetensors") == expected
 
 
-def test_sigterm_saves_then_resume_is_bit_exact(reference: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+def test_sigterm_saves_then_resume_is_bit_exact(
+    reference: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
     spec, expected = reference
     run = tmp_path / "run"
     code, out = _interrupt_at(_cmd(spec, run), 10, signal.SIGTERM)

@@ -1,0 +1,25 @@
+"""Stage 5 — build (torch): a typed graph → ``nn.Module`` with a static forward plan.
+
+``specc.nn.compiled`` holds the compiled model, ``specc.nn.modules`` and
+``specc.nn.sequence_modules`` the torch modules that op builders return.
+"""
+
+from specc.nn.compiled import (
+    DEFAULT_MAX_PARAMS,
+    CompiledModel,
+    Step,
+    apply_init,
+    build,
+    check_param_limit,
+    save_weights,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PARAMS",
+    "CompiledModel",
+    "Step",
+    "apply_init",
+    "build",
+    "check_param_limit",
+    "save_weights",
+]

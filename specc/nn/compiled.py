@@ -1,0 +1,241 @@
+"""The compiled network: a typed graph → ``nn.Module`` with a static forward plan.
+
+Module names are the node paths (``layer1.0.conv1`` → ``model.layer1["0"].conv1``), so a
+state_dict key, an ONNX node name and a row of ``specc build`` point back at the spec. ``forward``
+is a straight loop over a precomputed plan that frees every tensor after its last use: no
+data-dependent control flow, so ``torch.compile`` and ONNX export see one clean graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from specc.errors import BuildError
+from specc.graph import Graph
+from specc.ops.base import InitSpec
+
+DEFAULT_MAX_PARAMS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class Step:
+    """One plan step: run ``module`` on slots ``inputs``, write its outputs to slots ``outputs``,
+    then drop the tensors in slots ``free`` (no later step reads them)."""
+
+    module: nn.Module
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    free: tuple[int, ...]
+
+
+class CompiledModel(nn.Module):
+    """The compiled network. ``forward(*inputs)`` takes the spec's inputs in order (batched) and
+    returns one tensor, or a tuple in the order of the spec's outputs."""
+
+    def __init__(self, graph: Graph, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.graph = graph
+        self.spec_name = graph.name
+        self.input_names = list(graph.inputs)
+        self.output_names = list(graph.outputs)
+        slots: dict[tuple[str, int], int] = {(name, 0): i for i, name in enumerate(graph.inputs)}
+        modules: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+        next_slot = len(slots)
+        with torch.device(device or "cpu"):
+            for node in graph.nodes:
+                assert node.inferred is not None, f"node {node.path} was not inferred"
+                ins = [graph.type_of(r) for r in node.inputs]
+                module = node.op.build(ins, node.inferred)
+                self._attach(node.path, module)
+                in_slots = tuple(slots[(r.node, r.index)] for r in node.inputs)
+                if getattr(module, "passthrough", False):
+                    slots[(node.path, 0)] = in_slots[0]  # identity: alias the input, no plan step
+                    continue
+                out_slots = []
+                for k in range(len(node.outputs)):
+                    slots[(node.path, k)] = next_slot
+                    next_slot += 1
+                    out_slots.append(slots[(node.path, k)])
+                modules.append((module, in_slots, tuple(out_slots)))
+        for path, param, owner in graph.meta.get("ties", ()):
+            self._tie(path, param, owner)
+        self._num_slots = next_slot
+        self._result = tuple(slots[(r.node, r.index)] for r in graph.outputs.values())
+        self._plan = _plan(modules, self._result)
+
+    def _attach(self, path: str, module: nn.Module) -> None:
+        parent: nn.Module = self
+        *heads, leaf = path.split(".")
+        for part in heads:
+            child = parent._modules.get(part)
+            if child is None:
+                child = nn.ModuleDict()
+                parent.add_module(part, child)
+            parent = child
+        parent.add_module(leaf, module)
+
+    def _tie(self, path: str, param: str, owner: str) -> None:
+        """Make node ``path`` use node ``owner``'s parameter ``param`` (weight tying)."""
+        shared = getattr(self.get_submodule(owner), param, None)
+        module = self.get_submodule(path)
+        own = getattr(module, param, None)
+        if not isinstance(shared, nn.Parameter) or not isinstance(own, nn.Parameter):
+            holder = owner if not isinstance(shared, nn.Parameter) else path
+            raise BuildError(
+                f"{path}: cannot tie '{param}' to node '{owner}': '{holder}' has no parameter '{param}'"
+            )
+        if own.shape != shared.shape:
+            raise BuildError(
+                f"{path}: cannot tie '{param}' of shape {tuple(own.shape)} to '{owner}.{param}' "
+                f"of shape {tuple(shared.shape)}"
+            )
+        setattr(module, param, shared)
+
+    @property
+    def plan(self) -> list[Step]:
+        return list(self._plan)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        env: list[Any] = list(inputs) + [None] * (self._num_slots - len(inputs))
+        for step in self._plan:
+            out = step.module(*[env[i] for i in step.inputs])
+            if len(step.outputs) == 1:
+                env[step.outputs[0]] = out
+            else:
+                for slot, value in zip(step.outputs, out, strict=True):
+                    env[slot] = value
+            for i in step.free:
+                env[i] = None
+        if len(self._result) == 1:
+            return env[self._result[0]]  # type: ignore[no-any-return]
+        return tuple(env[i] for i in self._result)
+
+
+def _plan(
+    modules: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]], keep: tuple[int, ...]
+) -> list[Step]:
+    last_use: dict[int, int] = {}
+    for t, (_, ins, _) in enumerate(modules):
+        for slot in ins:
+            last_use[slot] = t
+    steps = []
+    for t, (module, ins, outs) in enumerate(modules):
+        free = tuple(sorted({s for s in ins if last_use[s] == t and s not in keep}))
+        steps.append(Step(module, ins, outs, free))
+    return steps
+
+
+def check_param_limit(graph: Graph, max_params: int = DEFAULT_MAX_PARAMS) -> None:
+    """Refuse, before allocating anything, a network whose static parameter count is over the limit."""
+    params = graph.params
+    if params > max_params:
+        gib = params * 4 / 2**30
+        raise BuildError(
+            f"{graph.name}: the spec has {params:,} parameters (~{gib:,.1f} GiB in fp32), over the limit of "
+            f"{max_params:,}; raise it with --max-params if you mean it"
+        )
+
+
+def apply_init(model: CompiledModel, seed: int | None = None) -> None:
+    """Initialise every node's parameters as its ``init``/``bias_init`` say (``default`` keeps torch's).
+
+    A tied (shared) parameter is initialised once, by the first node in graph order that holds it.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    seen: set[int] = set()
+    for node in model.graph.nodes:
+        module = model.get_submodule(node.path)
+        for name, param in module.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            leaf = name.rsplit(".", 1)[-1]
+            if param.dim() >= 2 and "weight" in leaf:
+                _init_tensor(param, node.op.init)
+                owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+                if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
+                    with torch.no_grad():  # as nn.Embedding's own init: the padding vector starts at zero
+                        param[owner.padding_idx].zero_()
+            elif "bias" in leaf:
+                _init_tensor(param, node.op.bias_init)
+
+
+def _init_tensor(t: torch.Tensor, spec: str | InitSpec | None) -> None:
+    if spec is None or spec == "default":
+        return
+    s = InitSpec(kind=spec) if isinstance(spec, str) else spec  # type: ignore[arg-type]
+    with torch.no_grad():
+        if s.kind == "default":
+            return
+        if s.kind == "zeros":
+            t.zero_()
+        elif s.kind == "ones":
+            t.fill_(1.0)
+        elif s.kind == "normal":
+            t.normal_(s.mean, s.std)
+        elif s.kind == "trunc_normal":
+            nn.init.trunc_normal_(t, s.mean, s.std, a=s.mean - 2 * s.std, b=s.mean + 2 * s.std)
+        elif t.dim() < 2:
+            bound = 1 / math.sqrt(max(1, t.numel()))
+            t.uniform_(-bound, bound)  # fan-based inits need a matrix; biases get a small uniform
+        elif s.kind == "xavier_uniform":
+            nn.init.xavier_uniform_(t, gain=s.gain)
+        elif s.kind == "xavier_normal":
+            nn.init.xavier_normal_(t, gain=s.gain)
+        elif s.kind == "kaiming_uniform":
+            nn.init.kaiming_uniform_(t, mode=s.mode, nonlinearity=s.nonlinearity)
+        elif s.kind == "kaiming_normal":
+            nn.init.kaiming_normal_(t, mode=s.mode, nonlinearity=s.nonlinearity)
+
+
+def build(
+    spec: Any,
+    *,
+    sets: tuple[str, ...] = (),
+    scale: str | None = None,
+    seed: int | None = 0,
+    max_params: int = DEFAULT_MAX_PARAMS,
+    device: str | None = None,
+) -> CompiledModel:
+    """Compile a spec path, :class:`~specc.lang.SpecDocument` or inferred :class:`Graph` to a module."""
+    from specc.api import check, compile_graph
+    from specc.lang.document import SpecDocument
+
+    if isinstance(spec, Graph):
+        graph = spec
+    elif isinstance(spec, SpecDocument):
+        graph = compile_graph(spec)
+    else:
+        graph = check(Path(spec), sets, scale)
+    check_param_limit(graph, max_params)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = CompiledModel(graph, device=device)
+    if device != "meta":
+        apply_init(model)
+    return model
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write the state_dict as safetensors, atomically (tied tensors are stored once); ``metadata``
+    goes into the header next to ``format``."""
+    from safetensors.torch import save_model
+
+    from specc.atomic import atomic_path
+    from specc.errors import UsageError
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
+    with atomic_path(target) as tmp:
+        save_model(
+            model, str(tmp), metadata={"format": "pt", **(metadata or {})}
+        )  # deterministic header bytes
+    return target
