@@ -38,17 +38,24 @@ class Concat(nn.Module):
 
 
 class Reshape(nn.Module):
-    """Reshape every sample to ``shape`` (the batch axis is kept)."""
+    """Reshape every sample to ``shape`` (the batch axis is kept). ``take`` lists ``(position, axis)``
+    pairs: the size at ``position`` is read from the input's sample axis ``axis`` at run time (a
+    symbolic axis); a -1 in ``shape`` takes the rest."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], take: tuple[tuple[int, int], ...] = ()) -> None:
         super().__init__()
-        self.shape = shape
+        self.shape, self.take = shape, take
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
+        if not self.take:
+            return x.reshape(x.shape[0], *self.shape)
+        sizes: list[int | torch.SymInt] = list(self.shape)
+        for pos, axis in self.take:
+            sizes[pos] = x.shape[axis + 1]
+        return x.reshape(x.shape[0], *sizes)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}"
+        return f"shape={self.shape}" + (f", take={self.take}" if self.take else "")
 
 
 class GlobalPool(nn.Module):
@@ -80,3 +87,17 @@ class Shortcut(nn.Sequential):
         for module in self:
             x = module(x)
         return x
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (same ``weight``, init and arguments) written with plain ops, so that the
+    TorchScript ONNX exporter handles it (it has no symbolic for ``aten::rms_norm``). The math is
+    Hugging Face's ``LlamaRMSNorm``: ``weight · x / sqrt(mean(x²) + eps)``, computed in float32 and
+    cast back to the input dtype before the weight multiplies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)).to(x.dtype)
+        return y * self.weight if self.weight is not None else y

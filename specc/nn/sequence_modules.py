@@ -171,18 +171,33 @@ def split_qkv(
 
 
 def keep_mask(
-    tq: int, tk: int, causal: bool, key_mask: torch.Tensor | None, device: torch.device
+    tq: int,
+    tk: int,
+    causal: bool,
+    key_mask: torch.Tensor | None,
+    device: torch.device,
+    window: int | None = None,
 ) -> torch.Tensor | None:
-    """Where a score takes part: ``(B, 1, Tk)``/``(Tq, Tk)``/``(B, Tq, Tk)`` bool, or None for all."""
+    """Where a score takes part: ``(B, 1, Tk)``/``(Tq, Tk)``/``(B, Tq, Tk)`` bool, or None for all.
+
+    Causal: query ``t`` sees keys ``<= t``; with ``window`` also only keys ``> t - window``."""
     keep: torch.Tensor | None = None
     if causal:
         rows = torch.arange(tq, device=device)[:, None]
         cols = torch.arange(tk, device=device)[None, :]
         keep = cols <= rows  # (Tq, Tk): position t sees positions <= t
+        if window is not None:
+            keep = keep & (rows - cols < window)
     if key_mask is not None:
         km = key_mask[:, None, :]  # (B, 1, Tk)
         keep = km if keep is None else keep & km
     return keep
+
+
+def mask_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form of a keep mask: 0 where kept, half the dtype's minimum where masked (so that
+    adding a score cannot overflow to -inf in fp16)."""
+    return (1.0 - keep.to(dtype)) * (torch.finfo(dtype).min / 2)
 
 
 def attend(
@@ -196,14 +211,53 @@ def attend(
     """softmax(q kᵀ · scale, masked) v for ``(..., Tq, d)``, ``(..., Tk, d)``, ``(..., Tk, dv)``."""
     scores = torch.matmul(q, k.transpose(-2, -1)) / (1.0 / scale)  # (..., Tq, Tk); Div: see below
     if keep is not None:
-        # An additive bias on the (small) mask shape, not masked_fill on the scores: kept scores get
-        # + 0, masked ones a large negative (half the dtype's minimum, so that adding a score cannot
-        # overflow to -inf in fp16). onnxruntime's broadcasting Where over (B, heads, Tq, Tk) cost 5x
-        # this Add (102 vs 22 us per BERT-base layer), and Div-after-matmul + this mask form is the
-        # pattern onnxruntime's BERT Attention fusion recognises (``specc export --optimize``; a Mul
-        # for the scale makes its matcher take the scale's Mul for the mask's).
-        scores = scores + (1.0 - keep.to(scores.dtype)) * (torch.finfo(scores.dtype).min / 2)
+        # An additive bias on the (small) mask shape, not masked_fill on the scores: onnxruntime's
+        # broadcasting Where over (B, heads, Tq, Tk) cost 5x this Add (102 vs 22 us per BERT-base
+        # layer), and Div-after-matmul + this mask form is the pattern onnxruntime's BERT Attention
+        # fusion recognises (``specc export --optimize``; a Mul for the scale makes its matcher take
+        # the scale's Mul for the mask's).
+        scores = scores + mask_bias(keep, scores.dtype)
     return torch.matmul(dropout(scores.softmax(dim=-1)), v)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``(x1, x2) -> (-x2, x1)`` over the two halves of the last axis (LLaMA's rotary layout)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al., RoFormer) in LLaMA's "rotate half" layout, computed as
+    ``transformers``' ``LlamaRotaryEmbedding`` / ``apply_rotary_pos_emb`` do:
+    ``x·cos + rotate_half(x)·sin`` with ``inv_freq = 1 / theta^(2i/dim)`` in float32.
+
+    The tables are computed from the positions on every call (``dim/2`` frequencies: negligible next
+    to the projections), so any length works, an offset (a key/value cache) is a positions tensor,
+    and nothing is stored: no buffer to lose on the meta device or to cast to fp16. Only the first
+    ``dim`` features of a head rotate (partial rotary); the rest pass through.
+    """
+
+    def __init__(self, dim: int, theta: float) -> None:
+        super().__init__()
+        self.dim, self.theta = dim, theta
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``(..., T, dim)`` for int positions ``(..., T)``."""
+        steps = torch.arange(0, self.dim, 2, dtype=torch.int64, device=positions.device).float()
+        inv_freq = 1.0 / (self.theta ** (steps / self.dim))
+        freqs = positions.float()[..., None] * inv_freq  # (..., T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x (B, heads, T, head_dim)`` with tables ``(T, dim)`` or ``(B, 1, T, dim)``."""
+        if self.dim == x.shape[-1]:
+            return x * cos + rotate_half(x) * sin
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        return torch.cat((rot * cos + rotate_half(rot) * sin, rest), dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, theta={self.theta:g}"
 
 
 class DotProductAttention(nn.Module):
@@ -245,10 +299,20 @@ class AdditiveAttention(nn.Module):
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameters (``fused``: ``in_proj_weight``
-    ``(3E, E)``, ``in_proj_bias``, ``out_proj``) or separate ``query``/``key``/``value`` linears
-    (BERT's layout). Inputs: query ``(B, Tq, E)`` [, key_value ``(B, Tk, Ek)`` | key, value]
-    [, key mask ``(B, Tk)``] → ``(B, Tq, E)``. ``num_float`` says how many float inputs come first."""
+    """Multi-head attention with grouped-query heads, rotary embeddings and causal/sliding-window masks.
+
+    Parameter layouts: ``fused`` (``nn.MultiheadAttention``'s ``in_proj_weight`` ``(q+2kv, E)``,
+    ``in_proj_bias``, ``out_proj``), ``separate`` (BERT's ``query``/``key``/``value``/``out_proj``)
+    or ``llama`` (``q_proj``/``k_proj``/``v_proj``/``o_proj``), where q = ``num_heads·head_dim`` and
+    kv = ``num_kv_heads·head_dim``. Inputs: query ``(B, Tq, E)`` [, key_value ``(B, Tk, Ek)`` | key,
+    value] [, key mask ``(B, Tk)``] [, positions ``(B, Tq)`` int64] → ``(B, Tq, E)``.
+
+    With the attention dropout inactive (eval mode or p = 0) it runs
+    ``F.scaled_dot_product_attention`` (one fused kernel, grouped heads without copies); otherwise,
+    and while exporting to ONNX, the matmul/softmax form of :func:`attend`, which the TorchScript
+    exporter turns into plain ops and whose dropout is ``nn.Dropout`` on the weights. Both give the
+    same result within 1e-5 relative (tests/ops/test_attention.py).
+    """
 
     def __init__(
         self,
@@ -257,30 +321,48 @@ class MultiheadAttention(nn.Module):
         kdim: int,
         vdim: int,
         *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
         bias: bool,
-        fused: bool,
+        layout: str,
         causal: bool,
+        window: int | None = None,
+        rotary: Rotary | None = None,
         dropout: float,
         num_float: int,
         has_mask: bool,
+        has_positions: bool = False,
     ) -> None:
         super().__init__()
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
-        self.fused, self.causal, self.num_float, self.has_mask = fused, causal, num_float, has_mask
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.head_dim = head_dim or embed_dim // num_heads
+        self.layout, self.causal, self.window = layout, causal, window
+        self.num_float, self.has_mask, self.has_positions = num_float, has_mask, has_positions
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        if fused:
-            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim)) if bias else None
+        qo, kvo = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q_out, self.kv_out = qo, kvo
+        if layout == "fused":
+            self.in_proj_weight = nn.Parameter(torch.empty(qo + 2 * kvo, embed_dim))
+            self.in_proj_bias = nn.Parameter(torch.empty(qo + 2 * kvo)) if bias else None
+            self.out_proj = nn.Linear(qo, embed_dim, bias=bias)
         else:
-            self.query = nn.Linear(embed_dim, embed_dim, bias=bias)
-            self.key = nn.Linear(kdim, embed_dim, bias=bias)
-            self.value = nn.Linear(vdim, embed_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+            names = (
+                ("q_proj", "k_proj", "v_proj", "o_proj")
+                if layout == "llama"
+                else ("query", "key", "value", "out_proj")
+            )
+            for name, fin, fout in zip(
+                names, (embed_dim, kdim, vdim, qo), (qo, kvo, kvo, embed_dim), strict=True
+            ):
+                self.add_module(name, nn.Linear(fin, fout, bias=bias))
+            self._names = names
+        self.rotary = rotary
         self.dropout = nn.Dropout(dropout)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        if self.fused and self.in_proj_weight.device.type != "meta":
+        if self.layout == "fused" and self.in_proj_weight.device.type != "meta":
             nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention
             if self.in_proj_bias is not None:
                 nn.init.zeros_(self.in_proj_bias)
@@ -288,33 +370,83 @@ class MultiheadAttention(nn.Module):
                 nn.init.zeros_(self.out_proj.bias)
 
     def _project(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.fused:
+        if self.layout != "fused":
             q_in, k_in, v_in, _ = split_qkv(xs, len(xs), False)
-            return self.query(q_in), self.key(k_in), self.value(v_in)
-        w, b, e = self.in_proj_weight, self.in_proj_bias, self.embed_dim
+            qp, kp, vp = (self.get_submodule(n) for n in self._names[:3])
+            return qp(q_in), kp(k_in), vp(v_in)
+        w, b, qo, kvo = self.in_proj_weight, self.in_proj_bias, self.q_out, self.kv_out
         if len(xs) == 1:  # self-attention: one matmul for q, k and v
-            q, k, v = F.linear(xs[0], w, b).chunk(3, dim=-1)
+            q, k, v = torch.split(F.linear(xs[0], w, b), [qo, kvo, kvo], dim=-1)
             return q, k, v
-        bq, bk, bv = (None, None, None) if b is None else (b[:e], b[e : 2 * e], b[2 * e :])
-        q = F.linear(xs[0], w[:e], bq)
+        bq, bk, bv = (None, None, None) if b is None else (b[:qo], b[qo : qo + kvo], b[qo + kvo :])
+        q = F.linear(xs[0], w[:qo], bq)
         if len(xs) == 2:
-            bkv = None if b is None else b[e:]
-            k, v = F.linear(xs[1], w[e:], bkv).chunk(2, dim=-1)
+            bkv = None if b is None else b[qo:]
+            k, v = torch.split(F.linear(xs[1], w[qo:], bkv), [kvo, kvo], dim=-1)
             return q, k, v
-        return q, F.linear(xs[1], w[e : 2 * e], bk), F.linear(xs[2], w[2 * e :], bv)
+        return q, F.linear(xs[1], w[qo : qo + kvo], bk), F.linear(xs[2], w[qo + kvo :], bv)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(
-            1, 2
-        )  # (B, heads, T, d)
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        return self.get_submodule("o_proj" if self.layout == "llama" else "out_proj")(y)  # type: ignore[no-any-return]
+
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], heads, self.head_dim).transpose(1, 2)  # (B, heads, T, d)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         xs = inputs[: self.num_float]
         mask = inputs[self.num_float] if self.has_mask else None
-        q, k, v = (self._heads(t) for t in self._project(xs))
-        keep = keep_mask(q.shape[2], k.shape[2], self.causal, mask, q.device)
+        pq, pk, pv = self._project(xs)
+        q, k, v = (
+            self._heads(pq, self.num_heads),
+            self._heads(pk, self.num_kv_heads),
+            self._heads(pv, self.num_kv_heads),
+        )
+        if self.rotary is not None:
+            positions = inputs[-1] if self.has_positions else torch.arange(q.shape[2], device=q.device)
+            cos, sin = self.rotary.tables(positions, q.dtype)
+            if cos.dim() == 3:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, dim): the same rotation for every head
+            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+        if self.dropout.p > 0 and self.training or torch.onnx.is_in_onnx_export():
+            out = self._attend_math(q, k, v, mask)
+        else:
+            out = self._attend_sdpa(q, k, v, mask)
+        out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], self.q_out)  # (B, Tq, heads·d)
+        return self._output(out)
+
+    def _keep(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        keep = keep_mask(q.shape[-2], k.shape[-2], self.causal, mask, q.device, self.window)
         if keep is not None and keep.dim() == 3:
             keep = keep[:, None]  # (B, 1, Tq|1, Tk): the same mask for every head
-        out = attend(q, k, v, keep, self.scale, self.dropout)  # (B, heads, Tq, d)
-        out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], self.embed_dim)  # (B, Tq, E)
-        return self.out_proj(out)  # type: ignore[no-any-return]
+        return keep
+
+    def _attend_math(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        keep = self._keep(q, k, mask)
+        if self.num_kv_heads == self.num_heads:
+            return attend(q, k, v, keep, self.scale, self.dropout)  # (B, heads, Tq, d)
+        b, _, tq, d = q.shape
+        groups = self.num_heads // self.num_kv_heads
+        # grouped-query: query heads h = g·groups + j share key/value head g; broadcasting the
+        # matmuls over a group axis reads k and v without repeating them
+        qg = q.reshape(b, self.num_kv_heads, groups, tq, d)  # (B, kv_heads, groups, Tq, d)
+        keep = None if keep is None else keep[:, None] if keep.dim() == 4 else keep
+        out = attend(qg, k[:, :, None], v[:, :, None], keep, self.scale, self.dropout)
+        return out.reshape(b, self.num_heads, tq, d)
+
+    def _attend_sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        simple_causal = self.causal and self.window is None and mask is None and q.shape[-2] == k.shape[-2]
+        keep = None if simple_causal else self._keep(q, k, mask)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=None if keep is None else mask_bias(keep, q.dtype),
+            dropout_p=self.dropout.p if self.training else 0.0,
+            is_causal=simple_causal,
+            scale=self.scale,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )

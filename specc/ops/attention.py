@@ -1,27 +1,32 @@
-"""Attention: scaled dot-product, additive (Bahdanau) and multi-head.
+"""Attention: scaled dot-product, additive (Bahdanau) and multi-head (with grouped-query
+attention, rotary position embeddings, causal and sliding-window masks).
 
-Inputs are one to three float sequences and an optional bool key mask, in this order:
+Inputs are one to three float sequences, an optional bool key mask and (``multihead_attention``
+with ``rope`` only) optional int64 positions, in this order:
 
 * ``[x]`` — self-attention (query = key = value = x);
 * ``[query, key_value]`` — cross-attention (key = value, e.g. a decoder attending to ``memory``);
 * ``[query, key, value]``;
-* a final bool input ``(Tk,)`` is a key-padding mask: ``True`` = a real token to attend to,
-  ``False`` = padding to ignore (Hugging Face's ``attention_mask`` convention; the opposite of
-  ``nn.MultiheadAttention``'s ``key_padding_mask``).
+* then a bool ``(Tk,)`` key-padding mask: ``True`` = a real token to attend to, ``False`` = padding
+  to ignore (Hugging Face's ``attention_mask`` convention; the opposite of
+  ``nn.MultiheadAttention``'s ``key_padding_mask``);
+* then an int64 ``(Tq,)`` position of every token, which rotary embeddings rotate by (default
+  ``0 .. T-1``; Hugging Face's ``position_ids``).
 
-``causal: true`` lets query position ``t`` see key positions ``<= t`` only. Masked scores are pushed
-to a huge finite negative value (dot-product attention: half the most negative float added, an
-additive mask as in Hugging Face's BERT), so their weight is exactly 0. A fully masked row stays
-finite instead of giving NaN: in fp32/bf16 it averages all values; in fp16 the coarse grid near the
-mask value makes that average rough.
+``causal: true`` lets query position ``t`` see key positions ``<= t`` only; ``sliding_window: W``
+(with ``causal``) also hides keys more than ``W - 1`` positions back (Mistral). Masked scores are
+pushed to a huge finite negative value (half the most negative float added, an additive mask as in
+Hugging Face's BERT), so their weight is exactly 0. A fully masked row stays finite instead of
+giving NaN: in fp32/bf16 it averages all values; in fp16 the coarse grid near the mask value makes
+that average rough.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int, expect_rank
 from specc.ops.registry import register
@@ -31,12 +36,15 @@ if TYPE_CHECKING:
 
 
 def split_inputs(inputs: list[TensorType]) -> tuple[TensorType, TensorType, TensorType, TensorType | None]:
-    """(query, key, value, mask) from ``[x] | [q, kv] | [q, k, v]`` plus an optional trailing bool mask."""
+    """(query, key, value, mask) from ``[x] | [q, kv] | [q, k, v]``, an optional bool mask and an
+    optional int64 positions input (checked by :func:`positions_input`)."""
     floats = [t for t in inputs if t.dtype == "float32"]
     masks = [t for t in inputs if t.dtype == "bool"]
-    if not floats or len(floats) > 3 or len(masks) > 1 or inputs[: len(floats)] != floats:
+    ints = [t for t in inputs if t.dtype == "int64"]
+    if not floats or len(floats) > 3 or len(masks) > 1 or len(ints) > 1 or inputs != floats + masks + ints:
         raise ShapeMismatch(
             "inputs must be [x], [query, key_value] or [query, key, value], then an optional bool mask"
+            + (", then optional int64 positions" if ints else "")
         )
     for t in floats:
         expect_rank(t, (2,), "(seq, features)")
@@ -57,7 +65,7 @@ def _arity(inputs: list[TensorType]) -> tuple[int, bool]:
 class _Attention(Op):
     category = "attention"
     max_inputs = 4
-    input_dtypes = ("float32", "bool")
+    input_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bool")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the attention weights (training only)")
 
 
@@ -130,74 +138,174 @@ class AdditiveAttention(_Attention):
         return Module(dk, dq, h, self.dropout, *_arity(inputs))
 
 
+class Rope(BaseModel):
+    """Rotary position embeddings (RoFormer; LLaMA's "rotate half" layout, as ``transformers``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    theta: float = Field(10000.0, gt=1, description="base of the rotation frequencies (rope_theta)")
+    rotary_dim: PositiveInt | None = Field(
+        None, description="rotate only the first rotary_dim features of each head (default: all)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _int_theta(cls, data: object) -> object:
+        # `theta: 10000` is as natural as 10000.0; strict mode would refuse the int
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("theta"), int)
+            and not isinstance(data["theta"], bool)
+        ):
+            return {**data, "theta": float(data["theta"])}
+        return data
+
+
+Layout = Literal["fused", "separate", "llama"]
+
+
 @register
 class MultiheadAttention(_Attention):
-    """Multi-head attention, self or cross: query ``(Tq, E)`` → ``(Tq, E)``.
+    """Multi-head attention, self or cross: query ``(Tq, E)`` → ``(Tq, E)``; grouped-query attention,
+    rotary embeddings, causal and sliding-window masks for today's decoders.
 
-    ``qkv: fused`` keeps ``nn.MultiheadAttention``'s parameters (``in_proj_weight (3E, E)``,
-    ``in_proj_bias (3E,)``, ``out_proj``; GPT-2's ``c_attn``/``c_proj`` have the same shapes) and
-    needs key/value of size E; ``qkv: separate`` has ``query``, ``key``, ``value`` linears
-    (BERT's layout) and accepts other key/value sizes. Inputs and masks as in the module notes.
+    Parameter layouts (``qkv``): ``fused`` keeps ``nn.MultiheadAttention``'s parameters
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj``; GPT-2's ``c_attn``/``c_proj`` have the same
+    shapes) and needs key/value of size E; ``separate`` has ``query``, ``key``, ``value``,
+    ``out_proj`` linears (BERT's layout); ``llama`` has ``q_proj``, ``k_proj``, ``v_proj``,
+    ``o_proj`` (LLaMA, Mistral, Qwen2). ``separate`` and ``llama`` accept other key/value sizes.
+
+    ``num_kv_heads`` < ``num_heads`` is grouped-query attention (1: multi-query): the key and value
+    projections have ``num_kv_heads · head_dim`` outputs and query head ``h`` reads key/value head
+    ``h // (num_heads / num_kv_heads)``. ``head_dim`` defaults to ``E / num_heads``; the query
+    projection has ``num_heads · head_dim`` outputs and the output projection maps them back to E.
+    ``rope`` rotates q and k by their positions (self-attention; positions ``0..T-1`` or an int64
+    input). Runs ``scaled_dot_product_attention`` when the attention dropout is off (eval, or
+    ``dropout: 0``) and the matmul/softmax form otherwise and in ONNX exports (equal within 1e-5
+    relative). Inputs and masks as in the module notes.
 
     Example::
 
         - multihead_attention: {num_heads: 8, dropout: 0.1, causal: true}
         - multihead_attention: {num_heads: 8, from: [x, memory]}            # cross-attention
         - multihead_attention: {num_heads: 12, qkv: separate, from: [x, attention_mask]}
+        - multihead_attention: {num_heads: 32, num_kv_heads: 4, qkv: llama, bias: false,
+                                causal: true, rope: {theta: 10000}, from: [x, attention_mask]}
     """
 
     op_name = "multihead_attention"
     shorthand = "num_heads"
+    max_inputs = 5
+    input_dtypes = ("float32", "bool", "int64")
     num_heads: PositiveInt
-    causal: bool = False
-    bias: bool = True
-    qkv: Literal["fused", "separate"] = Field(
-        "fused", description="parameter layout of the q/k/v projections"
+    num_kv_heads: PositiveInt | None = Field(
+        None, description="key/value heads (grouped-query attention; 1 = multi-query; default num_heads)"
     )
+    head_dim: PositiveInt | None = Field(None, description="features per head (default E / num_heads)")
+    causal: bool = False
+    sliding_window: PositiveInt | None = Field(
+        None, description="with causal: each query sees itself and the sliding_window - 1 keys before it"
+    )
+    bias: bool = True
+    qkv: Layout = Field("fused", description="parameter layout of the projections: fused | separate | llama")
+    rope: Rope | None = Field(None, description="rotary position embeddings on q and k: {theta, rotary_dim}")
 
-    def dims(self, inputs: list[TensorType]) -> tuple[int, int, int]:
+    @model_validator(mode="after")
+    def _heads(self) -> MultiheadAttention:
+        kv = self.kv_heads
+        if self.num_heads % kv:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {kv}")
+        if self.sliding_window is not None and not self.causal:
+            raise ValueError("sliding_window needs causal: true")
+        if self.rope is not None and self.head_dim is not None:
+            check_rotary(self.rope, self.head_dim)
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    def dims(self, inputs: list[TensorType]) -> tuple[int, int, int, int]:
+        """``(E, kdim, vdim, head_dim)``, checked."""
         q, k, v, _ = split_inputs(inputs)
+        floats = sum(t.dtype == "float32" for t in inputs)
         e = expect_int(q.shape[1], "the query feature axis")
         kd, vd = (
             expect_int(k.shape[1], "the key feature axis"),
             expect_int(v.shape[1], "the value feature axis"),
         )
-        if e % self.num_heads:
-            raise ShapeMismatch(f"embed dim {e} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim is None and e % self.num_heads:
+            raise ShapeMismatch(
+                f"embed dim {e} is not divisible by num_heads {self.num_heads} (or set head_dim)"
+            )
+        hd = self.head_dim or e // self.num_heads
         if self.qkv == "fused" and (kd != e or vd != e):
             raise ShapeMismatch(
                 f"qkv: fused needs key/value features equal to the query's {e}, got {kd} and {vd}"
-                " (use qkv: separate)"
+                " (use qkv: separate or llama)"
             )
-        return e, kd, vd
+        if self.rope is not None:
+            check_rotary(self.rope, hd)
+            if floats != 1:
+                raise ShapeMismatch("rope needs self-attention (one float input, then the optional mask)")
+        if inputs[-1].dtype == "int64":
+            if self.rope is None:
+                raise ShapeMismatch("an int64 positions input is only used by rope; give rope or drop it")
+            if inputs[-1].shape != (q.shape[0],):
+                raise ShapeMismatch(
+                    f"positions must be ({q.shape[0]},) int64 (one per token), got {inputs[-1]}"
+                )
+        return e, kd, vd, hd
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
-        e, kd, vd = self.dims(inputs)
+        e, kd, vd, hd = self.dims(inputs)
         q, k, _, _ = split_inputs(inputs)
+        qo, kvo = self.num_heads * hd, self.kv_heads * hd
         b = self.bias
         if self.qkv == "fused":
-            shapes: list[tuple[int, ...]] = [(3 * e, e)] + ([(3 * e,)] if b else [])
+            shapes: list[tuple[int, ...]] = [(qo + 2 * kvo, e)] + ([(qo + 2 * kvo,)] if b else [])
         else:
-            shapes = [s for fin in (e, kd, vd) for s in [(e, fin)] + ([(e,)] if b else [])]
-        shapes += [(e, e)] + ([(e,)] if b else [])
+            shapes = [
+                s
+                for out, fin in ((qo, e), (kvo, kd), (kvo, vd))
+                for s in [(out, fin)] + ([(out,)] if b else [])
+            ]
+        shapes += [(e, qo)] + ([(e,)] if b else [])
         tq, tk = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0])
-        macs = tq * e * e * 2 + tk * e * (kd + vd) + 2 * tq * tk * e
+        macs = 2 * tq * e * qo + tk * kvo * (kd + vd) + 2 * tq * tk * qo
+        if self.rope is not None:
+            macs += 2 * (tq * qo + tk * kvo)  # q·cos + rotate_half(q)·sin, and the same for k
         return Inferred([TensorType((q.shape[0], e))], shapes, macs)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import MultiheadAttention as Module
+        from specc.nn.sequence_modules import Rotary
 
-        e, kd, vd = self.dims(inputs)
-        num_float, has_mask = _arity(inputs)
+        e, kd, vd, hd = self.dims(inputs)
+        rope = self.rope
         return Module(
             e,
             self.num_heads,
             kd,
             vd,
+            num_kv_heads=self.kv_heads,
+            head_dim=hd,
             bias=self.bias,
-            fused=self.qkv == "fused",
+            layout=self.qkv,
             causal=self.causal,
+            window=self.sliding_window,
+            rotary=None if rope is None else Rotary(rope.rotary_dim or hd, rope.theta),
             dropout=self.dropout,
-            num_float=num_float,
-            has_mask=has_mask,
+            num_float=sum(t.dtype == "float32" for t in inputs),
+            has_mask=any(t.dtype == "bool" for t in inputs),
+            has_positions=inputs[-1].dtype == "int64",
+        )
+
+
+def check_rotary(rope: Rope, head_dim: int) -> None:
+    """Rotary features come in pairs and fit in a head."""
+    dim = rope.rotary_dim or head_dim
+    if dim % 2 or dim > head_dim:
+        raise ShapeMismatch(
+            f"rope rotates pairs of features: rotary_dim {dim} must be even and <= head_dim {head_dim}"
         )

@@ -99,7 +99,9 @@ def make_norm(
     if kind == "layer":
         return nn.LayerNorm(list(ns), elementwise_affine=affine, **kw)
     if kind == "rms":
-        return nn.RMSNorm(list(ns), elementwise_affine=affine, **kw)
+        from specc.nn.modules import RMSNorm  # nn.RMSNorm's parameters, exportable to ONNX
+
+        return RMSNorm(list(ns), elementwise_affine=affine, **kw)
     if kind == "group":
         return nn.GroupNorm(_groups(word, ns[0]), ns[0], affine=affine, **kw)
     cls_i = nn.InstanceNorm2d if len(shape) == 3 else nn.InstanceNorm1d
