@@ -105,9 +105,16 @@ class BuildError(SpeccError):
 
 
 class ExportVerificationError(SpeccError):
-    """An ONNX export does not compute what the PyTorch model computes."""
+    """An ONNX export does not compute what the PyTorch model computes (a parity mismatch)."""
 
     exit_code = 3
+
+
+class ExportError(SpeccError):
+    """The exporter cannot turn the model into ONNX (``torch.onnx.export`` raised, or
+    ``onnx.checker`` rejected what it wrote): nothing was verified, so this is not a parity miss."""
+
+    exit_code = 4
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

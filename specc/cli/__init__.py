@@ -1,6 +1,6 @@
 """The ``specc`` command line (typer). Commands only parse options and call library functions;
 error types map to exit codes here, in one place: 0 ok, 1 unexpected, 2 spec/usage, 3 export
-verification (and ``specc train``'s 128 + signal for a run interrupted after saving). No traceback reaches a user unless ``SPECC_DEBUG=1``."""
+verification (parity mismatch), 4 exporter failure (and ``specc train``'s 128 + signal for a run interrupted after saving). No traceback reaches a user unless ``SPECC_DEBUG=1``."""
 
 from __future__ import annotations
 

@@ -67,26 +67,94 @@ def export_cmd(
     seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export to ONNX, verify parity with PyTorch in onnxruntime (exit 3 on a miss), write metadata,
-    the SHA-256 manifest M.onnx.sha256 and the report M.onnx.json."""
-    from specc.export import EXPORTERS, ExportOptions, export_spec
+    """Export to ONNX, verify parity with PyTorch in onnxruntime (exit 3 on a miss, 4 when the exporter
+    fails), write metadata, the SHA-256 manifest M.onnx.sha256 and the report M.onnx.json. With --json
+    stdout holds JSON whatever happens: the report, or {"ok": false, "exit_code", "error", "message"}."""
+    try:
+        report = _export(
+            spec=spec,
+            out=out,
+            weights=weights,
+            sets=sets or [],
+            scale=scale,
+            exporter=exporter,
+            opset=opset,
+            static=static,
+            atol=atol,
+            rtol=rtol,
+            optimize=optimize,
+            int8=int8,
+            int8_mode=int8_mode,
+            calibration=calibration,
+            fp16=fp16,
+            seed=seed,
+        )
+    except BaseException as exc:
+        if as_json and not isinstance(exc, SystemExit):
+            print(json.dumps(_error_json(exc, out), indent=2))
+        raise
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(_summary(report))
+
+
+def _error_json(exc: BaseException, out: Path) -> dict[str, object]:
+    """What ``specc export --json`` prints when it fails; the exit code is the one :func:`fail` uses."""
+    from specc.errors import ExportVerificationError, SpeccError, SpecError
+    from specc.export import failed_path, report_path
+
+    code = exc.exit_code if isinstance(exc, SpeccError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
+    data: dict[str, object] = {
+        "ok": False,
+        "exit_code": code,
+        "error": type(exc).__name__,
+        "message": str(exc),
+    }
+    if isinstance(exc, SpecError):
+        data["errors"] = [d.to_json() for d in exc.diagnostics]
+    failed = report_path(failed_path(out))
+    if isinstance(exc, ExportVerificationError) and failed.is_file():
+        data["report"] = json.loads(failed.read_text())
+    return data
+
+
+def _export(
+    *,
+    spec: Path,
+    out: Path,
+    weights: Path | None,
+    sets: list[str],
+    scale: str | None,
+    exporter: str,
+    opset: int | None,
+    static: bool,
+    atol: float,
+    rtol: float,
+    optimize: bool,
+    int8: bool,
+    int8_mode: str,
+    calibration: Path | None,
+    fp16: bool,
+    seed: int,
+) -> dict[str, object]:
+    from specc.export import ExportOptions, export_spec
     from specc.export.variants import Variant
 
     _log_to_stderr()
-    if exporter not in EXPORTERS:
-        raise UsageError(f"unknown exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must be non-negative")
     if (int8_mode != "auto" or calibration is not None) and not int8:
         raise UsageError("--int8-mode and --calibration go with --int8")
     options = ExportOptions(exporter=exporter, opset=opset, static=static, atol=atol, rtol=rtol)  # type: ignore[arg-type]
+    options.check()
     chosen = (("opt", optimize), ("int8", int8), ("fp16", fp16))
     variants: list[Variant] = [k for k, on in chosen if on]  # type: ignore[misc]
     report = export_spec(
         spec,
         out,
         weights=weights,
-        sets=sets or [],
+        sets=sets,
         scale=scale,
         seed=seed,
         options=options,
@@ -94,10 +162,7 @@ def export_cmd(
         calibration=calibration,
         int8_mode=int8_mode,  # type: ignore[arg-type]
     )
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    print(_summary(report))
+    return report
 
 
 def _summary(report: dict[str, object]) -> str:

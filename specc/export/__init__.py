@@ -74,6 +74,7 @@ def export_spec(
     ``calibration`` (a .npy/.npz file or a folder of images) feeds static int8 quantisation; without
     it the training split of the run folder's data set is used where known (see
     :mod:`specc.export.quantize`)."""
+    options.check()
     if int8_mode not in INT8_MODES:
         raise UsageError(f"unknown int8 mode '{int8_mode}'; choose one of {', '.join(INT8_MODES)}")
     if calibration is not None and not Path(calibration).exists():

@@ -5,19 +5,22 @@ eval-mode deep copy → ``torch.onnx.export`` with the chosen exporter and opset
 ``onnx.checker.check_model(full_check=True)`` → parity in onnxruntime at several batch sizes (and
 sequence lengths) → rename into place, then ``M.onnx.sha256`` and ``M.onnx.json``. On a parity miss
 the model is kept as ``M.failed.onnx`` (for inspection; no manifest, never loaded by default) and
-:class:`~specc.errors.ExportVerificationError` (exit 3) is raised; an existing ``M.onnx`` is left
-untouched.
+:class:`~specc.errors.ExportVerificationError` (exit 3) is raised; when the exporter itself fails (or
+``onnx.checker`` rejects its file) :class:`~specc.errors.ExportError` (exit 4) is raised with the
+exporter's first line; an existing ``M.onnx`` is left untouched either way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import json
 import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -29,7 +32,7 @@ import onnx
 import torch
 
 from specc.atomic import atomic_write_text, fsync_dir, sha256_file, temp_name
-from specc.errors import BuildError, ExportVerificationError, UsageError
+from specc.errors import BuildError, ExportError, UsageError
 from specc.export.metadata import build_metadata, set_metadata, write_manifest
 from specc.export.samples import (
     SampleSizes,
@@ -55,6 +58,9 @@ from specc.graph import Graph
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
 DEFAULT_OPSET: dict[str, int] = {"torchscript": 17, "dynamo": 18}
+# opsets each exporter can write with torch 2.13 (torch.onnx._constants: the TorchScript exporter's
+# maximum is 20; torch.export-based export starts at 18) and onnxruntime can run
+OPSET_RANGE: dict[str, tuple[int, int]] = {"torchscript": (7, 20), "dynamo": (18, 23)}
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB limit, with headroom
 
 
@@ -73,6 +79,17 @@ class ExportOptions:
     @property
     def opset_version(self) -> int:
         return self.opset if self.opset is not None else DEFAULT_OPSET[self.exporter]
+
+    def check(self) -> None:
+        """Refuse an exporter or opset that cannot work before anything is built or written."""
+        if self.exporter not in EXPORTERS:
+            raise UsageError(f"unknown exporter '{self.exporter}'; choose one of {', '.join(EXPORTERS)}")
+        low, high = OPSET_RANGE[self.exporter]
+        if not low <= self.opset_version <= high:
+            raise UsageError(
+                f"--opset {self.opset_version} is not supported by the {self.exporter} exporter "
+                f"(it writes opsets {low}..{high}; default {DEFAULT_OPSET[self.exporter]})"
+            )
 
 
 @dataclass
@@ -149,13 +166,23 @@ def static_sizes(graph: Graph) -> SampleSizes:
 
 
 @contextlib.contextmanager
-def _quiet(notes: list[str]) -> Iterator[None]:
-    """Keep stdout clean (``--json``) and collect the exporter's warnings into ``notes``."""
+def _quiet(notes: list[str], captured: list[str]) -> Iterator[None]:
+    """Keep stdout clean (``--json``): Python prints go to stderr, the exporter's warnings into
+    ``notes`` and whatever native code writes to file descriptor 1 into ``captured``.
+
+    The TorchScript exporter's C++ log is always on (torch checks ``_jit_is_onnx_log_enabled``, a
+    function, for truth) and prints the whole Torch IR graph to stdout when it fails; only an OS-level
+    redirect of descriptor 1 keeps that out of ``specc export --json``'s output.
+    """
     torch_onnx_log = logging.getLogger("torch.onnx")
     level = torch_onnx_log.level
     torch_onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed" and friends
     try:
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sys.stderr):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(sys.stderr),
+            _native_stdout(captured),
+        ):
             warnings.simplefilter("always")
             yield
     finally:
@@ -164,6 +191,37 @@ def _quiet(notes: list[str]) -> Iterator[None]:
         text = str(w.message).splitlines()[0][:200]
         if text not in notes:
             notes.append(text)
+
+
+@contextlib.contextmanager
+def _native_stdout(captured: list[str]) -> Iterator[None]:
+    """Point file descriptor 1 at a temporary file while the block runs; its text goes to ``captured``."""
+    _flush_c_stdio()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield
+        finally:
+            _flush_c_stdio()  # C/C++ buffers hold what belongs in the file, not in the real stdout
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            if text:
+                captured.append(text)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to reach (not on Linux/macOS)
+        pass
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def to_onnx(
@@ -180,8 +238,9 @@ def to_onnx(
         shapes = ", ".join(f"{n} {tuple(v.shape)} {v.dtype}" for n, v in feeds.items())
         raise BuildError(f"the PyTorch model '{graph.name}' fails on example inputs ({shapes}): {e}") from e
     names: dict[str, Any] = dict(input_names=list(graph.inputs), output_names=list(graph.outputs))
-    with _quiet(notes), torch.inference_mode(False), torch.no_grad():
-        try:
+    captured: list[str] = []
+    try:
+        with _quiet(notes, captured), torch.inference_mode(False), torch.no_grad():
             if options.exporter == "torchscript":
                 torch.onnx.export(
                     model,
@@ -207,9 +266,13 @@ def to_onnx(
                     optimize=True,
                     **names,
                 )
-        except Exception as e:  # the exporters raise many types; the message is what matters
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportVerificationError(f"torch.onnx.export ({options.exporter}) failed: {first}") from e
+    except Exception as e:  # the exporters raise many types; the first line is what matters
+        if os.environ.get("SPECC_DEBUG") == "1":
+            print("".join(captured), end="", file=sys.stderr)
+        raise ExportError(
+            f"torch.onnx.export ({options.exporter}, opset {options.opset_version}) failed: {_first_line(e)}"
+            " (SPECC_DEBUG=1 shows the exporter's full output)"
+        ) from e
 
 
 def _dynamo_shapes(graph: Graph) -> tuple[dict[int, Any], ...]:
@@ -270,6 +333,7 @@ def export_model(
 ) -> ExportReport:
     """Export ``model`` (a :class:`~specc.nn.CompiledModel` or any module taking the graph's
     inputs) to ``out``, verify it and publish it with its manifest and JSON report."""
+    options.check()
     info = info or ExportInfo()
     target = Path(out)
     if not target.parent.is_dir():
@@ -328,7 +392,7 @@ def _export_in(
     try:
         onnx.checker.check_model(str(staged), full_check=True)
     except Exception as e:  # onnx raises ValidationError / InferenceError
-        raise ExportVerificationError(f"onnx.checker rejected the export: {e}") from e
+        raise ExportError(f"onnx.checker rejected the exported file: {_first_line(e)}") from e
     report.timings_s["check"] = time.perf_counter() - t
 
     t = time.perf_counter()
