@@ -25,6 +25,7 @@ SEQ_SPECS = [
     "transformer",
     "bert_base",
     "gpt2_small",
+    "llama",
 ]
 LARGE = {"transformer", "bert_base", "gpt2_small"}
 

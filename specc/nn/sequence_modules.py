@@ -237,9 +237,10 @@ class Rotary(nn.Module):
     ``dim`` features of a head rotate (partial rotary); the rest pass through.
     """
 
-    def __init__(self, dim: int, theta: float) -> None:
+    def __init__(self, dim: int, theta: float, head_dim: int | None = None) -> None:
         super().__init__()
         self.dim, self.theta = dim, theta
+        self.partial = head_dim is not None and dim < head_dim  # fixed at build: no shape test in forward
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin ``(..., T, dim)`` for int positions ``(..., T)``."""
@@ -251,7 +252,7 @@ class Rotary(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate ``x (B, heads, T, head_dim)`` with tables ``(T, dim)`` or ``(B, 1, T, dim)``."""
-        if self.dim == x.shape[-1]:
+        if not self.partial:
             return x * cos + rotate_half(x) * sin
         rot, rest = x[..., : self.dim], x[..., self.dim :]
         return torch.cat((rot * cos + rotate_half(rot) * sin, rest), dim=-1)

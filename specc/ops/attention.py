@@ -294,7 +294,7 @@ class MultiheadAttention(_Attention):
             layout=self.qkv,
             causal=self.causal,
             window=self.sliding_window,
-            rotary=None if rope is None else Rotary(rope.rotary_dim or hd, rope.theta),
+            rotary=None if rope is None else Rotary(rope.rotary_dim or hd, rope.theta, hd),
             dropout=self.dropout,
             num_float=sum(t.dtype == "float32" for t in inputs),
             has_mask=any(t.dtype == "bool" for t in inputs),

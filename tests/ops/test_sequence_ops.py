@@ -348,6 +348,24 @@ CASES: dict[str, tuple[str, dict[str, Any], list[tuple[tuple[Any, ...], str]]]] 
         {"num_heads": 4},
         [(("T", 8), F32), (("S", 8), F32), (("S",), BOOL)],
     ),
+    # issue 11: decoder attention (GQA/MQA, rotary, causal + padding, sliding window), RMSNorm, reshape
+    "mha_gqa_rope_mask": (
+        "multihead_attention",
+        {"num_heads": 4, "num_kv_heads": 2, "qkv": "llama", "bias": False, "causal": True, "rope": {}},
+        [(("T", 16), F32), (("T",), BOOL)],
+    ),
+    "mha_mqa_window": (
+        "multihead_attention",
+        {"num_heads": 4, "num_kv_heads": 1, "head_dim": 6, "causal": True, "sliding_window": 4},
+        [(("T", 16), F32)],
+    ),
+    "mha_rope_positions": (
+        "multihead_attention",
+        {"num_heads": 2, "qkv": "llama", "causal": True, "rope": {"theta": 500.0, "rotary_dim": 4}},
+        [(("T", 16), F32), (("T",), BOOL), (("T",), I64)],
+    ),
+    "rms_norm": ("norm", {"kind": "rms", "eps": 1e-5}, [(("T", 6), F32)]),
+    "reshape_heads": ("reshape", {"shape": ["T", 2, -1]}, [(("T", 8), F32)]),
     "select_last": ("select", {"index": -1}, [(("T", 6), F32)]),
     "broadcast": ("broadcast", {"dim": 0}, [((6,), F32), (("T", 2), F32)]),
 }
