@@ -131,3 +131,40 @@ def test_training_step_matches_transformers_gradients() -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None
         torch.testing.assert_close(p.grad, grads[hf_name(name)].grad, rtol=1e-4, atol=1e-7)
+
+
+def test_docs_mistral_example_equals_mistral() -> None:
+    """docs/spec-language.md's Mistral-style decoder: Mistral-7B's parameter count, and at its tiny
+    scale the logits of transformers' MistralForCausalLM (sliding window 8 < T = 17, padding mask)."""
+    from conftest import ROOT
+
+    from specc.api import check_text
+
+    text = (ROOT / "docs" / "spec-language.md").read_text()
+    example = text.split("<!-- mistral-example -->\n```yaml\n", 1)[1].split("```", 1)[0]
+    assert check_text(example, "mistral.yaml").params == 7_241_732_096
+    model = build(check_text(example, "mistral.yaml", scale="tiny"), seed=0).eval()
+    cfg = transformers.MistralConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+    cfg._attn_implementation = "eager"
+    ref = transformers.MistralForCausalLM(cfg).eval()
+    ref.load_state_dict({hf_name(n): p for n, p in model.state_dict().items()}, strict=True)
+    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(3))
+    keep = torch.ones(2, 17, dtype=torch.bool)
+    keep[0, :3] = False
+    with torch.no_grad():
+        got, want = model(ids, keep), ref(input_ids=ids, attention_mask=keep.long()).logits
+    assert ((got - want)[keep].abs().max() / want[keep].abs().max()).item() <= 1e-5
+    no_window = build(check_text(example, "m.yaml", sets=["window=64"], scale="tiny"), seed=0).eval()
+    with torch.no_grad():  # the window matters at this length
+        assert (no_window(ids, keep) - got)[keep].abs().max() > 1e-4

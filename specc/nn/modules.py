@@ -98,6 +98,9 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(-len(self.normalized_shape), 0))
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        xf = x.float()
-        y = (xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)).to(x.dtype)
+        if x.dtype == torch.float32:  # no casts to trace or run: the common case
+            y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+        else:
+            xf = x.float()
+            y = (xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)).to(x.dtype)
         return y * self.weight if self.weight is not None else y

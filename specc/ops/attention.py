@@ -182,7 +182,8 @@ class MultiheadAttention(_Attention):
     ``rope`` rotates q and k by their positions (self-attention; positions ``0..T-1`` or an int64
     input). Runs ``scaled_dot_product_attention`` when the attention dropout is off (eval, or
     ``dropout: 0``) and the matmul/softmax form otherwise and in ONNX exports (equal within 1e-5
-    relative). Inputs and masks as in the module notes.
+    relative). Inputs (floats, then a bool key mask, then int64 positions) and masks: section
+    "Attention inputs and masks" of docs/spec-language.md.
 
     Example::
 
@@ -202,11 +203,11 @@ class MultiheadAttention(_Attention):
         None, description="key/value heads (grouped-query attention; 1 = multi-query; default num_heads)"
     )
     head_dim: PositiveInt | None = Field(None, description="features per head (default E / num_heads)")
-    causal: bool = False
+    causal: bool = Field(False, description="query t sees keys <= t only")
     sliding_window: PositiveInt | None = Field(
         None, description="with causal: each query sees itself and the sliding_window - 1 keys before it"
     )
-    bias: bool = True
+    bias: bool = Field(True, description="biases on the projections")
     qkv: Layout = Field("fused", description="parameter layout of the projections: fused | separate | llama")
     rope: Rope | None = Field(None, description="rotary position embeddings on q and k: {theta, rotary_dim}")
 
