@@ -144,7 +144,14 @@ def _from_json_data(name: str, data: object, dtype: np.dtype[Any], count: int) -
     kind = arr.dtype.kind
     ok = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]
     if kind not in ok:
-        got = {"f": "floats", "U": "strings", "O": "mixed values", "b": "booleans"}.get(kind, str(arr.dtype))
+        got = {
+            "f": "floats" if dtype.kind == "b" else "floats (or integers past 64 bits)",
+            "i": "integers",
+            "u": "integers",
+            "U": "strings",
+            "O": "values of mixed types (or integers past 64 bits)",
+            "b": "booleans",
+        }.get(kind, str(arr.dtype))
         raise ProtocolError(400, f"input '{name}': 'data' holds {got}, not {_KIND_NAMES[dtype.kind]}")
     if dtype.kind in "iu" and kind in "iu":
         info = np.iinfo(dtype)

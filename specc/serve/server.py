@@ -90,6 +90,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """The warning for a server that anyone on the network can use, else ``None``."""
+    if is_loopback(host) or token is not None:
+        return None
+    return (
+        f"listening on {host} without --token-file: anyone who can reach this address can use the models "
+        "(give --token-file, or keep the default --host 127.0.0.1)"
+    )
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (port 0: any free port)."""
     if not 0 <= port <= 65535:
@@ -114,11 +124,9 @@ def serve(
 ) -> None:
     """Serve the models until SIGTERM/SIGINT (see the module docstring)."""
     settings = options.settings
-    if not is_loopback(options.host) and settings.token is None:
-        log.warning(
-            "listening on %s without --token-file: anyone who can reach this address can use the models",
-            options.host,
-        )
+    warning = exposure_warning(options.host, settings.token)
+    if warning:
+        log.warning("%s", warning)
     models = load_models(parse_model_args(model_args), options.threads)
     app, state = create_app(models, settings)
     sock = bind(options.host, options.port)
