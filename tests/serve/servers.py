@@ -56,7 +56,14 @@ class Server:
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        return request(self.port, method, path, body, headers, timeout)
+        """One request on a fresh connection: (status, lower-cased headers, body)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -69,24 +76,6 @@ class Server:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = 30.0,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, lower-cased headers, body)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=dict(headers or {}))
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 def infer_body(inputs: Mapping[str, np.ndarray], binary: bool = True) -> tuple[bytes, dict[str, str]]:

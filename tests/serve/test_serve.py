@@ -312,6 +312,7 @@ def test_predict_route_matches_specc_predict(
 
 def test_metrics(server: Server) -> None:
     assert _post(server, "lenet", {"image": np.zeros((1, 1, 28, 28), np.float32)})[0] == 200
+    assert _post(server, "enc", tokens(np.random.default_rng(0), 1, 4))[0] == 200
     status, headers, data = server.request("GET", "/metrics")
     text = data.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
