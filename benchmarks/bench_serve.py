@@ -1,11 +1,12 @@
 """`specc serve` under load: dynamic batching vs batch-1 serving (issue 15), loopback only.
 
 For each model (ResNet-18 at 3x224x224; a BERT-style encoder, ``specs/bert_base.yaml`` with
-``--set num_layers=4``, T = 128), both servers run side by side for the whole measurement: one with
-``--max-batch 1`` (every request alone) and one with dynamic batching (``--max-batch 32
+``--set num_layers=2``: width 768, 12 heads, FFN 3072, at T = ``--seq`` 64), both servers run side
+by side for the whole measurement: one with ``--max-batch 1`` (every request alone) and one with dynamic batching (``--max-batch 32
 --max-delay-ms D``), each a `specc serve` subprocess on 127.0.0.1 with ``--threads T`` onnxruntime
 intra-op threads. Closed-loop clients (1, 8, 32 threads in this process, one keep-alive connection
-each, binary tensor data) send requests back to back for ``--seconds`` after a warm-up; the cells
+each, binary tensor data) send requests back to back for ``--warmup`` + ``--seconds``; responses
+completed in the last ``--seconds`` count (throughput) and give the latencies. The cells
 alternate between the two servers (order reversed every round), so that the load of other tenants
 of this shared machine hits both alike. Reported per cell: throughput (responses/s), p50/p99
 latency, and how many requests each onnxruntime call merged (from the server's /metrics).
@@ -15,7 +16,7 @@ stopped at the end. Clients and servers share this machine's cores: the client t
 next to a model call) is part of every figure.
 
 Usage: ``.venv/bin/python benchmarks/bench_serve.py [--models resnet18 bert] [--threads 1]
-[--seconds 8] [--rounds 2] [--delay-ms 10] [--json out.json]``.
+[--seconds 10] [--rounds 2] [--delay-ms 10] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ CONCURRENCY = (1, 8, 32)
 
 MODELS: dict[str, dict[str, Any]] = {
     "resnet18": {"spec": "specs/resnet18.yaml", "args": []},
-    "bert": {"spec": "specs/bert_base.yaml", "args": ["--set", "num_layers=4"]},
+    "bert": {"spec": "specs/bert_base.yaml", "args": ["--set", "num_layers=2"]},
 }
 
 
@@ -166,7 +167,7 @@ def load(
                 t1 = time.monotonic()
                 if r.status != 200:
                     errors[i] += 1
-                elif t0 >= measure_from and t1 <= stop_at:
+                elif measure_from <= t1 <= stop_at:  # completed inside the measured window
                     lat[i].append(t1 - t0)
         finally:
             conn.close()
@@ -288,11 +289,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per server")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=10.0)
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds at the start of a cell")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds at the start of a cell")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pause", type=float, default=1.0)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--models-dir", type=Path, default=None, help="reuse exported models here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -96,10 +96,6 @@ class ServedModel:
     model: Model
     batcher: Batcher
 
-    @property
-    def batchable(self) -> bool:
-        return batchable(self.model)
-
     def metadata(self) -> dict[str, Any]:
         """The protocol's model metadata, with specc's metadata under ``parameters``."""
         m = self.model

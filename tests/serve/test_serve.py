@@ -169,8 +169,14 @@ def test_concurrent_requests_are_merged_and_split_back(server: Server, runtime: 
     xs = [rng.standard_normal((int(rng.integers(1, 4)), 1, 28, 28)).astype(np.float32) for _ in range(16)]
     calls_before = _metric(server, "specc_batch_requests_count", "lenet")
     merged_before = _metric(server, "specc_batch_requests_sum", "lenet")
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda x: _post(server, "lenet", {"image": x}), xs))
+    barrier = threading.Barrier(len(xs))
+
+    def post(x: np.ndarray) -> tuple[int, Any]:
+        barrier.wait(timeout=30)  # all at once, so that they meet in the queue
+        return _post(server, "lenet", {"image": x})
+
+    with ThreadPoolExecutor(len(xs)) as pool:
+        results = list(pool.map(post, xs))
     for x, (status, out) in zip(xs, results, strict=True):
         assert status == 200, out
         close(out["logits"], runtime["lenet"](image=x)["logits"])
@@ -380,7 +386,7 @@ def test_bearer_token_and_full_queue(models: dict[str, Path], tmp_path: Path) ->
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     with serving(
-        [str(models["lenet"])], "--token-file", str(token), "--max-queue", "2", "--max-delay-ms", "1500"
+        [str(models["lenet"])], "--token-file", str(token), "--max-queue", "2", "--max-delay-ms", "3000"
     ) as s:  # fmt: skip
         assert s.request("GET", "/v2/health/ready")[0] == 200
         assert s.request("GET", "/v2/health/live")[0] == 200
@@ -397,17 +403,23 @@ def test_bearer_token_and_full_queue(models: dict[str, Path], tmp_path: Path) ->
                 client.get_model_metadata("lenet")
         finally:
             client.close()
-        # two requests wait for their batch (delay 1.5 s, batch of 32 not reached): a third gets 503 at once
+        # two requests wait for their batch (delay 3 s, batch of 32 not reached): a third gets 503 at once
         body, headers = infer_body({"image": np.zeros((1, 1, 28, 28), np.float32)})
         headers = {**headers, **good}
         with ThreadPoolExecutor(2) as pool:
             waiting = [
                 pool.submit(s.request, "POST", "/v2/models/lenet/infer", body, headers) for _ in range(2)
             ]
-            time.sleep(0.5)
+            deadline = time.monotonic() + 10
+            while (
+                'specc_queue_depth{model="lenet"} 2.0'
+                not in s.request("GET", "/metrics", headers=good)[2].decode()
+            ):
+                assert time.monotonic() < deadline, "the two requests never queued"
+                time.sleep(0.02)
             start_ = time.monotonic()
             status, rh, data = s.request("POST", "/v2/models/lenet/infer", body, headers)
-            assert status == 503 and time.monotonic() - start_ < 1.0
+            assert status == 503 and time.monotonic() - start_ < 2.0
             assert "queue of model 'lenet' is full (2 requests waiting)" in json.loads(data)["error"]
             assert rh["retry-after"] == "1"
             assert [f.result()[0] for f in waiting] == [200, 200]
