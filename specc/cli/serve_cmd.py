@@ -26,8 +26,8 @@ def serve(
         int, typer.Option("--max-batch", help="rows merged into one onnxruntime call (1: no batching)")
     ] = 32,
     max_delay_ms: Annotated[
-        float, typer.Option("--max-delay-ms", help="longest wait for a batch to fill")
-    ] = 5.0,
+        float, typer.Option("--max-delay-ms", help="longest wait for a batch to fill (0: run what is queued)")
+    ] = 0.0,
     max_queue: Annotated[
         int, typer.Option("--max-queue", help="requests waiting per model before 503")
     ] = 256,
@@ -42,6 +42,12 @@ def serve(
     ] = False,
     threads: Annotated[
         int | None, typer.Option("--threads", help="onnxruntime intra-op threads per model")
+    ] = None,  # noqa: UP045
+    providers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider", help="onnxruntime execution provider, in order of preference (repeatable)"
+        ),
     ] = None,  # noqa: UP045
     token_file: Annotated[
         Path | None,
@@ -88,6 +94,7 @@ def serve(
         port=port,
         settings=settings,
         threads=threads,
+        providers=tuple(providers) if providers else None,
         graceful_timeout_s=graceful_timeout,
         log_level=log_level,
         access_log=access_log,

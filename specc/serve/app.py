@@ -36,7 +36,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -81,7 +81,7 @@ class ServeSettings:
     """How the application batches, limits and authenticates (the CLI's options)."""
 
     max_batch: int = 32
-    max_delay_ms: float = 5.0
+    max_delay_ms: float = 0.0
     max_queue: int = 256
     max_body_bytes: int = 64 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
@@ -124,9 +124,10 @@ class ServedModel:
 
 
 def batchable(model: Model) -> bool:
-    """Whether requests can be merged: every input and output has a symbolic first (batch) axis."""
-    tensors = (*model.inputs, *model.outputs)
-    return all(t.shape and not isinstance(t.shape[0], int) for t in tensors)
+    """Whether requests can be merged: every input and output has the same symbolic first (batch)
+    axis, so that rows can be stacked and split back."""
+    firsts = {t.shape[0] if t.shape else None for t in (*model.inputs, *model.outputs)}
+    return len(firsts) == 1 and isinstance(next(iter(firsts)), str)
 
 
 class State:
@@ -200,6 +201,8 @@ def endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Resp
             response = _error(400, str(e))
         except QueueFull as e:
             response = _error(503, str(e), {"retry-after": "1"})
+        except ClientDisconnect:  # nobody is left to answer; counted, not logged
+            response = _error(499, "the client closed the connection before sending the whole body")
         except Exception:  # noqa: BLE001 - one request fails, never the server
             log.exception("internal error on %s %s", request.method, request.url.path)
             response = _error(500, "internal server error (see the server's log)")

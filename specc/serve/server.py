@@ -37,6 +37,7 @@ class ServeOptions:
     port: int = 8000
     settings: ServeSettings = field(default_factory=ServeSettings)
     threads: int | None = None
+    providers: tuple[str, ...] | None = None
     graceful_timeout_s: int = 30
     log_level: str = "info"
     access_log: bool = False
@@ -62,9 +63,11 @@ def parse_model_args(args: Sequence[str]) -> list[tuple[str, Path]]:
     return entries
 
 
-def load_models(entries: Sequence[tuple[str, Path]], threads: int | None) -> list[tuple[str, Model]]:
+def load_models(
+    entries: Sequence[tuple[str, Path]], threads: int | None, providers: Sequence[str] | None = None
+) -> list[tuple[str, Model]]:
     """Load every model with the runtime (manifest and external data checked first)."""
-    return [(name, load(path, intra_op_threads=threads)) for name, path in entries]
+    return [(name, load(path, intra_op_threads=threads, providers=providers)) for name, path in entries]
 
 
 def read_token(path: Path) -> str:
@@ -127,7 +130,7 @@ def serve(
     warning = exposure_warning(options.host, settings.token)
     if warning:
         log.warning("%s", warning)
-    models = load_models(parse_model_args(model_args), options.threads)
+    models = load_models(parse_model_args(model_args), options.threads, options.providers)
     app, state = create_app(models, settings)
     sock = bind(options.host, options.port)
     port = sock.getsockname()[1]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -272,6 +273,12 @@ def test_binary_size_checked_before_decoding(server: Server) -> None:
             "POST", "/v2/models/lenet/infer", body, {"Inference-Header-Content-Length": str(len(head))}
         )
         assert status == 400 and message in json.loads(data)["error"]
+
+
+def test_unknown_provider_is_refused_before_listening(models: dict[str, Path]) -> None:
+    result = run_cli("serve", str(models["lenet"]), "--port", "0", "--provider", "NopeExecutionProvider")
+    assert result.code == 2 and "execution provider 'NopeExecutionProvider' is not available" in result.err
+    assert "listening" not in result.out
 
 
 def test_unknown_routes_and_models(server: Server) -> None:

@@ -75,3 +75,18 @@ def test_serve_imports_no_torch_or_training() -> None:
     assert {"uvicorn", "starlette", "prometheus_client", "specc.runtime"} <= mods
     assert "torch" not in mods
     assert not {m for m in mods if m.startswith(("specc.train", "specc.nn", "specc.export", "specc.data"))}
+
+
+def test_only_models_with_one_symbolic_batch_axis_are_batched() -> None:
+    from types import SimpleNamespace
+
+    from specc.runtime import TensorSpec
+    from specc.serve.app import batchable
+
+    def model(*shapes: tuple[object, ...]) -> object:
+        specs = [TensorSpec(f"t{i}", s, "float32") for i, s in enumerate(shapes)]  # type: ignore[arg-type]
+        return SimpleNamespace(inputs=specs[:-1], outputs=specs[-1:])
+
+    assert batchable(model(("batch", 4), ("batch", "seq"), ("batch", 3)))  # type: ignore[arg-type]
+    assert not batchable(model((1, 4), (1, 3)))  # type: ignore[arg-type]  # `specc export --static`
+    assert not batchable(model(("batch", 4), ("n", 3)))  # type: ignore[arg-type]
