@@ -1,11 +1,13 @@
-"""Torch-free data layer of ``specc train``: named, synthetic and user data sets as numpy splits.
+"""Torch-free data layer of ``specc train``: named, synthetic and user data sets as splits of numpy
+samples, held in memory or read on demand (image files, tar shards, memory-mapped arrays, text).
 
-The torch augmentations live in :mod:`specc.data.augment` (import it directly; this package never
-imports torch).
+This package never imports torch; the torch ``Dataset``/``DataLoader`` adapters live in
+:mod:`specc.train.batches`.
 """
 
 from __future__ import annotations
 
+from specc.data.augment import Augmenter, make_augmenter, resize_bilinear
 from specc.data.datasets import (
     ACCEPTED_SOURCES,
     BOS_ID,
@@ -18,14 +20,18 @@ from specc.data.datasets import (
     SYNTHETIC_VOCAB_SIZE,
     TASKS,
     Dataset,
-    Split,
     Task,
     load_dataset,
     make_seq2seq,
-    resize_bilinear,
 )
+from specc.data.splits import ArraySplit, DataBudget, Split, split_indices
 
 __all__ = [
+    "ArraySplit",
+    "Augmenter",
+    "DataBudget",
+    "make_augmenter",
+    "split_indices",
     "ACCEPTED_SOURCES",
     "BOS_ID",
     "EOS_ID",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import codecs
-import csv
 import dataclasses
 import functools
 import math
@@ -33,12 +32,44 @@ import sysconfig
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from specc.data.augment import resize_bilinear
+from specc.data.images import (
+    ImageDecoder,
+    ImageSplit,
+    ShardRefs,
+    class_folder_files,
+    compute_stats,
+    image_size,
+    index_shards,
+    split_layout,
+)
+from specc.data.splits import (
+    DEFAULT_MAX_DATA_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ArraySplit,
+    DataBudget,
+    Index,
+    Split,
+    check_finite,
+    split_indices,
+    split_sizes,
+)
+from specc.data.tables import TABLE_SUFFIXES, fit_encoding, read_table
+from specc.data.text import TextWindows
+from specc.data.text import byte_lut as text_byte_lut
+from specc.data.text import compact_ids as text_compact_ids
+from specc.data.text import ids_of_str as text_ids_of_str
+from specc.data.text import memmap_bytes as text_memmap
+from specc.data.text import scan as text_scan
 from specc.errors import DataError, did_you_mean
+
+if TYPE_CHECKING:
+    from specc.data.augment import Augmenter
 
 Array = npt.NDArray[Any]
 Task = Literal["classification", "regression", "language_model", "seq2seq"]
@@ -57,8 +88,9 @@ NAMED_SOURCES: tuple[str, ...] = (*SKLEARN_SOURCES, "text:stdlib", *SYNTHETIC_SO
 ACCEPTED_SOURCES = (
     "digits, iris, wine, breast_cancer, text:stdlib, text:PATH, copy, reverse, sort, "
     "or a path to a .txt file, a .npz file (arrays x and y, or x_train/y_train [+ x_val/y_val, x_test/y_test]), "
-    "a .npy file x.npy with its labels y.npy beside it, a .csv file with a header row, "
-    "or an image folder with one sub-folder per class"
+    "a .npy file x.npy with its labels y.npy beside it, a .csv or .parquet table with a header row "
+    "(--label COL), an image folder with one sub-folder per class (or train/ val/ test/ sub-folders "
+    "of those), or tar shards in the WebDataset layout (a .tar file or a folder of them)"
 )
 
 DEFAULT_TEXT_SEQ_LEN = 128
@@ -83,8 +115,6 @@ _FLOAT_DTYPES = {
     "fp64",
 }
 _INT_DTYPES = {"int", "int8", "int16", "int32", "int64", "uint8", "long", "i32", "i64"}
-_JUNK_FILES = {"thumbs.db", "desktop.ini"}
-_LABEL_COLUMNS = ("label", "target", "y")
 
 # Modules whose docstrings make the ``text:stdlib`` corpus, in this order (``a/b`` is ``a/b.py`` or
 # the package ``a/b/__init__.py``). Files are parsed with ``ast``, never imported or executed.
@@ -148,23 +178,6 @@ _STDLIB_MODULES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True, eq=False)
-class Split:
-    """One split of a data set.
-
-    Attributes:
-        x: Inputs, shape ``(N, *sample_shape)``.
-        y: Targets: ``(N,)`` int64 class ids, ``(N, ...)`` float32 regression targets, or int64
-            token arrays for language-model and seq2seq tasks.
-    """
-
-    x: Array
-    y: Array
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
 class Dataset:
     """A loaded data set with its three splits and what was done to it.
 
@@ -178,6 +191,10 @@ class Dataset:
         class_names: Class names where known.
         preprocess: JSON-able record of the preprocessing (kind, mean/std, size, vocab, ...).
         notes: Human-readable log lines about conversions.
+        options: Every option of :func:`load_dataset` that rebuilds these splits (``source``,
+            ``seed``, ``val_fraction``, ``test_fraction``, and ``seq_len``, ``num_samples``,
+            ``label``, ``task`` where given): ``load_dataset(**options, input_shape=..., input_dtype=...)``
+            gives the same splits.
     """
 
     name: str
@@ -189,11 +206,12 @@ class Dataset:
     class_names: list[str] | None
     preprocess: dict[str, object]
     notes: list[str] = field(default_factory=list)
+    options: dict[str, object] = field(default_factory=dict)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one input sample."""
-        return tuple(int(d) for d in self.train.x.shape[1:])
+        return self.train.sample_shape
 
 
 @dataclass(frozen=True)
@@ -208,6 +226,8 @@ class _Opts:
     seq_len: int | None
     num_samples: int | None
     task: Task | None
+    label: str | None = None
+    budget: DataBudget = DataBudget()
 
 
 def load_dataset(
@@ -221,8 +241,15 @@ def load_dataset(
     seq_len: int | None = None,
     num_samples: int | None = None,
     task: Task | None = None,
+    label: str | None = None,
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Dataset:
     """Load, check, split and normalise a data set so that it fits a spec's input.
+
+    Small sets are held in memory (:class:`ArraySplit`); image folders, tar shards, large ``.npy``
+    files and ASCII text files are read on demand (lazy :class:`Split` s). Read any split with
+    ``len(split)``, ``split.take(indices)`` or ``split.batches(n)`` (numpy arrays).
 
     Args:
         source: A named set, ``text:PATH`` or a path (see :data:`ACCEPTED_SOURCES`).
@@ -238,6 +265,10 @@ def load_dataset(
             number of samples (text: about this many windows) taken before splitting.
         task: Optional override of the task inferred for .npz/.npy/.csv data (integer labels give
             classification, float labels regression); for other sources it must match.
+        label: The label column of a table (.csv, .parquet); default: a column named label,
+            target or y, else the last one.
+        max_data_bytes: Budget of any one array sized by the data (see :class:`DataBudget`).
+        max_image_pixels: Budget of pixels of one image file (decompression bombs).
 
     Returns:
         The data set.
@@ -253,6 +284,8 @@ def load_dataset(
         raise DataError(f"data '{source}': seq_len must be at least 1, got {seq_len}")
     if task is not None and task not in TASKS:
         raise DataError(f"data '{source}': unknown task '{task}'; expected one of {', '.join(TASKS)}")
+    if max_data_bytes < 1 or max_image_pixels < 1:
+        raise DataError(f"data '{source}': max_data_bytes and max_image_pixels must be at least 1")
     opts = _Opts(
         source,
         shape,
@@ -264,15 +297,32 @@ def load_dataset(
         seq_len,
         num_samples,
         task,
+        label,
+        DataBudget(max_data_bytes, max_image_pixels),
     )
+    if label is not None and not _is_table(source):
+        raise DataError(
+            f"data '{source}': --label names a column of a table (.csv, .parquet), not of this source"
+        )
     ds = _dispatch(opts)
+    for sp in (ds.train, ds.val, ds.test):
+        sp.budget = opts.budget
     if task is not None and ds.task != task:
         raise DataError(f"data '{source}' is a {ds.task} data set but the spec asks for {task}")
     _final_check(ds, shape)
     if num_samples is not None and source not in SYNTHETIC_SOURCES:
         unit = "windows" if ds.task == "language_model" else "samples"
         ds.notes.append(f"capped at about {num_samples} {unit} (num_samples) before splitting")
+    given = {"seq_len": seq_len, "num_samples": num_samples, "task": task, "label": label}
+    ds.options.update(
+        {"source": source, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    )
+    ds.options.update({k: v for k, v in given.items() if v is not None})
     return ds
+
+
+def _is_table(source: str) -> bool:
+    return Path(source).suffix.lower() in TABLE_SUFFIXES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,32 +337,31 @@ def _dispatch(o: _Opts) -> Dataset:
         return _load_synthetic(o)
     if src == "text:stdlib":
         text, nmods = _stdlib_text()
-        return _text_dataset(
-            o,
-            text,
-            [f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"],
-        )
+        ids, vocab = text_ids_of_str(text)
+        note = f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"
+        return _text_dataset(o, ids, vocab, None, [note])
     if src.startswith("text:"):
-        path = Path(src[len("text:") :]).expanduser()
-        return _text_dataset(o, _read_text_file(path), [f"text: read {path}"])
+        return _load_text_file(o, Path(src[len("text:") :]).expanduser())
     path = Path(src).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
-        if suffix in (".txt", ".npz", ".npy", ".csv") or os.sep in src or "/" in src:
+        if suffix in (".txt", ".npz", ".npy", ".tar", *TABLE_SUFFIXES) or os.sep in src or "/" in src:
             raise DataError(f"data path '{src}' does not exist")
         raise DataError(
             f"unknown data source '{src}'{did_you_mean(src, NAMED_SOURCES)}; accepted: {ACCEPTED_SOURCES}"
         )
     if path.is_dir():
-        return _load_image_folder(o, path)
+        return _load_folder(o, path)
     if suffix == ".txt":
-        return _text_dataset(o, _read_text_file(path), [f"text: read {path}"])
+        return _load_text_file(o, path)
     if suffix == ".npz":
         return _load_npz(o, path)
     if suffix == ".npy":
         return _load_npy(o, path)
-    if suffix == ".csv":
-        return _load_csv(o, path)
+    if suffix in TABLE_SUFFIXES:
+        return _load_table(o, path)
+    if suffix == ".tar":
+        return _load_shards(o, {"train": [path]}, path)
     raise DataError(
         f"data file '{src}' has an unsupported type '{suffix or '(none)'}'; accepted: {ACCEPTED_SOURCES}"
     )
@@ -385,16 +434,15 @@ def _shape_error(
 
 def _final_check(ds: Dataset, shape: tuple[int | str, ...] | None) -> None:
     for split_name, sp in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
-        sample = tuple(int(d) for d in sp.x.shape[1:])
-        if not _matches(sample, shape):
-            raise _shape_error(ds.name, sample, shape)
-        if sp.x.shape[0] != sp.y.shape[0]:
-            raise DataError(
-                f"data '{ds.name}': {split_name} split has {sp.x.shape[0]} inputs but {sp.y.shape[0]} targets"
-            )
-        for arr, what in ((sp.x, "inputs"), (sp.y, "targets")):
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise DataError(f"data '{ds.name}': {split_name} {what} contain NaN or infinite values")
+        if not _matches(sp.sample_shape, shape):
+            raise _shape_error(ds.name, sp.sample_shape, shape)
+        if isinstance(sp, ArraySplit):
+            if sp.x.shape[0] != sp.y.shape[0]:
+                raise DataError(
+                    f"data '{ds.name}': {split_name} split has {sp.x.shape[0]} inputs but {sp.y.shape[0]} targets"
+                )
+            check_finite(sp.x, f"data '{ds.name}': {split_name} inputs")
+            check_finite(sp.y, f"data '{ds.name}': {split_name} targets")
     if len(ds.train) < 1:
         raise DataError(f"data '{ds.name}': the training split is empty")
 
@@ -403,38 +451,26 @@ def _final_check(ds: Dataset, shape: tuple[int | str, ...] | None) -> None:
 # splitting and normalisation
 
 
-def _split_sizes(
-    n: int, o: _Opts, unit: str = "samples", vf: float | None = None, tf: float | None = None
-) -> tuple[int, int, int]:
-    vf = o.val_fraction if vf is None else vf
-    tf = o.test_fraction if tf is None else tf
-    n_val = max(1, int(round(n * vf))) if vf > 0 else 0
-    n_test = max(1, int(round(n * tf))) if tf > 0 else 0
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise DataError(
-            f"data '{o.source}' has only {n} {unit}: too few for val_fraction={vf} and "
-            f"test_fraction={tf} (each split needs at least one)"
-        )
-    return n_train, n_val, n_test
-
-
-def _random_split(
-    x: Array, y: Array, o: _Opts, vf: float | None = None, tf: float | None = None
-) -> tuple[Split, Split, Split]:
-    """Split by a permutation seeded with ``o.seed`` (capped at ``o.num_samples``)."""
-    perm = np.random.default_rng(o.seed).permutation(x.shape[0])
-    if o.num_samples is not None:
-        perm = perm[: o.num_samples]
-    n_train, n_val, _ = _split_sizes(len(perm), o, vf=vf, tf=tf)
-    parts = (perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :])
-    tr, va, te = (Split(np.ascontiguousarray(x[p]), np.ascontiguousarray(y[p])) for p in parts)
+def _split_arrays(
+    x: Array, y: Array, o: _Opts, stratify: bool, vf: float | None = None, tf: float | None = None
+) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
+    """Split by a permutation seeded with ``o.seed`` (capped at ``o.num_samples``; stratified by class)."""
+    parts = split_indices(
+        x.shape[0],
+        o.seed,
+        o.val_fraction if vf is None else vf,
+        o.test_fraction if tf is None else tf,
+        o.source,
+        labels=y if stratify else None,
+        cap=o.num_samples,
+    )
+    tr, va, te = (ArraySplit(np.ascontiguousarray(x[p]), np.ascontiguousarray(y[p])) for p in parts)
     return tr, va, te
 
 
 def _standardise(
-    splits: tuple[Split, Split, Split], axis: int | None
-) -> tuple[tuple[Split, Split, Split], list[float], list[float]]:
+    splits: tuple[ArraySplit, ArraySplit, ArraySplit], axis: int | None
+) -> tuple[tuple[ArraySplit, ArraySplit, ArraySplit], list[float], list[float]]:
     """Standardise float inputs with train statistics, per index of ``axis`` (None: per element)."""
     train_x = splits[0].x.astype(np.float64)
     ndim = train_x.ndim
@@ -445,8 +481,13 @@ def _standardise(
     mean = train_x.mean(axis=reduce, keepdims=True)
     std = train_x.std(axis=reduce, keepdims=True)
     std = np.where(std > 1e-8, std, 1.0)
-    out = tuple(Split(((sp.x - mean) / std).astype(np.float32), sp.y) for sp in splits)
+    out = tuple(ArraySplit(((sp.x - mean) / std).astype(np.float32), sp.y) for sp in splits)
     return (out[0], out[1], out[2]), [float(v) for v in mean.ravel()], [float(v) for v in std.ravel()]
+
+
+def _flat(splits: tuple[ArraySplit, ArraySplit, ArraySplit]) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
+    a, b, c = (ArraySplit(sp.x.reshape(len(sp), -1), sp.y) for sp in splits)
+    return a, b, c
 
 
 # --------------------------------------------------------------------------------------------------
@@ -472,15 +513,11 @@ def _load_sklearn(o: _Opts) -> Dataset:
     if o.source == "digits":
         images = np.asarray(bunch.images, dtype=np.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
         images, flatten = _fit_digits(images, o, notes)
-        splits = _random_split(images, y, o)
+        splits = _split_arrays(images, y, o, stratify=True)
         splits, mean, std = _standardise(splits, axis=1)
         c, h, w = (int(d) for d in images.shape[1:])
         if flatten:
-            splits = (
-                Split(splits[0].x.reshape(len(splits[0]), -1), splits[0].y),
-                Split(splits[1].x.reshape(len(splits[1]), -1), splits[1].y),
-                Split(splits[2].x.reshape(len(splits[2]), -1), splits[2].y),
-            )
+            splits = _flat(splits)
         pre: dict[str, object] = {
             "kind": "image",
             "mean": mean,
@@ -496,7 +533,7 @@ def _load_sklearn(o: _Opts) -> Dataset:
         sample = (int(x.shape[1]),)
         if not _matches(sample, o.shape):
             raise _shape_error(o.source, sample, o.shape)
-        splits = _random_split(x, y, o)
+        splits = _split_arrays(x, y, o, stratify=True)
         splits, mean, std = _standardise(splits, axis=None)
         pre = {
             "kind": "features",
@@ -547,34 +584,6 @@ def _fit_digits(images: Array, o: _Opts, notes: list[str]) -> tuple[Array, bool]
     raise _shape_error(o.source, (1, 8, 8), shape, hint)
 
 
-def resize_bilinear(images: Array, height: int, width: int) -> Array:
-    """Resize a (N, C, H, W) float batch with bilinear interpolation (half-pixel centres, no antialias).
-
-    Args:
-        images: Batch to resize.
-        height: Output height.
-        width: Output width.
-
-    Returns:
-        The resized batch as float32, shape (N, C, height, width).
-    """
-    src_h, src_w = int(images.shape[2]), int(images.shape[3])
-
-    def coords(n_out: int, n_in: int) -> tuple[Array, Array, Array]:
-        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        pos = np.clip(pos, 0.0, n_in - 1)
-        i0 = np.floor(pos).astype(np.int64)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (pos - i0).astype(np.float32)
-
-    y0, y1, wy = coords(height, src_h)
-    x0, x1, wx = coords(width, src_w)
-    img = images.astype(np.float32)
-    top = img[:, :, y0, :] * (1 - wy)[:, None] + img[:, :, y1, :] * wy[:, None]
-    out: Array = (top[:, :, :, x0] * (1 - wx) + top[:, :, :, x1] * wx).astype(np.float32)
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # text
 
@@ -596,49 +605,35 @@ def _resolve_seq_len(o: _Opts, default: int) -> int:
     return spec_len if spec_len is not None else default
 
 
-def _read_text_file(path: Path) -> str:
-    if not path.exists():
-        raise DataError(f"text file '{path}' does not exist")
-    if not path.is_file():
-        raise DataError(f"text file '{path}' is not a file")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read text file '{path}': {e.strerror or e}") from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"text file '{path}' is not UTF-8 text (bad byte at offset {e.start})") from e
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
-        raise DataError(f"text file '{path}' is empty")
-    return text
+def _load_text_file(o: _Opts, path: Path) -> Dataset:
+    """A text file: memory-mapped when plain ASCII, else converted to compact ids (module text)."""
+    _require_kind(o, "int", "int64 token ids")
+    vocab_chars, length, plain = text_scan(path)
+    vocab = ["", *vocab_chars]
+    if plain:
+        note = f"text: {path} memory-mapped (plain ASCII), windows read on demand"
+        return _text_dataset(o, text_memmap(path), vocab, text_byte_lut(vocab), [note])
+    ids = text_compact_ids(path, vocab, length, o.budget)
+    return _text_dataset(o, ids, vocab, None, [f"text: read {path}"])
 
 
-def _text_dataset(o: _Opts, text: str, notes: list[str]) -> Dataset:
+def _text_dataset(o: _Opts, ids: Array, vocab: list[str], lut: Array | None, notes: list[str]) -> Dataset:
     _require_kind(o, "int", "int64 token ids")
     seq_len = _resolve_seq_len(o, DEFAULT_TEXT_SEQ_LEN)
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    chars = np.unique(codes)
-    ids = (np.searchsorted(chars, codes) + 1).astype(np.int64)  # 0 is pad/unknown
-    vocab = [""] + [chr(int(c)) for c in chars]
-    if o.num_samples is not None:
-        ids = ids[: o.num_samples * seq_len + 1]
     n = int(ids.shape[0])
-    n_train, n_val, n_test = _split_sizes(n, o, unit="characters")
+    if o.num_samples is not None:
+        n = min(n, o.num_samples * seq_len + 1)
+    n_train, n_val, n_test = split_sizes(n, o.val_fraction, o.test_fraction, o.source, unit="characters")
     bounds = ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, n))
     splits: list[Split] = []
     for (start, stop), split_name in zip(bounds, ("train", "val", "test"), strict=True):
-        chunk = ids[start:stop]
-        k = max(0, (len(chunk) - 1) // seq_len)
-        if k == 0 and len(chunk) > 0:
+        k = max(0, (stop - start - 1) // seq_len)
+        if k == 0 and stop > start:
             raise DataError(
-                f"data '{o.source}' is too short: {n} characters leave {len(chunk)} for the "
+                f"data '{o.source}' is too short: {n} characters leave {stop - start} for the "
                 f"{split_name} split, fewer than one window of seq_len {seq_len} + 1"
             )
-        x = chunk[: k * seq_len].reshape(k, seq_len)
-        y = chunk[1 : k * seq_len + 1].reshape(k, seq_len)
-        splits.append(Split(np.ascontiguousarray(x), np.ascontiguousarray(y)))
+        splits.append(TextWindows(ids, start, k, seq_len, lut))
     notes.append(
         f"text: {n} characters, vocab {len(vocab)} (id 0 = pad/unknown), "
         f"{sum(len(s) for s in splits)} windows of {seq_len}; contiguous train/val/test chunks"
@@ -750,7 +745,7 @@ def _load_synthetic(o: _Opts) -> Dataset:
     seq_len = _resolve_seq_len(o, DEFAULT_SYNTHETIC_SEQ_LEN)
     n = o.num_samples if o.num_samples is not None else DEFAULT_SYNTHETIC_SAMPLES
     x, y = make_seq2seq(o.source, n, seq_len, o.seed)
-    splits = _random_split(x, y, dataclasses.replace(o, num_samples=None))
+    splits = _split_arrays(x, y, dataclasses.replace(o, num_samples=None), stratify=False)
     pre: dict[str, object] = {
         "kind": "tokens",
         "pad": PAD_ID,
@@ -814,9 +809,12 @@ def make_seq2seq(kind: str, num_samples: int, seq_len: int, seed: int) -> tuple[
 # arrays: .npz, .npy, .csv
 
 
-def _load_array_file(path: Path) -> Array:
+MMAP_BYTES = 256 << 20  # .npy inputs larger than this are memory-mapped and read on demand
+
+
+def _load_array_file(path: Path, budget: DataBudget, mmap: bool = False) -> Array:
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError as e:
         raise DataError(f"data file '{path}' does not exist") from e
     except (OSError, ValueError, EOFError) as e:
@@ -825,7 +823,28 @@ def _load_array_file(path: Path) -> Array:
         ) from e
     if not isinstance(arr, np.ndarray):
         raise DataError(f"'{path}' is not a .npy array file")
+    if not mmap:
+        budget.check(f"array file '{path}'", arr.shape, arr.dtype.itemsize)
     return arr
+
+
+def _read_header(f: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(int(d) for d in shape), np.dtype(dtype)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """Shape and dtype of a .npy file from its header (nothing else is read)."""
+    try:
+        with path.open("rb") as f:
+            shape, dtype = _read_header(f)
+    except FileNotFoundError as e:
+        raise DataError(f"data file '{path}' does not exist") from e
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read '{path}' as a .npy array: {e}") from e
+    return shape, dtype
 
 
 def _load_npy(o: _Opts, path: Path) -> Dataset:
@@ -840,16 +859,27 @@ def _load_npy(o: _Opts, path: Path) -> Dataset:
     y_path = next((c for c in candidates if c.is_file()), None)
     if y_path is None:
         raise DataError(f"'{path}' needs its labels in '{candidates[0]}', which does not exist; {hint}")
-    x = _load_array_file(path)
-    y = _load_array_file(y_path)
-    return _array_dataset(o, str(path), {"train": (x, y)}, [f"npy: inputs {path.name}, labels {y_path.name}"])
+    shape, dtype = _npy_header(path)
+    big = math.prod(shape) * dtype.itemsize > MMAP_BYTES
+    x = _load_array_file(path, o.budget, mmap=big and dtype.kind in "biuf")
+    y = _load_array_file(y_path, o.budget)
+    note = f"npy: inputs {path.name}, labels {y_path.name}"
+    if isinstance(x, np.memmap):
+        return _mapped_dataset(o, str(path), x, y, [note + " (memory-mapped, read on demand)"])
+    return _array_dataset(o, str(path), {"train": (x, y)}, [note])
 
 
 def _load_npz(o: _Opts, path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
+            for k in z.files:  # budget from each member's header before it is decompressed
+                with z.zip.open(f"{k}.npy") as member:
+                    shape, dtype = _read_header(member)
+                o.budget.check(f"array '{k}' of '{path}'", shape, np.dtype(dtype).itemsize)
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(
             f"cannot read '{path}' as a .npz archive (pickled/object arrays are refused): {e}"
         ) from e
@@ -873,89 +903,60 @@ def _load_npz(o: _Opts, path: Path) -> Dataset:
     )
 
 
-def _load_csv(o: _Opts, path: Path) -> Dataset:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"CSV file '{path}' is not UTF-8 text (bad byte at offset {e.start})") from e
-    except OSError as e:
-        raise DataError(f"cannot read CSV file '{path}': {e.strerror or e}") from e
-    rows = csv.reader(text.splitlines())
-    header: list[str] | None = None
-    features: list[list[float]] = []
-    labels: list[str] = []
-    label_col = -1
-    try:
-        for row in rows:
-            line = rows.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if header is None:
-                header = [c.strip() for c in row]
-                if all(_is_number(c) for c in header):
-                    raise DataError(
-                        f"{path}:{line}: the first row must be a header of column names, found only numbers"
-                    )
-                lowered = [h.lower() for h in header]
-                found = [lowered.index(n) for n in _LABEL_COLUMNS if n in lowered]
-                label_col = found[0] if found else len(header) - 1
-                if len(header) < 2:
-                    raise DataError(f"{path}:{line}: need at least one feature column and one label column")
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{line}: expected {len(header)} fields, found {len(row)}")
-            values: list[float] = []
-            for i, cell in enumerate(row):
-                if i == label_col:
-                    continue
-                try:
-                    v = float(cell)
-                except ValueError:
-                    raise DataError(
-                        f"{path}:{line}: column '{header[i]}' value {cell.strip()!r} is not a number"
-                    ) from None
-                if not math.isfinite(v):
-                    raise DataError(
-                        f"{path}:{line}: column '{header[i]}' value {cell.strip()!r} is not finite"
-                    )
-                values.append(v)
-            features.append(values)
-            labels.append(row[label_col].strip())
-    except csv.Error as e:
-        raise DataError(f"{path}:{rows.line_num}: malformed CSV: {e}") from e
-    if header is None:
-        raise DataError(f"CSV file '{path}' is empty")
-    if not features:
-        raise DataError(f"CSV file '{path}' has a header but no data rows")
-    if any(lab == "" for lab in labels):
-        raise DataError(f"CSV file '{path}': label column '{header[label_col]}' has empty values")
-    x = np.asarray(features, dtype=np.float64)
-    y: Array
-    if all(_is_int(v) for v in labels):
-        y = np.asarray([int(v) for v in labels], dtype=np.int64)
-    elif all(_is_number(v) for v in labels):
-        y = np.asarray([float(v) for v in labels], dtype=np.float64)
-    else:
-        y = np.asarray(labels, dtype=np.str_)
-    note = f"csv: {len(features)} rows, {x.shape[1]} features, label column '{header[label_col]}'"
-    feature_names = [h for i, h in enumerate(header) if i != label_col]
-    return _array_dataset(o, str(path), {"train": (x, y)}, [note], feature_names=feature_names)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_int(s: str) -> bool:
-    try:
-        int(s.strip())
-    except ValueError:
-        return False
-    return True
+def _load_table(o: _Opts, path: Path) -> Dataset:
+    """A CSV/Parquet table (module tables): split, then encode with training statistics."""
+    _require_kind(o, "float", "float features")
+    table = read_table(path, o.label, o.budget)
+    y, task, num_classes, class_names, label_notes = _labels(o, str(path), table.label)
+    parts = split_indices(
+        table.rows,
+        o.seed,
+        o.val_fraction,
+        o.test_fraction,
+        o.source,
+        labels=y if task == "classification" else None,
+        cap=o.num_samples,
+    )
+    encoding, enc_notes = fit_encoding(table, parts[0])
+    x = encoding.transform(table, o.budget)
+    sample = (x.shape[1],)
+    if not _matches(sample, o.shape):
+        raise _shape_error(
+            str(path),
+            sample,
+            o.shape,
+            f" ({len(encoding.numeric)} numeric columns + {x.shape[1] - len(encoding.numeric)} one-hot "
+            "category columns)",
+        )
+    tr, va, te = (ArraySplit(np.ascontiguousarray(x[p]), np.ascontiguousarray(y[p])) for p in parts)
+    notes = [
+        f"table: {table.rows} rows, {len(table.columns) - 1} columns -> {x.shape[1]} features, "
+        f"label column '{table.label_name}'",
+        *label_notes,
+        *enc_notes,
+        "standardised numeric columns with train mean/std",
+    ]
+    pre: dict[str, object] = {
+        "kind": "features",
+        "mean": encoding.mean,
+        "std": encoding.std,
+        "feature_names": encoding.feature_names,
+        "columns": encoding.numeric,
+        "label_column": table.label_name,
+        "impute": encoding.impute,
+        "categories": encoding.categories,
+    }
+    return Dataset(
+        str(path),
+        task,
+        tr,
+        va,
+        te,
+        num_classes=num_classes,
+        class_names=class_names,
+        preprocess=pre,
+        notes=notes,
+    )
 
 
 def _labels(o: _Opts, name: str, y: Array) -> tuple[Array, Task, int | None, list[str] | None, list[str]]:
@@ -1049,6 +1050,7 @@ def _array_dataset(
             )
         if x.dtype.kind not in "biuf":
             raise DataError(f"data '{name}': inputs have non-numeric dtype {x.dtype}")
+        check_finite(x, f"data '{name}': {k} inputs")
         if k != "train" and x.shape[1:] != parts["train"][0].shape[1:]:
             raise DataError(
                 f"data '{name}': {k} inputs have sample shape {x.shape[1:]} but train "
@@ -1060,6 +1062,7 @@ def _array_dataset(
     y_all, task, num_classes, class_names, label_notes = _labels(o, name, np.concatenate(ys))
     notes.extend(label_notes)
     x_all = np.concatenate(xs)
+    o.budget.check(f"data '{name}'", x_all.shape, max(4, x_all.dtype.itemsize))
     scale: float | None = None
     if o.dtype_kind == "int":
         if x_all.dtype.kind == "f":
@@ -1079,13 +1082,13 @@ def _array_dataset(
     x_all = _fit_array(o, name, x_all, notes)
     bounds = np.cumsum([0, *counts])
     given = {
-        k: Split(x_all[bounds[i] : bounds[i + 1]], y_all[bounds[i] : bounds[i + 1]])
+        k: ArraySplit(x_all[bounds[i] : bounds[i + 1]], y_all[bounds[i] : bounds[i + 1]])
         for i, k in enumerate(order)
     }
     train_x, train_y = given["train"].x, given["train"].y
     vf = 0.0 if "val" in given else o.val_fraction
     tf = 0.0 if "test" in given else o.test_fraction
-    tr, va, te = _random_split(train_x, train_y, o, vf=vf, tf=tf)
+    tr, va, te = _split_arrays(train_x, train_y, o, task == "classification", vf=vf, tf=tf)
     if "val" in given:
         va = given["val"]
         notes.append("used the file's own validation split")
@@ -1112,96 +1115,227 @@ def _array_dataset(
     )
 
 
+class MappedSplit(Split):
+    """Rows of a memory-mapped array, converted, reshaped and standardised when read."""
+
+    def __init__(self, x: Array, y: Array, rows: Array, convert: _Convert) -> None:
+        self.xm, self.labels, self.rows, self.convert = x, y, rows, convert
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.convert.sample_shape
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.labels.shape[1:])
+
+    def take(self, idx: Index, aug: Augmenter | None = None, epoch: int = 0) -> tuple[Array, Array]:
+        rows = self.rows[np.asarray(idx, dtype=np.int64)]
+        x = self.convert(np.asarray(self.xm[rows]))
+        if aug is not None and x.ndim == 4:
+            x = np.stack([aug.array(x[k], epoch, int(r)) for k, r in enumerate(rows)]) if len(rows) else x
+        return x, self.labels[rows]
+
+
+@dataclass(frozen=True)
+class _Convert:
+    """Raw rows -> model inputs: dtype, scale, the reshape :func:`_fit_array` chose, standardisation."""
+
+    o: _Opts
+    name: str
+    int_inputs: bool
+    scale: float | None
+    sample_shape: tuple[int, ...]
+    mean: Array | None = None
+    std: Array | None = None
+
+    def __call__(self, raw: Array) -> Array:
+        if self.int_inputs:
+            return raw.astype(np.int64).reshape(len(raw), *self.sample_shape)
+        x = raw.astype(np.float32)
+        if self.scale is not None:
+            x = x * np.float32(self.scale)
+        x = _fit_array(
+            self.o, self.name, x.reshape(len(raw), *raw.shape[1:]) if raw.ndim > 1 else x[:, None], []
+        )
+        if self.mean is not None and self.std is not None:
+            x = ((x - self.mean) / self.std).astype(np.float32)
+        return x
+
+
+def _mapped_dataset(o: _Opts, name: str, xm: Array, y_raw: Array, notes: list[str]) -> Dataset:
+    """A memory-mapped .npy: labels in memory, inputs read (and standardised) on demand."""
+    if y_raw.shape[0] != xm.shape[0]:
+        raise DataError(f"data '{name}': inputs have {xm.shape[0]} samples but labels have {y_raw.shape[0]}")
+    y, task, num_classes, class_names, label_notes = _labels(o, name, y_raw)
+    notes.extend(label_notes)
+    int_inputs = o.dtype_kind == "int"
+    if int_inputs and xm.dtype.kind == "f":
+        raise DataError(f"data '{name}' has float inputs but the spec input dtype is '{o.input_dtype}'")
+    scale = 1.0 / 255.0 if (not int_inputs and xm.dtype == np.uint8) else None
+    first = np.asarray(xm[:1]).astype(np.int64 if int_inputs else np.float32)
+    fitted = first if int_inputs else _fit_array(o, name, first if first.ndim > 1 else first[:, None], notes)
+    conv = _Convert(o, name, int_inputs, scale, tuple(int(d) for d in fitted.shape[1:]))
+    parts = split_indices(
+        len(y),
+        o.seed,
+        o.val_fraction,
+        o.test_fraction,
+        o.source,
+        y if task == "classification" else None,
+        o.num_samples,
+    )
+    pre: dict[str, object] = {"kind": "raw"}
+    if not int_inputs:
+        rank = len(conv.sample_shape)
+        axis = None if rank <= 1 else (rank if rank == 2 else 1)
+        mean, std = _streamed_stats(xm, parts, conv, axis, name)
+        conv = dataclasses.replace(conv, mean=mean, std=std)
+        kind = "features" if rank <= 1 else ("sequence" if rank == 2 else "image")
+        pre = {"kind": kind, "mean": [float(v) for v in mean.ravel()], "std": [float(v) for v in std.ravel()]}
+        if scale is not None:
+            pre["scale"] = scale
+        notes.append(f"standardised inputs ({kind}) with train mean/std")
+    tr, va, te = (MappedSplit(xm, y, p, conv) for p in parts)
+    return Dataset(
+        name, task, tr, va, te, num_classes=num_classes, class_names=class_names, preprocess=pre, notes=notes
+    )
+
+
+def _streamed_stats(
+    xm: Array, parts: tuple[Array, Array, Array], conv: _Convert, axis: int | None, name: str
+) -> tuple[Array, Array]:
+    """Mean/std of the training rows (per ``axis`` index), in chunks; every row is checked finite."""
+    total: Array | None = None
+    total_sq: Array | None = None
+    count = 0
+    train = np.zeros(xm.shape[0], dtype=bool)
+    train[parts[0]] = True
+    step = max(1, (64 << 20) // max(1, int(np.prod(xm.shape[1:])) * 8))
+    for start in range(0, xm.shape[0], step):
+        x = conv(np.asarray(xm[start : start + step])).astype(np.float64)
+        check_finite(x, f"data '{name}'", start)
+        x = x[train[start : start + step]]
+        reduce = (0,) if axis is None else tuple(a for a in range(x.ndim) if a != axis)
+        s, sq = x.sum(axis=reduce, keepdims=True), (x * x).sum(axis=reduce, keepdims=True)
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        count += int(np.prod([x.shape[a] for a in reduce]))
+    assert total is not None and total_sq is not None
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean * mean, 0.0))
+    return mean.astype(np.float64), np.where(std > 1e-8, std, 1.0)
+
+
 # --------------------------------------------------------------------------------------------------
-# image folders
+# images: folders and tar shards (decoded on demand, module images)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or p.name.lower() in _JUNK_FILES:
-            continue
-        if p.is_file():
-            files.append(p)
-    return files
-
-
-def _load_image_folder(o: _Opts, folder: Path) -> Dataset:
+def _load_folder(o: _Opts, folder: Path) -> Dataset:
+    """An image folder (one sub-folder per class, or train/ val/ test/ sub-folders of those), or a
+    folder of tar shards (``*.tar``, or train/ val/ test/ sub-folders of them)."""
+    layout = split_layout(folder)
+    roots = layout or {"train": folder}
+    shards = {k: sorted(p for p in d.iterdir() if p.suffix.lower() == ".tar") for k, d in roots.items()}
+    if shards["train"]:
+        return _load_shards(o, shards, folder)
     _require_kind(o, "float", "float images")
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - Pillow is a dependency
-        raise DataError(f"image folder '{folder}' needs Pillow, which is not installed") from e
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(
-            f"image folder '{folder}' has no class sub-folders (expected one sub-folder per class)"
-        )
-    if len(class_dirs) < 2:
-        raise DataError(
-            f"image folder '{folder}' has only one class sub-folder '{class_dirs[0].name}'; "
-            "classification needs at least two"
-        )
-    files: list[tuple[Path, int]] = []
-    for label, d in enumerate(class_dirs):
-        found = _image_files(d)
-        if not found:
-            raise DataError(f"class folder '{d}' holds no images")
-        files.extend((f, label) for f in found)
+    classes, files, labels = class_folder_files(roots["train"])
+    parts: dict[str, ImageSplit] = {}
+    decoder = ImageDecoder(1, 1, 1, o.budget.max_image_pixels)
+    parts["train"] = ImageSplit(files, labels, decoder)
+    for k in ("val", "test"):
+        if k in roots:
+            _, f, lab = class_folder_files(roots[k], classes)
+            parts[k] = ImageSplit(f, lab, decoder)
+    what = f"images: {len(files)} files in {len(classes)} classes" + (
+        f" (+ {', '.join(f'{k} {len(v)}' for k, v in parts.items() if k != 'train')} in {'/'.join(k for k in roots if k != 'train')}/)"
+        if len(parts) > 1
+        else ""
+    )
+    return _image_dataset(o, str(folder), classes, parts, what)
 
-    def open_rgb_or_l(f: Path, mode: str | None) -> Image.Image:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                return im.convert(mode or ("L" if im.mode in ("L", "1", "I;16", "I", "F") else "RGB"))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image '{f}': {e}") from e
 
+def _load_shards(o: _Opts, shards: dict[str, list[Path]], where: Path) -> Dataset:
+    _require_kind(o, "float", "float images")
+    decoder = ImageDecoder(1, 1, 1, o.budget.max_image_pixels)
+    parts: dict[str, ImageSplit] = {}
+    for k, paths in shards.items():
+        if not paths:
+            raise DataError(f"tar shard folder '{where}': the {k} folder holds no .tar shards")
+        refs, labels = index_shards(paths, o.budget)
+        if len(labels) == 0:
+            raise DataError(f"tar shards under '{where}' hold no samples")
+        parts[k] = ImageSplit(refs, labels, decoder)
+    n = int(max(int(p.labels.max()) for p in parts.values())) + 1
+    classes = [str(i) for i in range(n)]
+    what = f"tar shards: {len(parts['train'])} samples in {len(shards['train'])} shards, {n} classes"
+    return _image_dataset(o, str(where), classes, parts, what)
+
+
+def _image_dataset(
+    o: _Opts, name: str, classes: list[str], parts: dict[str, ImageSplit], what: str
+) -> Dataset:
+    """Size, split (stratified) and standardise lazily decoded image splits."""
+    notes = [what]
+    train = parts["train"]
+    sizes = _scan_headers(parts, o.budget.max_image_pixels)
+    first_w, first_h, first_mode = sizes[0]
     shape = o.shape
     flatten = False
     if shape is None or len(shape) == 3:
-        first = open_rgb_or_l(files[0][0], None)
         c_dim, h_dim, w_dim = shape if shape is not None else ("C", "H", "W")
-        channels = c_dim if isinstance(c_dim, int) else (1 if first.mode == "L" else 3)
-        height = h_dim if isinstance(h_dim, int) else first.height
-        width = w_dim if isinstance(w_dim, int) else first.width
+        channels = (
+            c_dim if isinstance(c_dim, int) else (1 if first_mode in ("L", "1", "I;16", "I", "F") else 3)
+        )
+        height = h_dim if isinstance(h_dim, int) else first_h
+        width = w_dim if isinstance(w_dim, int) else first_w
+        if isinstance(h_dim, str) or isinstance(w_dim, str):
+            first = train.read(0)[1]
+            o.budget.check(
+                f"images of '{name}': the spec's symbolic axes take the size {height}x{width} of the first "
+                f"image '{first}', and one sample",
+                (channels, height, width),
+                4,
+                "; give the spec fixed H and W",
+            )
+            notes.append(
+                f"images: sized {height}x{width} from the first image (the spec's axes are symbolic)"
+            )
     elif len(shape) == 1 and isinstance(shape[0], int) and math.isqrt(shape[0]) ** 2 == shape[0]:
         channels, height, width, flatten = 1, math.isqrt(shape[0]), math.isqrt(shape[0]), True
     else:
         raise DataError(
-            f"image folder '{folder}' gives images of shape (C, H, W) but the spec input shape is "
+            f"image folder '{name}' gives images of shape (C, H, W) but the spec input shape is "
             f"{_fmt_shape(shape)}; use (C, H, W) with C 1 or 3, or (L,) with L a square"
         )
     if channels not in (1, 3):
         raise DataError(
-            f"image folder '{folder}': the spec input shape {_fmt_shape(shape)} has {channels} "
+            f"image folder '{name}': the spec input shape {_fmt_shape(shape)} has {channels} "
             "channels; images can be loaded with 1 (grey) or 3 (RGB)"
         )
-    mode = "L" if channels == 1 else "RGB"
-    x = np.empty((len(files), channels, height, width), dtype=np.float32)
-    resized = 0
-    for i, (f, _) in enumerate(files):
-        im = open_rgb_or_l(f, mode)
-        if im.size != (width, height):
-            im = im.resize((width, height), Image.Resampling.BILINEAR)
-            resized += 1
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    y = np.asarray([lab for _, lab in files], dtype=np.int64)
-    notes = [f"images: {len(files)} files in {len(class_dirs)} classes, loaded as {mode} {height}x{width}"]
+    decoder = ImageDecoder(channels, height, width, o.budget.max_image_pixels)
+    resized = sum(1 for w, h, _ in sizes if (w, h) != (width, height))
+    notes.append(f"images: decoded on demand as {decoder.mode} {height}x{width}")
     if resized:
-        notes.append(f"images: resized {resized} of {len(files)} to {height}x{width} (bilinear)")
-    splits = _random_split(x, y, o)
-    splits, mean, std = _standardise(splits, axis=1)
+        notes.append(f"images: resizing {resized} of {len(sizes)} to {height}x{width} (bilinear)")
+    vf = 0.0 if "val" in parts else o.val_fraction
+    tf = 0.0 if "test" in parts else o.test_fraction
+    idx = split_indices(len(train), o.seed, vf, tf, o.source, labels=train.labels, cap=o.num_samples)
+    tr, va, te = (train.subset(i) for i in idx)
+    va, te = parts.get("val", va), parts.get("test", te)
+    tr = tr.with_decoder(decoder)
+    mean, std, used = compute_stats(tr, o.seed)
+    notes.append(
+        f"images: standardised per channel with the mean/std of {used} training images"
+        + (f" (a seeded sample of {len(tr)})" if used < len(tr) else "")
+    )
+    final = dataclasses.replace(decoder, mean=tuple(mean), std=tuple(std), flatten=flatten)
     if flatten:
-        splits = (
-            Split(splits[0].x.reshape(len(splits[0]), -1), splits[0].y),
-            Split(splits[1].x.reshape(len(splits[1]), -1), splits[1].y),
-            Split(splits[2].x.reshape(len(splits[2]), -1), splits[2].y),
-        )
         notes.append(f"images: flattened to {height * width} features")
-    class_names = [d.name for d in class_dirs]
     pre: dict[str, object] = {
         "kind": "image",
         "mean": mean,
@@ -1211,12 +1345,30 @@ def _load_image_folder(o: _Opts, folder: Path) -> Dataset:
         "scale": 1.0 / 255.0,
         "flatten": flatten,
     }
+    tr, va, te = (sp.with_decoder(final) for sp in (tr, va, te))
     return Dataset(
-        str(folder),
+        name,
         "classification",
-        *splits,
-        num_classes=len(class_names),
-        class_names=class_names,
+        tr,
+        va,
+        te,
+        num_classes=len(classes),
+        class_names=classes,
         preprocess=pre,
         notes=notes,
     )
+
+
+def _scan_headers(parts: dict[str, ImageSplit], max_pixels: int) -> list[tuple[int, int, str]]:
+    """Every image's (width, height, mode) from its header: non-images and pixel bombs are refused
+    now, naming the file (shards: the first 64 KiB of each image member)."""
+    out = []
+    for sp in parts.values():
+        for i in range(len(sp)):
+            if isinstance(sp.items, ShardRefs):
+                data: str | bytes = sp.items.read(i)
+                name = sp.items.name(i)
+            else:
+                data = name = sp.items[i]
+            out.append(image_size(data, name, max_pixels))
+    return out

@@ -1,15 +1,22 @@
-"""Fit a data set to a model's inputs and outputs, and cut it into reproducible batches.
+"""Fit a data set to a model's inputs and outputs, and feed it through torch's ``DataLoader``.
 
 Batches: epoch ``e`` visits the training split in the order ``permutation(seed, e)`` (a pure function
 of the two numbers), in global batches of ``batch_size``. A resumed run re-derives the permutation
-and skips the ``position`` batches already done, so no sample is skipped or repeated. With ``world``
-processes, rank ``r`` takes every ``world``-th sample of each global batch (all ranks hold the data).
+and starts the sampler at the ``position`` batches already done, so no sample is skipped or
+repeated. With ``world`` processes, rank ``r`` takes every ``world``-th sample of each global batch
+(the DistributedSampler equivalent). The sampler runs in the main process and hands
+``(epoch, position)`` pairs to the loader's workers; a sample's augmentation depends on those alone,
+so the number of workers never changes a run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,7 @@ import numpy as np
 import torch
 
 from specc.atomic import atomic_write_text
-from specc.data import BOS_ID, PAD_ID, Dataset, Split, load_dataset
+from specc.data import BOS_ID, PAD_ID, Augmenter, Dataset, Split, load_dataset
 from specc.errors import DataError
 
 DATA_FILE = "data.json"
@@ -59,8 +66,10 @@ def load_for_model(
     num_samples: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    **options: Any,
 ) -> Dataset:
-    """Load ``source`` shaped for the model's first input and check it fits the model's output."""
+    """Load ``source`` shaped for the model's first input and check it fits the model's output
+    (``options``: further keywords of :func:`specc.data.load_dataset`)."""
     ds = load_dataset(
         source,
         input_shape=io.input_shapes[0],
@@ -70,6 +79,7 @@ def load_for_model(
         num_samples=num_samples,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        **options,
     )
     check_fit(ds, io)
     return ds
@@ -100,11 +110,11 @@ def check_fit(ds: Dataset, io: ModelIO) -> list[str]:
             )
         notes += _class_notes(ds, head, where)
     elif ds.task == "regression":
-        target = tuple(ds.train.y.shape[1:]) or (1,)
-        if tuple(out) != target and not (len(ds.train.y.shape) == 1 and tuple(out) == (1,)):
+        target = ds.train.target_shape or (1,)
+        if tuple(out) != target and not (not ds.train.target_shape and tuple(out) == (1,)):
             raise DataError(f"data '{ds.name}' has regression targets of shape {_shape(target)} but {where}")
     else:
-        length = int(ds.train.y.shape[1])
+        length = ds.train.target_shape[0]
         if len(out) != 2 or not isinstance(head, int) or (isinstance(out[0], int) and out[0] != length):
             raise DataError(
                 f"data '{ds.name}' ({ds.task}) needs logits of shape ({length}, V) per sample but {where}"
@@ -155,21 +165,167 @@ def write_data_json(run: Path, ds: Dataset, io: ModelIO, labels: list[str] | Non
     atomic_write_text(run / DATA_FILE, json.dumps(info, indent=2) + "\n")
 
 
-# ------------------------------------------------------------------------------------------- tensors
+# ------------------------------------------------------------------------------------------- loading
+
+Item = tuple[int, int]  # (epoch, position in the split): what the samplers hand the workers
+Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # model inputs, target
 
 
-@dataclass
-class TensorSplit:
-    """A split as tensors on the training device: model inputs and targets."""
+def model_arrays(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], task: str, io: ModelIO) -> tuple[Any, ...]:
+    """A batch of samples as the model's inputs and the target (numpy).
 
-    inputs: tuple[torch.Tensor, ...]
-    target: torch.Tensor
+    seq2seq: inputs ``(src, [bos] + y[:-1])`` (teacher forcing), plus ``src != pad`` when the spec has a
+    third (bool) input; regression targets get a trailing axis of 1 when they have none.
+    """
+    if task == "regression" and y.ndim == 1:
+        y = y[:, None]
+    if task != "seq2seq":
+        return (x, y)
+    dec = np.concatenate([np.full((y.shape[0], 1), BOS_ID, dtype=y.dtype), y[:, :-1]], axis=1)
+    if len(io.input_names) == 2:
+        return (x, dec, y)
+    return (x, dec, x != PAD_ID, y)  # mask: True = real token
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A data error met in a loader worker, carried to the main process (raised there without the
+    worker's traceback)."""
+
+    message: str
+
+
+class SplitDataset(torch.utils.data.Dataset[Any]):
+    """A :class:`~specc.data.Split` as a map-style torch ``Dataset`` of whole batches.
+
+    Indices are ``(epoch, position)`` pairs; ``__getitems__`` reads a batch at once (one fancy index
+    for in-memory splits, one decode per sample for lazy ones) and augments each sample from
+    ``(seed, epoch, sample)`` alone, so workers and resuming change nothing.
+    """
+
+    def __init__(self, split: Split, task: str, io: ModelIO, aug: Augmenter | None = None) -> None:
+        self.split, self.task, self.io, self.aug = split, task, io, aug
 
     def __len__(self) -> int:
-        return int(self.target.shape[0])
+        return len(self.split)
 
-    def take(self, idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        return tuple(x[idx] for x in self.inputs), self.target[idx]
+    def __getitems__(self, items: list[Item]) -> tuple[Any, ...] | LoadFailure:
+        epoch = items[0][0] if items else 0
+        idx = np.asarray([i for _, i in items if i >= 0], dtype=np.int64)
+        try:
+            x, y = self.split.take(idx, self.aug, epoch)
+        except DataError as e:
+            return LoadFailure(str(e))
+        return model_arrays(x, y, self.task, self.io)
+
+    def __getitem__(self, item: Item) -> tuple[Any, ...] | LoadFailure:
+        return self.__getitems__([item])
+
+
+def collate(batch: Any) -> tuple[torch.Tensor, ...] | LoadFailure:
+    """numpy arrays -> tensors (zero copy); a failure passes through."""
+    if isinstance(batch, LoadFailure):
+        return batch
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in batch)
+
+
+class TrainBatches(torch.utils.data.Sampler[list[Item]]):
+    """This rank's part of each global batch of an epoch, from batch ``start`` on (iterated in the main
+    process, so :meth:`set_epoch` reaches persistent workers too)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.n, self.batch_size) - self.start
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        perm = epoch_permutation(self.seed, self.epoch, self.n)
+        for b in range(self.start, steps_per_epoch(self.n, self.batch_size)):
+            mine = shard(global_batch(perm, b, self.batch_size), self.rank, self.world).tolist()
+            yield [(self.epoch, i) for i in mine] or [(self.epoch, -1)]  # -1: an empty share
+
+
+class EvalBatches(torch.utils.data.Sampler[list[Item]]):
+    """Samples ``rank, rank + world, ...`` in order, ``size`` at a time; ``uniform``: every rank gets
+    the same number of batches (FSDP: each forward is a collective)."""
+
+    def __init__(self, n: int, size: int, rank: int, world: int, uniform: bool) -> None:
+        mine = np.arange(rank, n, world)
+        if uniform:
+            self.parts = np.array_split(mine, -(-math.ceil(n / world) // size)) if n else []
+        else:
+            self.parts = [mine[i : i + size] for i in range(0, len(mine), size)]
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        for p in self.parts:
+            yield [(0, int(i)) for i in p] or [(0, -1)]
+
+
+def resolve_workers(num_workers: int | None, split: Split, world: int) -> int:
+    """``num_workers`` or, when None, 0 for data held in memory and a few processes for data decoded
+    on demand (leaving a core per training process)."""
+    if num_workers is not None:
+        return num_workers
+    if not split.lazy:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) // max(world, 1) - 1))
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process, which stops at a step boundary and
+    saves; the workers end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset: SplitDataset,
+    sampler: torch.utils.data.Sampler[list[Item]],
+    workers: int,
+    *,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+    persistent: bool = False,
+) -> torch.utils.data.DataLoader[Any]:
+    """A ``DataLoader`` over ``dataset`` in the batches ``sampler`` gives (order kept with workers)."""
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = {
+            "prefetch_factor": prefetch_factor,
+            "persistent_workers": persistent,
+            "worker_init_fn": _quiet_worker,
+        }
+        if "fork" in multiprocessing.get_all_start_methods():
+            kw["multiprocessing_context"] = "fork"  # no pickling of (memory-mapped) data
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),  # the loader's own seed draw must not move the global RNG
+        **kw,
+    )
+
+
+def unpack(batch: tuple[torch.Tensor, ...] | LoadFailure, device: torch.device, io: ModelIO) -> Batch:
+    """A collated batch on ``device`` (float inputs in the spec's float dtype); raises a worker's
+    data error."""
+    if isinstance(batch, LoadFailure):
+        raise DataError(batch.message)
+    *xs, y = (t.to(device, non_blocking=True) for t in batch)
+    if xs[0].is_floating_point():
+        xs[0] = xs[0].to(_DTYPES.get(io.input_dtypes[0], torch.float32))
+    return tuple(xs), y
 
 
 _DTYPES = {
@@ -182,25 +338,6 @@ _DTYPES = {
     "float64": torch.float64,
     "double": torch.float64,
 }
-
-
-def to_tensors(split: Split, task: str, io: ModelIO, device: torch.device) -> TensorSplit:
-    """Model inputs and targets of a split.
-
-    seq2seq: inputs ``(src, [bos] + y[:-1])`` (teacher forcing), plus ``src != pad`` when the spec has a
-    third (bool) input; target ``y``.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(split.x))
-    y = torch.from_numpy(np.ascontiguousarray(split.y))
-    if x.is_floating_point():
-        x = x.to(_DTYPES.get(io.input_dtypes[0], torch.float32))
-    if task == "regression" and y.dim() == 1:
-        y = y[:, None]
-    inputs: tuple[torch.Tensor, ...] = (x,)
-    if task == "seq2seq":
-        dec = torch.cat([torch.full((y.shape[0], 1), BOS_ID, dtype=y.dtype), y[:, :-1]], dim=1)
-        inputs = (x, dec) if len(io.input_names) == 2 else (x, dec, x != PAD_ID)  # mask: True = real token
-    return TensorSplit(tuple(t.to(device) for t in inputs), y.to(device))
 
 
 # ------------------------------------------------------------------------------------------- batches

@@ -14,10 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from specc.data.splits import DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from specc.errors import Diagnostic, Location, ParseError
 from specc.lang.validate import validate
 from specc.load import LMap, apply_overrides, load_yaml_file
 
+Augmentation = Literal["resized_crop", "crop", "flip", "color_jitter"]
 Metric = str  # "accuracy", "perplexity", "exact_match" or "topK" (e.g. "top5"); checked below
 _METRIC_RE = re.compile(r"^(accuracy|perplexity|exact_match|top[1-9][0-9]*)$")
 
@@ -85,8 +87,31 @@ class TrainConfig(_Strict):
     deterministic: bool = False
     early_stopping: EarlyStopping | None = None
     metrics: list[Metric] | None = Field(None, description="default: by task (accuracy, perplexity, ...)")
-    augment: Literal["none", "crop", "crop_flip"] = "none"
-    crop_padding: NonNegativeInt = 2
+    augment: Literal["none", "crop", "crop_flip"] | list[Augmentation] = Field(
+        "none",
+        description="images: a list of resized_crop, crop, flip, color_jitter (applied in that order), "
+        "or a preset none, crop (= [crop]), crop_flip (= [crop, flip])",
+    )
+    crop_padding: NonNegativeInt = Field(2, description="crop: zero padding on each side")
+    resized_crop_scale: list[float] = Field(
+        [0.08, 1.0], description="resized_crop: range of the crop's share of the image area"
+    )
+    jitter: float = Field(
+        0.4, ge=0, lt=1, description="color_jitter: brightness/contrast/saturation 1 ± jitter"
+    )
+    num_workers: NonNegativeInt | None = Field(
+        None,
+        description="DataLoader worker processes; null: 0 for data held in memory, up to 4 for data "
+        "decoded on demand (image files, shards, memory-mapped arrays)",
+    )
+    prefetch_factor: PositiveInt = Field(2, description="batches each worker loads ahead")
+    pin_memory: bool | None = Field(None, description="page-locked batches; null: on CUDA")
+    max_data_bytes: PositiveInt = Field(
+        DEFAULT_MAX_DATA_BYTES, description="budget of any one array sized by the data (a split, a batch)"
+    )
+    max_image_pixels: PositiveInt = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, description="budget of pixels of one image file (decompression bombs)"
+    )
     checkpoint_every: PositiveInt | None = Field(
         None, description="steps; checkpoints are also saved each epoch"
     )
@@ -126,6 +151,11 @@ class TrainConfig(_Strict):
                 )
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
+        lo, hi = (self.resized_crop_scale + [0.0, 0.0])[:2]
+        if len(self.resized_crop_scale) != 2 or not 0 < lo <= hi <= 1:
+            raise ValueError(
+                f"resized_crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.resized_crop_scale}"
+            )
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         return self

@@ -1,9 +1,10 @@
 """The training loop: steps, evaluation, checkpoints, exact resume, SIGTERM and non-finite stops.
 
-Exact resume rests on three rules: the visiting order of epoch ``e`` is ``permutation(seed, e)``;
-the randomness of step ``s`` on rank ``r`` (dropout, augmentation) is seeded from ``(seed, s, r)``;
-and a checkpoint stores the epoch, the batches done in it, and the optimizer, scheduler and
-grad-scaler states. A run stopped anywhere and resumed therefore replays exactly the same steps.
+Exact resume rests on four rules: the visiting order of epoch ``e`` is ``permutation(seed, e)``;
+a sample's augmentation is drawn from ``(seed, e, sample)`` (in the loader's workers); the other
+randomness of step ``s`` on rank ``r`` (dropout) is seeded from ``(seed, s, r)``; and a checkpoint
+stores the epoch, the batches done in it, and the optimizer, scheduler and grad-scaler states. A run
+stopped anywhere and resumed therefore replays exactly the same steps, with any number of workers.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc.data import Dataset
+from specc.data import Augmenter, DataBudget, Dataset, Split, make_augmenter
+from specc.data.images import ImageSplit
 from specc.errors import SpeccError
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
 from specc.train.batches import (
+    Batch,
+    EvalBatches,
     ModelIO,
-    TensorSplit,
-    epoch_permutation,
-    global_batch,
-    shard,
+    SplitDataset,
+    TrainBatches,
+    make_loader,
+    resolve_workers,
     steps_per_epoch,
-    to_tensors,
+    unpack,
 )
 from specc.train.config import TrainConfig
 from specc.train.distributed import Dist
@@ -136,8 +140,25 @@ class Trainer:
         self.loss_kind = loss_name(cfg, ds.task)
         self.loss_fn, self.count_fn = make_loss(self.loss_kind, cfg)
         self.sums = EvalSums(metric_names(cfg, ds.task))
-        self.train_data = to_tensors(ds.train, ds.task, io, device)
-        self.spe = steps_per_epoch(len(self.train_data), cfg.batch_size)
+        self.budget = DataBudget(cfg.max_data_bytes, cfg.max_image_pixels)
+        self.budget.check(
+            f"a batch of {cfg.batch_size} samples of shape {ds.sample_shape}",
+            (cfg.batch_size, *ds.sample_shape),
+            4,
+            "; lower train.batch_size, or give the spec a smaller input",
+        )
+        self.pin = cfg.pin_memory if cfg.pin_memory is not None else device.type == "cuda"
+        self.sampler = TrainBatches(len(ds.train), cfg.batch_size, cfg.seed, dist.rank, dist.world)
+        self.workers = resolve_workers(cfg.num_workers, ds.train, dist.world)
+        self.loader = make_loader(
+            SplitDataset(ds.train, ds.task, io, self._augmenter()),
+            self.sampler,
+            self.workers,
+            prefetch_factor=cfg.prefetch_factor,
+            pin_memory=self.pin,
+            persistent=True,
+        )
+        self.spe = steps_per_epoch(len(ds.train), cfg.batch_size)
         self.total_steps = min(cfg.max_steps or math.inf, (cfg.epochs or math.inf) * self.spe)
         self.fsdp = cfg.fsdp and dist.enabled
         self._build_optimizer()
@@ -145,11 +166,27 @@ class Trainer:
         self._one = torch.ones(1, device=device)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        self.aug_gen = torch.Generator()
         self.state = Progress()
         self.net: nn.Module = model
         self.ddp: Any = None
         self._pending_optim: dict[str, Any] | None = None
+
+    def _augmenter(self) -> Augmenter | None:
+        """The training augmentation; arrays held standardised are jittered in pixel space."""
+        cfg, pre = self.cfg, self.ds.preprocess
+        pixels = isinstance(self.ds.train, ImageSplit)  # augmented before standardisation
+        stats = not pixels and pre.get("kind") == "image"
+        mean, std = pre.get("mean"), pre.get("std")
+        return make_augmenter(
+            cfg.augment,
+            cfg.seed,
+            crop_padding=cfg.crop_padding,
+            scale=(cfg.resized_crop_scale[0], cfg.resized_crop_scale[1]),
+            jitter=cfg.jitter,
+            mean=[float(v) for v in mean] if stats and isinstance(mean, list) else None,
+            std=[float(v) for v in std] if stats and isinstance(std, list) else None,
+            clip=pre.get("kind") == "image",
+        )
 
     def _build_optimizer(self) -> None:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -237,15 +274,17 @@ class Trainer:
     def _epoch(self, stop: StopRequest) -> tuple[float, bool]:
         """Steps of the current epoch from ``position``; returns (samples/s, stop requested)."""
         st = self.state
-        perm = epoch_permutation(self.cfg.seed, st.epoch, len(self.train_data))
+        n, size = len(self.ds.train), self.cfg.batch_size
+        self.sampler.set_epoch(st.epoch, st.position)
         self.report.start_epoch(st.epoch, self.cfg.epochs, self.spe, st.position)
         t0, samples, rate = time.perf_counter(), 0, 0.0
+        batches = iter(self.loader)
         try:
             while st.position < self.spe and not self._done():
-                idx = global_batch(perm, st.position, self.cfg.batch_size)
-                loss, stop_now = self._step(idx, stop)
+                batch = unpack(next(batches), self.device, self.io)
+                loss, stop_now = self._step(batch, stop)
+                samples += min(size, n - st.position * size)  # the global batch's samples
                 st.position += 1
-                samples += len(idx)
                 rate = samples / max(time.perf_counter() - t0, 1e-9)
                 self.report.step(st.step, st.epoch, loss, rate, float(self.sched.get_last_lr()[0]))
                 if stop_now:
@@ -260,15 +299,18 @@ class Trainer:
         st = self.state
         return st.stopped_early or st.step >= self.total_steps
 
-    def _step(self, idx: torch.Tensor, stop: StopRequest) -> tuple[float, bool]:
-        """One optimizer step on the global batch ``idx``; returns (local mean loss, stop requested)."""
+    def _step(self, batch: Batch, stop: StopRequest) -> tuple[float, bool]:
+        """One optimizer step on this rank's share of a global batch; returns (local mean loss, stop
+        requested)."""
         st = self.state
         self._seed_step(st.step)
-        norm = self.count_fn(self.train_data.target[idx.to(self.device)]).clamp_min(1.0)
+        xs, y = batch
+        norm = self.count_fn(y)  # the global batch's target count: summed over the ranks
+        norm = (self.dist.all_sum(norm.reshape(1))[0] if self.dist.enabled else norm).clamp_min(1.0)
         if not self.model.training:
             self.net.train()
         self.opt.zero_grad(set_to_none=True)
-        total = self._backward(shard(idx, self.dist.rank, self.dist.world).to(self.device), norm)
+        total = self._backward(xs, y, norm)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         bad = self._nonfinite_flag(total)
@@ -292,20 +334,21 @@ class Trainer:
         st.loss_count += local_count
         return total_f / max(local_count, 1.0), stopping
 
-    def _backward(self, local: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    def _backward(self, xs: tuple[torch.Tensor, ...], y: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         """Forward/backward over ``grad_accum`` micro-batches; returns the local loss sum (detached).
 
         Each micro-batch's loss sum is divided by the global target count (times the world size,
         which DDP's gradient averaging divides out), so any split gives the global-batch gradient.
         """
         total = torch.zeros((), device=self.device)
-        micro = torch.tensor_split(local, self.cfg.grad_accum) if self.cfg.grad_accum > 1 else (local,)
+        k = self.cfg.grad_accum
+        micro = list(zip(*(torch.tensor_split(t, k) for t in (*xs, y)), strict=True)) if k > 1 else [(*xs, y)]
         for i, part in enumerate(micro):
             if self.fsdp and len(micro) > 1:  # reduce-scatter once, after the last micro-batch
                 self.model.set_requires_gradient_sync(i == len(micro) - 1)  # type: ignore[operator]
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss_sum = self._forward_loss(part)
+                loss_sum = self._forward_loss(part[:-1], part[-1])
                 loss = loss_sum * (self.dist.world / norm)
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()  # type: ignore[no-untyped-call]
             total += loss_sum.detach()
@@ -330,11 +373,9 @@ class Trainer:
         torch.default_generator.manual_seed(seed % (2**63))  # torch.manual_seed would also queue CUDA seeding
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed % (2**63))
-        self.aug_gen.manual_seed((seed + 7919) % (2**63))
 
-    def _forward_loss(self, part: torch.Tensor) -> torch.Tensor:
-        xs, y = self.train_data.take(part)
-        xs = self._prepare(xs, augment=True)
+    def _forward_loss(self, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        xs = self._prepare(xs)
         with self._autocast():
             out = self.net(*xs)
         if isinstance(out, tuple):
@@ -346,14 +387,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _prepare(self, xs: tuple[torch.Tensor, ...], augment: bool) -> tuple[torch.Tensor, ...]:
+    def _prepare(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         first = xs[0]
-        if augment and self.cfg.augment != "none" and first.dim() == 4 and first.is_floating_point():
-            from specc.data.augment import random_crop_flip
-
-            first = random_crop_flip(
-                first, self.aug_gen, self.cfg.crop_padding, self.cfg.augment == "crop_flip"
-            )
         if self.cfg.channels_last and first.dim() == 4:
             first = first.contiguous(memory_format=torch.channels_last)
         return (first, *xs[1:])
@@ -502,28 +537,30 @@ class Trainer:
         return "", full
 
     @torch.no_grad()
-    def evaluate(self, split: Any) -> dict[str, float]:
-        """Loss and metrics over a split (sharded over ranks, sums all-reduced)."""
-        data: TensorSplit = to_tensors(split, self.ds.task, self.io, self.device)
+    def evaluate(self, split: Split) -> dict[str, float]:
+        """Loss and metrics over a split (sharded over ranks, read through a DataLoader, sums all-reduced)."""
         acc = self.sums.zeros(self.device)
         self.model.eval()
         ignore = self.cfg.ignore_index if self.loss_kind == "lm" else None
-        for idx in self._eval_batches(len(data)):
-            xs, y = data.take(idx)
+        for batch in self._eval_loader(split):
+            xs, y = unpack(batch, self.device, self.io)
             with self._autocast():
-                out = self.model(*self._prepare(xs, augment=False))
+                out = self.model(*self._prepare(xs))
             out = out[0] if isinstance(out, tuple) else out
             self.sums.update(acc, self.loss_fn(out, y), self.count_fn(y), out.float(), y, ignore)
         return self.sums.finish(self.dist.all_sum(acc), self.loss_kind)
 
-    def _eval_batches(self, n: int) -> Iterator[torch.Tensor]:
-        mine = torch.arange(self.dist.rank, n, self.dist.world, device=self.device)
-        size = max(self.cfg.batch_size, 256)
-        if not self.fsdp:
-            yield from torch.split(mine, size)
-            return
-        # FSDP: each forward is a collective, so every rank runs the same number of batches
-        yield from torch.tensor_split(mine, -(-math.ceil(n / self.dist.world) // size))
+    def _eval_loader(self, split: Split) -> Iterator[Any]:
+        """Batches of at least ``batch_size`` (up to 256 within the data budget); with FSDP every rank
+        runs the same number of batches (each forward is a collective)."""
+        sample_bytes = 4 * math.prod(split.sample_shape) or 1
+        size = max(self.cfg.batch_size, min(256, self.budget.max_bytes // sample_bytes))
+        sampler = EvalBatches(len(split), size, self.dist.rank, self.dist.world, uniform=self.fsdp)
+        workers = resolve_workers(self.cfg.num_workers, split, self.dist.world)
+        ds = SplitDataset(split, self.ds.task, self.io)
+        yield from make_loader(
+            ds, sampler, workers, prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.pin
+        )
 
     def _final(self, wall: float, weights_epoch: int | None = None) -> dict[str, Any]:
         rates = [row["samples_per_s"] for row in self.state.history]

@@ -160,9 +160,9 @@ def bind_sequence_dims(graph: Graph, ds: Dataset) -> None:
     """Re-run shape inference with the data's real sequence lengths, so a spec that cannot take them
     (e.g. a learned position table shorter than the windows) is refused before training."""
     types = list(graph.inputs.values())
-    sizes = {d: n for d, n in zip(types[0].shape, ds.train.x.shape[1:], strict=False) if isinstance(d, str)}
+    sizes = {d: n for d, n in zip(types[0].shape, ds.sample_shape, strict=False) if isinstance(d, str)}
     if ds.task == "seq2seq" and len(types) > 1 and types[1].shape and isinstance(types[1].shape[0], str):
-        sizes[types[1].shape[0]] = int(ds.train.y.shape[1])
+        sizes[types[1].shape[0]] = ds.train.target_shape[0]
     if not sizes:
         return
     graph.dims.update(sizes)

@@ -164,9 +164,9 @@ def test_csv_label_column_and_regression(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("bad_line", "match"),
     [
-        ("1.0,abc,x", "column 'b' value 'abc' is not a number"),
         ("1.0,2.0", "expected 3 fields, found 2"),
-        ("1.0,nan,x", "not finite"),
+        ("1.0,inf,x", "column 'b' holds an infinite value"),
+        ("1.0,2,", "the label column 'label' is empty"),
     ],
 )
 def test_csv_bad_row_names_path_and_line(tmp_path: Path, bad_line: str, match: str) -> None:
@@ -396,29 +396,22 @@ def test_synthetic_seq2seq(kind: str) -> None:
 # ---------------------------------------------------------------------------------------- augment
 
 
-def test_random_crop_flip_deterministic_and_shape() -> None:
-    torch = pytest.importorskip("torch")
-    from specc.data.augment import random_crop_flip
+def test_augmenter_is_a_pure_function_of_seed_epoch_and_index() -> None:
+    from specc.data import make_augmenter
 
-    x = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).reshape(2, 3, 6, 5).repeat(8, 1, 1, 1)
-    a = random_crop_flip(x, torch.Generator().manual_seed(0), padding=2)
-    b = random_crop_flip(x, torch.Generator().manual_seed(0), padding=2)
-    c = random_crop_flip(x, torch.Generator().manual_seed(1), padding=2)
-    assert a.shape == x.shape and a.dtype == x.dtype
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    # each output is a flipped-or-not window of the zero-padded input
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(x.shape[0]):
-        windows = [padded[i, :, r : r + 6, s : s + 5] for r in range(5) for s in range(5)]
-        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(-1)) for w in windows)
-    # a generator in the same state reproduces the same stream across calls (resume)
-    g = torch.Generator().manual_seed(3)
-    first, second = random_crop_flip(x, g), random_crop_flip(x, g)
-    g2 = torch.Generator().manual_seed(3)
-    assert torch.equal(first, random_crop_flip(x, g2)) and torch.equal(second, random_crop_flip(x, g2))
-    # no padding, no flip: identity; flip only: input or its mirror
-    assert torch.equal(random_crop_flip(x, g, padding=0, flip=False), x)
-    f = random_crop_flip(x, g, padding=0)
-    assert all(torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(-1)) for i in range(x.shape[0]))
-    with pytest.raises(ValueError, match="B, C, H, W"):
-        random_crop_flip(x[0], g)
+    x = np.arange(3 * 6 * 5, dtype=np.float32).reshape(3, 6, 5) / 90.0
+    aug = make_augmenter(["resized_crop", "crop", "flip", "color_jitter"], seed=1, crop_padding=2)
+    assert aug is not None and aug.kinds == ("resized_crop", "crop", "flip", "color_jitter")
+    a, b = aug.array(x, epoch=2, index=7), aug.array(x, epoch=2, index=7)
+    assert a.shape == x.shape and a.dtype == np.float32 and np.array_equal(a, b)
+    others = [aug.array(x, 3, 7), aug.array(x, 2, 8), make_augmenter(["resized_crop", "crop", "flip", "color_jitter"], 2).array(x, 2, 7)]  # type: ignore[union-attr]
+    assert all(not np.array_equal(a, o) for o in others)
+    assert 0.0 <= a.min() and a.max() <= 1.0  # jittered pixel values stay in [0, 1]
+    crop_flip = make_augmenter("crop_flip", seed=0)
+    assert crop_flip is not None and crop_flip.kinds == ("crop", "flip")
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+    windows = [padded[:, r : r + 6, s : s + 5] for r in range(5) for s in range(5)]
+    for i in range(20):  # each output is a flipped-or-not window of the zero-padded input
+        out = crop_flip.array(x, 0, i)
+        assert any(np.array_equal(out, w) or np.array_equal(out, w[:, :, ::-1]) for w in windows)
+    assert make_augmenter("none", seed=0) is None
