@@ -20,13 +20,17 @@ def train(
         str,
         Opt(
             "--data",
-            help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, "
-            "sort, text:PATH, or a .npz/.npy/.csv/.txt file or image folder",
+            help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, sort, text:PATH, "
+            "or a .npz/.npy/.csv/.parquet/.txt/.tar file, an image folder or a folder of tar shards",
         ),
     ],
     out: Annotated[Path, Opt("--out", help="run folder (checkpoints, metrics, final weights)")],
     sets: SetOpt = None,
     scale: ScaleOpt = None,
+    label: Annotated[
+        str | None,
+        Opt("--label", help="label column of a .csv/.parquet table (default: label, target, y or the last)"),
+    ] = None,  # noqa: UP045
     config: Annotated[
         Path | None, Opt("--config", help="training config YAML (instead of the spec's train:)")
     ] = None,  # noqa: UP045
@@ -65,6 +69,7 @@ def train(
 
     worker = _worker_args(spec, data, out, sets, scale, config, resume, init_from, freeze, device, quiet)
     worker += ["--fsdp"] if fsdp else []
+    worker += ["--label", label] if label is not None else []
     try:
         if nproc_per_node is not None and not distributed.in_launcher_env():
             opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
@@ -87,6 +92,7 @@ def train(
                 device,
                 quiet,
                 fsdp,
+                label,
             )
         )
         if outcome.exit_code:

@@ -103,6 +103,74 @@ def shutdown(d: Dist) -> None:
             dist.destroy_process_group()
 
 
+# ------------------------------------------------------------------------------ synchronised BatchNorm
+
+
+class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the whole global batch, over every process
+    of the group, on any backend (gloo on CPU too; torch's ``SyncBatchNorm`` is CUDA-only).
+
+    Each forward all-reduces one float64 vector (per-channel sums, sums of squares, count) with the
+    autograd-aware ``torch.distributed.nn.functional.all_reduce``, whose backward all-reduces the
+    gradients of the statistics, so forward and backward equal one process's BatchNorm over the
+    whole batch up to rounding. Evaluation (and a single process) uses plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-d input (N, C, ...), got {input.dim()}-d")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (
+            self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(x)
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        xd = x.double()
+        count = torch.full((1,), x.numel() / max(c, 1), dtype=torch.float64, device=x.device)
+        stats: torch.Tensor = all_reduce(torch.cat([xd.sum(dims), (xd * xd).sum(dims), count]))  # type: ignore[no-untyped-call]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        self._track(mean.detach(), var.detach(), float(n.item()))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype).reshape(shape)
+        y = (x - mean.to(x.dtype).reshape(shape)) * inv
+        if self.affine:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        out: torch.Tensor = y
+        return out
+
+    @torch.no_grad()
+    def _track(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
+        if not self.track_running_stats or self.running_mean is None or self.running_var is None:
+            return
+        assert self.num_batches_tracked is not None
+        self.num_batches_tracked.add_(1)
+        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.item())
+        unbiased = var * (n / max(n - 1.0, 1.0))
+        self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+        self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+
+
+def to_sync_batchnorm(module: nn.modules.batchnorm._BatchNorm, cuda: bool) -> nn.Module:
+    """The synchronised twin of a BatchNorm layer (same parameters and buffers): torch's
+    ``SyncBatchNorm`` on CUDA (NCCL), :class:`GroupBatchNorm` elsewhere."""
+    if cuda:
+        synced: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
+        return synced
+    new = GroupBatchNorm(
+        module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+    )
+    new.load_state_dict(module.state_dict())
+    new.train(module.training)
+    return new
+
+
 # ------------------------------------------------------------------------------ FSDP2
 
 

@@ -55,6 +55,7 @@ class TrainRequest:
     device: str = "auto"
     quiet: bool = False
     fsdp: bool = False
+    label: str | None = None
 
 
 @dataclass
@@ -121,6 +122,9 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
         num_samples=cfg.num_samples,
         val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction,
+        label=req.label,
+        max_data_bytes=cfg.max_data_bytes,
+        max_image_pixels=cfg.max_image_pixels,
     )
     bind_sequence_dims(graph, ds)
     _determinism(cfg)
@@ -134,6 +138,7 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     info = {
         "spec": str(req.spec),
         "data": req.data,
+        "data_options": ds.options,
         "sets": list(req.sets),
         "scale": req.scale,
         "config": str(req.config) if req.config else None,
@@ -238,7 +243,7 @@ def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
 
 def _prepare_model(s: Session, report: RunReport) -> None:
     if s.cfg.sync_batchnorm and s.dist.enabled:
-        swapped = sync_batchnorm(s.model)
+        swapped = sync_batchnorm(s.model, cuda=s.device.type == "cuda")
         report.log(f"sync_batchnorm: {swapped} BatchNorm layers synchronised across processes")
     if s.cfg.fsdp and not s.dist.enabled:
         report.log("fsdp: one process, nothing to shard; training unsharded")
@@ -248,14 +253,16 @@ def _prepare_model(s: Session, report: RunReport) -> None:
         s.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-def sync_batchnorm(model: nn.Module) -> int:
-    """Replace BatchNorm layers by SyncBatchNorm in place (also in a CompiledModel's forward plan)."""
+def sync_batchnorm(model: nn.Module, cuda: bool = False) -> int:
+    """Replace BatchNorm layers by synchronised ones in place (also in a CompiledModel's forward plan):
+    torch's SyncBatchNorm on CUDA, :class:`~specc.train.distributed.GroupBatchNorm` on CPU (gloo)."""
     from dataclasses import replace
 
     swaps: dict[int, nn.Module] = {}
+    synced = (nn.SyncBatchNorm, distributed.GroupBatchNorm)
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-            new = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, synced):
+            new = distributed.to_sync_batchnorm(module, cuda)
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             parent.add_module(name.rsplit(".", 1)[-1], new)
             swaps[id(module)] = new
