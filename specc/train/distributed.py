@@ -341,8 +341,8 @@ def launcher_args(opts: LaunchOptions, worker_args: Sequence[str]) -> list[str]:
     ]
     if not single:
         args.append(f"--node-rank={opts.node_rank}")
-    else:
-        args.append("--local-addr=127.0.0.1")
+    if single or endpoint.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1"):
+        args.append("--local-addr=127.0.0.1")  # every node on this machine (e.g. a simulated 2-node run)
     return [*args, "-m", "specc.cli", *worker_args]
 
 

@@ -404,7 +404,11 @@ def test_augmenter_is_a_pure_function_of_seed_epoch_and_index() -> None:
     assert aug is not None and aug.kinds == ("resized_crop", "crop", "flip", "color_jitter")
     a, b = aug.array(x, epoch=2, index=7), aug.array(x, epoch=2, index=7)
     assert a.shape == x.shape and a.dtype == np.float32 and np.array_equal(a, b)
-    others = [aug.array(x, 3, 7), aug.array(x, 2, 8), make_augmenter(["resized_crop", "crop", "flip", "color_jitter"], 2).array(x, 2, 7)]  # type: ignore[union-attr]
+    others = [
+        aug.array(x, 3, 7),
+        aug.array(x, 2, 8),
+        make_augmenter(["resized_crop", "crop", "flip", "color_jitter"], 2).array(x, 2, 7),
+    ]  # type: ignore[union-attr]
     assert all(not np.array_equal(a, o) for o in others)
     assert 0.0 <= a.min() and a.max() <= 1.0  # jittered pixel values stay in [0, 1]
     crop_flip = make_augmenter("crop_flip", seed=0)

@@ -1,7 +1,8 @@
 """Distributed training with 2 CPU processes (gloo) launched through torch.distributed.run.
 
 Equivalence: 2 processes with global batch B equal 1 process with batch B (plain MLP: no dropout, no
-BatchNorm). Fault tolerance: SIGTERM to the launcher saves one checkpoint; --resume continues exactly;
+BatchNorm). Fault tolerance: SIGTERM to the launcher saves one checkpoint; --resume continues exactly
+(with loader workers);
 --max-restarts restarts a killed worker, which resumes from the newest checkpoint.
 """
 
@@ -75,7 +76,9 @@ def test_sigterm_to_launcher_saves_once_and_resume_is_exact(runs: tuple[Path, Pa
     assert len(saved) == 1, out
     step = int(saved[0].rsplit(" ", 1)[1])
     assert (run / "checkpoints" / f"step-{step:08d}").is_dir()
-    resumed = run_train(train_cmd(spec, run, "--nproc-per-node", "2", "--resume"))
+    resumed = run_train(
+        train_cmd(spec, run, "--nproc-per-node", "2", "--resume", "--set", "train.num_workers=1")
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed from step {step}" in resumed.stdout
     a, b = run_weights(two), run_weights(run)
