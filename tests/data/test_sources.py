@@ -247,3 +247,12 @@ def test_split_reads_through_dataloader_workers_identically() -> None:
     assert len(runs[0]) == len(runs[1]) == 13 - 3
     for a, b in zip(*runs, strict=True):
         assert all(torch.equal(s, t) for s, t in zip(a, b, strict=True))
+
+
+def test_data_layer_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, specc.data, specc.data.images, specc.data.tables, specc.data.text; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
