@@ -127,7 +127,7 @@ HAND = textwrap.dedent(
                 x = np.asarray(im.convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0
             return torch.from_numpy((x - mean) / std), labels[i]
 
-    model = specc.nn(spec)
+    model = specc.build(spec, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=0.003)
     loader = torch.utils.data.DataLoader(Folder(), batch_size=64, shuffle=True, num_workers=2)
     t0, done = time.perf_counter(), 0

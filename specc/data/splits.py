@@ -165,32 +165,6 @@ class ArraySplit(Split):
         return (self._x, self._y) if limit is None else (self._x[:limit], self._y[:limit])
 
 
-class IndexedSplit(Split):
-    """The samples ``indices`` of a split (a view, e.g. one part of a split file or folder)."""
-
-    def __init__(self, base: Split, indices: Array) -> None:
-        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self.base.sample_shape
-
-    @property
-    def target_shape(self) -> tuple[int, ...]:
-        return self.base.target_shape
-
-    @property
-    def lazy(self) -> bool:
-        return self.base.lazy
-
-    def take(self, idx: Index, aug: Augmenter | None = None, epoch: int = 0) -> tuple[Array, Array]:
-        # the augmentation is keyed by the sample's index in the base: a stable identity
-        return self.base.take(self.indices[np.asarray(idx, dtype=np.int64)], aug, epoch)
-
-
 # ---------------------------------------------------------------------------------- splitting
 
 
