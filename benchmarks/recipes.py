@@ -37,7 +37,7 @@ def command(spec: Path) -> list[str] | None:
     return None
 
 
-def reviews(path: Path, n: int = 3000, length: int = 40, seed: int = 0) -> None:
+def reviews(path: Path, n: int = 1500, length: int = 20, seed: int = 0) -> None:
     """A toy sentiment set: ids 1..99; label 1 when ids < 50 outnumber ids >= 50."""
     rng = np.random.default_rng(seed)
     bias = rng.uniform(0.3, 0.7, size=(n, 1))
@@ -59,7 +59,8 @@ def run(spec: Path, tmp: Path) -> dict[str, object]:
     args[args.index("--out") + 1] = str(out)
     full = [sys.executable, "-m", "specc.cli", "train", *args, "--quiet", "--device", "cpu"]
     t0 = time.perf_counter()
-    done = subprocess.run(full, cwd=ROOT, capture_output=True, text=True, env={**os.environ})
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(full, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         return {"spec": spec.stem, "status": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
