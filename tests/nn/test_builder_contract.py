@@ -9,7 +9,6 @@ registered without an example here fails :func:`test_op_contract`, so a new op m
 from __future__ import annotations
 
 import math
-import time
 import tracemalloc
 import weakref
 from pathlib import Path
@@ -235,18 +234,14 @@ layers:
 """
 
 
-def test_hundred_billion_parameters_refused_fast_without_allocating(cli, tmp_path: Path) -> None:
+def test_hundred_billion_parameters_refused_without_allocating(cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, HUGE)
     tracemalloc.start()
-    start = time.perf_counter()
     result = cli("build", str(spec))
-    elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert result.code == 2, result.err
     assert "100,000,250,000 parameters" in result.err
-    assert elapsed < 1.0 and peak < 50 * 2**20
-    start = time.perf_counter()
+    assert peak < 50 * 2**20  # refused from the static count: nothing sized by the spec was allocated
     with pytest.raises(BuildError, match="over the limit"):
         build_model(str(spec))
-    assert time.perf_counter() - start < 1.0
