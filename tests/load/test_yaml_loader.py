@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from specc.errors import LoadError
-from specc.load import LList, LMap, apply_overrides, load_text
+from specc.load import LList, LMap, apply_overrides, load_text, load_yaml_file
+from specc.load.yaml_loader import read_capped
 
 
 def test_values_and_locations() -> None:
@@ -101,3 +103,65 @@ def test_overrides() -> None:
         apply_overrides(tree, ["nonsense"])
     with pytest.raises(LoadError, match="index out of range"):
         apply_overrides(tree, ["layers.5.linear=1"])
+
+
+def test_integers_must_fit_64_bits() -> None:
+    assert load_text(f"v: {2**63 - 1}")["v"] == 2**63 - 1
+    for text in (f"v: {2**63}", "v: -" + "9" * 5000):
+        with pytest.raises(LoadError, match="does not fit in 64 bits") as err:
+            load_text(text, "i.yaml")
+        assert str(err.value).startswith("i.yaml:1:4:")
+
+
+def test_aliases_expand_to_copies_with_locations() -> None:
+    tree = load_text("a: &x {k: [1, 2]}\nb: *x\n", "a.yaml")
+    assert tree["a"] == tree["b"] and tree["a"] is not tree["b"]
+    assert tree["b"]["k"].item_locs[1].line == 1  # where the anchored value was written
+    with pytest.raises(LoadError, match="defined twice"):
+        load_text("a: &x 1\nb: &x 2\n")
+    with pytest.raises(LoadError, match="undefined alias"):
+        load_text("a: *nope\n")
+    with pytest.raises(LoadError, match="recursive alias"):
+        load_text("a: &x [1, *x]\n")
+
+
+def test_single_document_and_plain_keys() -> None:
+    with pytest.raises(LoadError, match="single document"):
+        load_text("a: 1\n---\nb: 2\n")
+    with pytest.raises(LoadError, match="plain names"):
+        load_text("? [1, 2]\n: x\n")
+    assert load_text("") is None and load_text("# only a comment\n") is None
+
+
+def test_event_loader_agrees_with_pyyaml_on_specs() -> None:
+    import yaml
+    from conftest import SPECS
+
+    from specc.load.tree import to_plain
+
+    for spec in sorted(SPECS.glob("*.yaml")):
+        text = spec.read_text()
+        assert to_plain(load_text(text)) == yaml.safe_load(text), spec.name
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom", "fifo", "folder"])
+def test_special_files_refused_without_reading(special: str, tmp_path: Path) -> None:
+    import os
+
+    if special == "fifo":
+        path = tmp_path / "spec.yaml"
+        os.mkfifo(path)  # nobody writes: a blocking open would hang forever
+    elif special == "folder":
+        path = tmp_path
+    else:
+        path = Path(special)
+    with pytest.raises(LoadError, match="not a regular file|is a directory"):
+        load_yaml_file(path)
+
+
+def test_size_cap_enforced_while_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("a: " + "x" * 2000 + "\n")
+    with pytest.raises(LoadError, match="larger than 1000 bytes"):
+        read_capped(path, 1000)
+    assert len(read_capped(path, 4000)) == 2004
