@@ -1,4 +1,9 @@
-"""JSON Schema for editors (yaml-language-server) and the op reference, both from the registry."""
+"""JSON Schema for editors (yaml-language-server) and the op reference, both from the models.
+
+Every key of a spec is described: the top level and ``train:`` from their pydantic models, each op
+from its op model (every argument also accepts a ``$expression``), the structural forms from
+:mod:`specc.lang.items`, and a call of each bundled ``std:`` block with its parameters.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,20 @@ import inspect
 import textwrap
 from typing import Any
 
-from specc.graph.lower import STRUCTURAL
-from specc.lang.syntax import BlockDef, Spec
+from specc.lang.items import EXPR_SCHEMA, FORMS, LAYER_MARK, PARAM_TYPES
+from specc.lang.stdlib import libraries
+from specc.lang.syntax import Spec
 from specc.ops import OPS
 from specc.ops.base import Op
+from specc.train.config import TrainConfig
 
-EXPR = {"type": "string", "pattern": r"\$", "description": "expression, e.g. $width * 2"}
+EXPR = EXPR_SCHEMA
 COMMON = {"name", "from", "init", "bias_init"}
+COND = {"anyOf": [{"type": "boolean"}, EXPR], "description": "keep the item only when this is true"}
+REFS = {
+    "anyOf": [{"type": ["string", "integer"]}, {"type": "array", "items": {"type": ["string", "integer"]}}],
+    "description": "input(s): node or input names, name:K, or -1/-2 for earlier items",
+}
 
 
 def _allow_expr(schema: dict[str, Any]) -> dict[str, Any]:
@@ -33,48 +45,101 @@ def op_schema(cls: type[Op]) -> dict[str, Any]:
         variants.append(args["properties"][cls.shorthand])
     return {
         "type": "object",
-        "properties": {cls.op_name: {"anyOf": variants, "description": doc_summary(cls)}},
+        "properties": {cls.op_name: {"anyOf": variants, "description": doc_summary(cls)}, "if": COND},
         "required": [cls.op_name],
         "additionalProperties": False,
     }
 
 
-def layer_schema() -> dict[str, Any]:
-    structural = [
-        {
-            "type": "object",
-            "required": [kind],
-            "properties": {k: {} for k in keys},
-            "additionalProperties": False,
-        }
-        for kind, keys in STRUCTURAL.items()
+def _param_schema(decl: Any) -> dict[str, Any]:
+    kinds = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "list": "array"}
+    if isinstance(decl, str) and decl in PARAM_TYPES:
+        base: dict[str, Any] = {"type": kinds[decl]} if decl in kinds else {}
+    else:
+        default_kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+        base = {"type": default_kind[type(decl)]} if type(decl) in default_kind else {}
+        base["default"] = decl
+    return {"anyOf": [base, EXPR]} if base.get("type") else base
+
+
+def block_call_schema(name: str, params: dict[str, Any], doc: str | None) -> dict[str, Any]:
+    """``{NAME: {param: value-or-expression, ..., name, from}, if: ...}`` for one block."""
+    props = {p: _param_schema(d) for p, d in params.items()}
+    props["name"] = {"type": "string", "description": "names the call's output; prefixes the paths inside"}
+    props["from"] = REFS
+    required = [p for p, d in params.items() if isinstance(d, str) and d in PARAM_TYPES]
+    args: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        args["required"] = required
+    variants = [args] if required else [args, {"type": "null"}]
+    return {
+        "type": "object",
+        "properties": {name: {"anyOf": variants, "description": (doc or "").strip()}, "if": COND},
+        "required": [name],
+        "additionalProperties": False,
+    }
+
+
+def _form_schema(kind: str, defs: dict[str, Any]) -> dict[str, Any]:
+    schema = FORMS[kind].model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+    defs.update(schema.pop("$defs", {}))
+    schema.pop("title", None)
+    return schema
+
+
+def layer_schema(defs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One layer item: a bare op or block name, an op, a std: block call, a structural form, or a call
+    of a block the spec defines itself."""
+    defs = {} if defs is None else defs
+    std_calls = [
+        block_call_schema(b.name, b.definition.params, b.definition.doc)
+        for lib in libraries()
+        for b in lib.blocks
     ]
-    block_call = {"type": "object", "minProperties": 1, "maxProperties": 1, "description": "a block call"}
+    block_call = {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 2,
+        "description": "a call of a block defined in the spec or an included file: {NAME: {params}}",
+    }
     return {
         "anyOf": [
             {"type": "string", "enum": sorted(OPS)},
             *(op_schema(c) for c in OPS.values()),
-            *structural,
-            {"type": "string"},
+            *(_form_schema(kind, defs) for kind in FORMS),
+            *std_calls,
+            {"type": "string", "description": "a block with no required parameters"},
             block_call,
         ]
     }
 
 
 def json_schema() -> dict[str, Any]:
-    """The schema of a spec file; layer items list every registered op with its arguments."""
-    schema = Spec.model_json_schema()
+    """The schema of a spec file: every key, every op with its arguments, every std: block call."""
+    schema = Spec.model_json_schema(by_alias=True)
     defs = schema.setdefault("$defs", {})
-    defs["Layer"] = layer_schema()
-    layers = {"type": "array", "items": {"$ref": "#/$defs/Layer"}}
-    schema["properties"]["layers"] = layers
-    block = BlockDef.model_json_schema()
-    block["properties"]["layers"] = layers
-    defs["Block"] = {k: v for k, v in block.items() if k != "$defs"}
-    schema["properties"]["blocks"] = {"type": "object", "additionalProperties": {"$ref": "#/$defs/Block"}}
+    defs["Layer"] = layer_schema(defs)
+    train = TrainConfig.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+    defs.update(train.pop("$defs", {}))
+    defs["TrainConfig"] = train
+    schema["properties"]["train"] = {
+        "anyOf": [{"$ref": "#/$defs/TrainConfig"}, {"type": "null"}],
+        "description": "training config (docs/training.md); checked by `specc check`",
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "specc spec (format 1)"
-    return schema
+    out: dict[str, Any] = _point_at_layer(schema)
+    return out
+
+
+def _point_at_layer(node: Any) -> Any:
+    if node == LAYER_MARK:
+        return {"$ref": "#/$defs/Layer"}
+    if isinstance(node, dict):
+        return {k: _point_at_layer(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_point_at_layer(v) for v in node]
+    return node
 
 
 def doc_summary(cls: type[Op]) -> str:

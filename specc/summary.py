@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from specc.graph import Graph
+from specc.graph import Graph, Node
+from specc.load.tree import to_plain
 
 
 def human(n: int) -> str:
@@ -72,36 +73,61 @@ def graph_json(graph: Graph) -> dict[str, Any]:
 
 
 def render(graph: Graph) -> str:
-    """The fully expanded spec: every node with all arguments (defaults resolved) and its shape."""
+    """The fully expanded spec: every node with all its arguments (defaults and variables resolved),
+    named by its path and fed by explicit ``from:`` references, its output shape as a comment.
+
+    The text is itself a valid spec: ``specc check`` accepts it and gives the same graph (node paths,
+    ops, arguments, shapes, parameters). ``specc train`` writes it as ``RUN/spec.yaml``.
+    """
     import yaml
 
-    doc = graph.meta.get("document")
-    layers = []
+    doc = graph.document
+    where = f" of {doc.path}" + (f" (scale {doc.scale})" if doc.scale else "") if doc else ""
+    sets = f"  --set {' --set '.join(doc.overrides)}" if doc and doc.overrides else ""
+    lines = [
+        f"# specc render{where}{sets}",
+        f"# {graph.params:,} parameters, {human(graph.macs)} MACs per sample, {len(graph.nodes)} nodes",
+    ]
+    head: dict[str, Any] = {"specc": 1, "name": graph.name}
+    if doc is not None and doc.spec.description:
+        head["description"] = doc.spec.description
+    head["inputs"] = {k: {"shape": list(t.shape), "dtype": t.dtype} for k, t in graph.inputs.items()}
+    if graph.dims:
+        head["dims"] = dict(graph.dims)
+    defaults = doc.spec.defaults.model_dump(mode="json") if doc is not None else {}
+    if defaults:
+        head["defaults"] = defaults
+    if graph.vars:
+        head["vars"] = dict(graph.vars)
+    lines.append(yaml.safe_dump(head, sort_keys=False, default_flow_style=None, width=110).rstrip())
+    lines.append("layers:")
+    owners = {(t.node, t.param): t.owner for t in graph.ties}
     for n in graph.nodes:
-        args = {k: v for k, v in n.op.args().items()}
-        if n.inferred and n.inferred.params:
-            args["init"] = n.op.init if isinstance(n.op.init, str) else n.op.model_dump(mode="json")["init"]
-            args["bias_init"] = (
-                n.op.bias_init
-                if isinstance(n.op.bias_init, str)
-                else n.op.model_dump(mode="json")["bias_init"]
-            )
-        entry: dict[str, Any] = {"path": n.path, n.op.op_name: args, "from": [str(r) for r in n.inputs]}
-        entry["shape"] = (
-            [t.with_batch() for t in n.outputs] if len(n.outputs) > 1 else n.outputs[0].with_batch()
-        )
-        layers.append(entry)
-    out: dict[str, Any] = {"specc": 1, "name": graph.name}
-    if doc is not None:
-        out["defaults"] = doc.spec.defaults.model_dump(mode="json")
-        if graph.meta.get("vars"):
-            out["vars"] = graph.meta["vars"]
-        if doc.scale:
-            out["scale"] = doc.scale
-    out["inputs"] = {k: {"shape": list(t.shape), "dtype": t.dtype} for k, t in graph.inputs.items()}
-    out["layers"] = layers
-    out["outputs"] = {k: str(r) for k, r in graph.outputs.items()}
+        entry = {n.op.op_name: _node_args(n, defaults, owners)}
+        text = yaml.safe_dump(entry, default_flow_style=True, sort_keys=False, width=1 << 30).strip()
+        shapes = " ".join(shape_text(["B", *t.shape]) for t in n.outputs)
+        params = f", {n.inferred.params:,} params" if n.inferred and n.inferred.params else ""
+        lines.append(f"  - {text}  # {shapes}{params}")
+    tail: dict[str, Any] = {"outputs": {k: str(r) for k, r in graph.outputs.items()}}
     if graph.labels:
-        out["labels"] = graph.labels
-    out["totals"] = {"params": graph.params, "macs": graph.macs}
-    return yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=110)
+        tail["labels"] = graph.labels
+    if doc is not None and doc.raw.get("train") is not None:
+        tail["train"] = to_plain(doc.raw["train"])
+    lines.append(yaml.safe_dump(tail, sort_keys=False, default_flow_style=None, width=110).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _node_args(node: Node, defaults: dict[str, Any], owners: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """A node's arguments for render: its own, init where it matters, its path as name, its inputs."""
+    args = node.op.args()
+    for param, name in node.op.tied().items():  # a tie names a node: write the node's path
+        for key, value in args.items():
+            if value == name and (node.path, param) in owners:
+                args[key] = owners[(node.path, param)]
+    dumped = node.op.model_dump(mode="json", include={"init", "bias_init"})
+    for key in ("init", "bias_init"):
+        if (node.inferred and node.inferred.params) or dumped[key] != defaults.get(key):
+            args[key] = dumped[key]
+    args["name"] = node.path
+    args["from"] = [str(r) for r in node.inputs]
+    return args

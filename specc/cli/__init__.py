@@ -4,6 +4,7 @@ verification (parity mismatch), 4 exporter failure (and ``specc train``'s 128 + 
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import traceback
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> Any:
     # command modules register themselves on `app`; none of them imports torch at module level
     from specc.cli import export_cmds, graph_cmd, serve_cmd, spec_cmds, train_cmds  # noqa: F401
 
-    try:
-        return app(args=argv, standalone_mode=True)
+    try:  # a fresh context per command: settings such as --include-root do not outlive it
+        return contextvars.copy_context().run(app, args=argv, standalone_mode=True)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes

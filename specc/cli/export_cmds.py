@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from specc.cli import app
-from specc.cli.spec_cmds import JsonOpt, ScaleOpt, SetOpt
+from specc.cli.spec_cmds import IncludeRootOpt, JsonOpt, ScaleOpt, SetOpt, use_include_roots
 from specc.errors import UsageError
 
 ExporterOpt = Annotated[
@@ -66,11 +66,13 @@ def export_cmd(
     fp16: Annotated[bool, typer.Option("--fp16", help="also write M.fp16.onnx and check it")] = False,
     seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
     as_json: JsonOpt = False,
+    include_root: IncludeRootOpt = None,
 ) -> None:
     """Export to ONNX, verify parity with PyTorch in onnxruntime (exit 3 on a miss, 4 when the exporter
     fails), write metadata, the SHA-256 manifest M.onnx.sha256 and the report M.onnx.json. With --json
     stdout holds JSON whatever happens: the report, or {"ok": false, "exit_code", "error", "message"}."""
     try:
+        use_include_roots(include_root)
         report = _export(
             spec=spec,
             out=out,
@@ -229,12 +231,14 @@ def bench(
         float, typer.Option("--compile-timeout", help="seconds before torch.compile is skipped")
     ] = 180.0,  # noqa: E501
     as_json: JsonOpt = False,
+    include_root: IncludeRootOpt = None,
 ) -> None:
     """Batch-1 latency (median, p90) and batch throughput: torch eager, torch.compile, onnxruntime
     fp32 and int8 (with an .onnx file: onnxruntime only)."""
     from specc.export.bench import BenchSettings, bench_onnx, bench_spec, table
 
     _log_to_stderr()
+    use_include_roots(include_root)
     if batch < 1 or iters < 1 or warmup < 0 or seq < 1:
         raise UsageError("--batch, --iters and --seq must be positive, --warmup non-negative")
     s = BenchSettings(

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from specc.cli import app, fail
-from specc.cli.spec_cmds import ScaleOpt, SetOpt
+from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 
 
 @app.command()
@@ -19,11 +19,13 @@ def graph(
     depth: Annotated[int, typer.Option("--depth", help="path parts per box (1: blocks collapsed)")] = 1,
     sets: SetOpt = None,
     scale: ScaleOpt = None,
+    include_root: IncludeRootOpt = None,
 ) -> None:
     """Draw the architecture: repeated blocks collapse into one box, edges carry tensor shapes."""
     from specc.api import check as check_spec
     from specc.graphviz import render_graph
 
+    use_include_roots(include_root)
     try:
         text = render_graph(check_spec(spec, sets or [], scale), fmt, depth)
         if out is None:

@@ -15,6 +15,20 @@ from specc.errors import SpecError
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (repeatable)")]  # noqa: UP045
 ScaleOpt = Annotated[Optional[str], typer.Option("--scale", help="named scale from the spec's scales:")]  # noqa: UP045
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+IncludeRootOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        "--include-root",
+        help="a folder whose files specs may include, besides the spec's own folder and std: (repeatable)",
+    ),
+]
+
+
+def use_include_roots(folders: list[Path] | None) -> None:
+    """Apply ``--include-root`` for the running command (a missing folder: UsageError, exit 2)."""
+    from specc.lang.document import set_include_roots
+
+    set_include_roots(folders)
 
 
 @app.command()
@@ -24,11 +38,13 @@ def check(
     scale: ScaleOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="per-node table")] = False,
     as_json: JsonOpt = False,
+    include_root: IncludeRootOpt = None,
 ) -> None:
     """Validate specs and infer every shape (never imports torch). Exit 2 on spec errors."""
     from specc.api import check as check_spec
     from specc.summary import graph_json, node_table, summary_line
 
+    use_include_roots(include_root)
     results: list[dict[str, object]] = []
     errors = 0
     for path in specs:
@@ -55,11 +71,15 @@ def check(
 
 
 @app.command()
-def render(spec: Path, sets: SetOpt = None, scale: ScaleOpt = None) -> None:
-    """Print the fully expanded spec: every node, every default and variable resolved, every shape."""
+def render(
+    spec: Path, sets: SetOpt = None, scale: ScaleOpt = None, include_root: IncludeRootOpt = None
+) -> None:
+    """Print the fully expanded spec (itself a valid spec): every node with its path, every default
+    and variable resolved, every shape as a comment."""
     from specc.api import check as check_spec
     from specc.summary import render as render_graph
 
+    use_include_roots(include_root)
     try:
         print(render_graph(check_spec(spec, sets or [], scale)), end="")
     except SpecError as exc:
@@ -79,12 +99,14 @@ def build(
         int, typer.Option("--max-params", help="refuse specs with more parameters")
     ] = 2_000_000_000,
     seed: Annotated[int, typer.Option(help="seed for initialisation")] = 0,
+    include_root: IncludeRootOpt = None,
 ) -> None:
     """Compile to a torch nn.Module and print the per-layer table (path, op, output, params, MACs)."""
     from specc.api import check as check_spec
     from specc.nn import check_param_limit
     from specc.summary import graph_json, node_table
 
+    use_include_roots(include_root)
     try:
         graph = check_spec(spec, sets or [], scale)
         check_param_limit(graph, max_params)  # before torch is even imported

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from specc.cli import app, fail
-from specc.cli.spec_cmds import ScaleOpt, SetOpt
+from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 
 Opt = typer.Option
 
@@ -63,13 +63,16 @@ def train(
             help="shard the model over the processes (FSDP2) instead of DDP; the same as train: {fsdp: true}",
         ),
     ] = False,
+    include_root: IncludeRootOpt = None,
 ) -> None:
     """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
     from specc.train import distributed
 
+    use_include_roots(include_root)
     worker = _worker_args(spec, data, out, sets, scale, config, resume, init_from, freeze, device, quiet)
     worker += ["--fsdp"] if fsdp else []
     worker += ["--label", label] if label is not None else []
+    worker += [arg for root in include_root or () for arg in ("--include-root", str(root))]
     try:
         if nproc_per_node is not None and not distributed.in_launcher_env():
             opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)

@@ -1,13 +1,19 @@
-"""Stage 4 — infer: shape and dtype of every edge, parameters and MACs of every node (no torch)."""
+"""Stage 4 — infer: shape and dtype of every edge, parameters and MACs of every node (no torch).
+
+Lowering infers each node as it creates it (so ``$in`` expressions can read shapes); :func:`infer`
+re-runs the same rule over a whole graph, e.g. after the nominal sizes of symbolic axes changed.
+"""
 
 from __future__ import annotations
 
-from specc.errors import Diagnostic, ShapeError
+from collections.abc import Sequence
+
+from specc.errors import Diagnostic, Location, ShapeError
 from specc.graph.ir import Graph, Node, Ref
 from specc.ops.base import InferContext, ShapeMismatch, TensorType
 
 
-def _describe(graph: Graph, refs: list[Ref], types: list[TensorType]) -> str:
+def _describe(refs: list[Ref], types: list[TensorType]) -> str:
     return ", ".join(f"{t} from '{r}'" for r, t in zip(refs, types, strict=True))
 
 
@@ -19,6 +25,37 @@ def _arity(node: Node, n: int) -> str | None:
     return None
 
 
+def input_types(node: Node, known: dict[str, list[TensorType]]) -> list[TensorType] | str | None:
+    """The node's input types; None when an input is unknown (an earlier node failed), or the
+    message when a reference names an output its node does not have."""
+    if any(r.node not in known for r in node.inputs):
+        return None
+    bad = next((r for r in node.inputs if r.index >= len(known[r.node])), None)
+    if bad is not None:
+        return f"'{bad.node}' has {len(known[bad.node])} output(s); there is no output {bad.index}"
+    return [known[r.node][r.index] for r in node.inputs]
+
+
+def check_node(node: Node, ins: list[TensorType], ctx: InferContext) -> str | None:
+    """Run the node's shape rule on ``ins``: sets ``node.inferred``, or returns why it cannot."""
+    message = _arity(node, len(ins)) or _dtype_problem(node, node.inputs, ins)
+    if message is not None:
+        return message
+    try:
+        node.inferred = node.op.infer(ins, ctx)
+    except ShapeMismatch as exc:
+        return f"{node.op.op_name} '{node.path}' cannot accept input {_describe(node.inputs, ins)}: {exc}"
+    return None
+
+
+def via_text(via: Sequence[Location], where: Location | None) -> str:
+    """`` (in block used at line 12, lib.yaml:4)``: the block calls an error sits in."""
+    if not via:
+        return ""
+    lines = [f"line {v.line}" if where is None or v.file == where.file else f"{v.file}:{v.line}" for v in via]
+    return " (in block used at " + ", ".join(lines) + ")"
+
+
 def infer(graph: Graph) -> Graph:
     """Annotate every node in place. Raises :class:`ShapeError` listing every node that fails.
 
@@ -28,37 +65,15 @@ def infer(graph: Graph) -> Graph:
     known: dict[str, list[TensorType]] = {name: [t] for name, t in graph.inputs.items()}
     diags: list[Diagnostic] = []
     for node in graph.nodes:
-        if any(r.node not in known for r in node.inputs):
+        ins = input_types(node, known)
+        if ins is None:
             continue
-        bad_index = next((r for r in node.inputs if r.index >= len(known[r.node])), None)
-        if bad_index is not None:
-            diags.append(
-                Diagnostic(
-                    f"'{bad_index.node}' has {len(known[bad_index.node])} output(s); "
-                    f"there is no output {bad_index.index}",
-                    node.loc,
-                    node.src,
-                )
-            )
-            continue
-        ins = [known[r.node][r.index] for r in node.inputs]
-        message = _arity(node, len(ins)) or _dtype_problem(node, node.inputs, ins)
-        if message is None:
-            try:
-                node.inferred = node.op.infer(ins, ctx)
-            except ShapeMismatch as exc:
-                message = (
-                    f"{node.op.op_name} '{node.path}' cannot accept input "
-                    f"{_describe(graph, node.inputs, ins)}: {exc}"
-                )
+        message = ins if isinstance(ins, str) else check_node(node, ins, ctx)
         if message is not None:
-            if node.via:
-                message += " (in block used at " + ", ".join(f"line {v.line}" for v in node.via) + ")"
-            diags.append(Diagnostic(message, node.loc, node.src))
+            diags.append(Diagnostic(message + via_text(node.via, node.loc), node.loc, node.src))
             continue
         assert node.inferred is not None
         known[node.path] = node.inferred.outputs
-    diags += _growth_problems(graph, known)
     if diags:
         raise ShapeError(diags)
     return graph
@@ -70,17 +85,3 @@ def _dtype_problem(node: Node, refs: list[Ref], ins: list[TensorType]) -> str | 
         if t.dtype not in allowed:
             return f"{node.op.op_name} '{node.path}' expects {' or '.join(allowed)} input, got {t.dtype} {t} from '{ref}'"
     return None
-
-
-def _growth_problems(graph: Graph, known: dict[str, list[TensorType]]) -> list[Diagnostic]:
-    out = []
-    for ref, growth, src, loc in graph.meta.get("growth_checks", []):
-        if ref.node in known:
-            channels = known[ref.node][ref.index].shape[0]
-            if channels != growth:
-                out.append(
-                    Diagnostic(
-                        f"dense layer body produces {channels} channels but growth_rate is {growth}", loc, src
-                    )
-                )
-    return out

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specc.errors import Location
 from specc.ops.base import Inferred, Op, TensorType
+
+if TYPE_CHECKING:
+    from specc.lang.document import SpecDocument
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,19 @@ class Node:
         return self.inferred.outputs if self.inferred else []
 
 
+@dataclass(frozen=True)
+class Tie:
+    """Parameter ``param`` of node ``node`` is the same tensor as that of node ``owner``."""
+
+    node: str
+    param: str
+    owner: str
+
+
 @dataclass
 class Graph:
-    """Inputs, nodes in topological order, and named outputs."""
+    """Inputs, nodes in topological order, and named outputs; ``vars`` are the spec's variables with
+    their values, ``ties`` the shared parameters, ``document`` the parsed spec it came from."""
 
     name: str
     inputs: dict[str, TensorType]
@@ -48,13 +61,15 @@ class Graph:
     labels: list[str] | None = None
     dims: dict[str, int] = field(default_factory=dict)
     spec_sha256: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)
+    ties: list[Tie] = field(default_factory=list)
+    document: SpecDocument | None = None
+    _by_path: dict[str, Node] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def node(self, path: str) -> Node:
-        return self._index()[path]
-
-    def _index(self) -> dict[str, Node]:
-        return {n.path: n for n in self.nodes}
+        if len(self._by_path) != len(self.nodes) or path not in self._by_path:
+            self._by_path = {n.path: n for n in self.nodes}  # rebuilt only when nodes changed
+        return self._by_path[path]
 
     def type_of(self, ref: Ref) -> TensorType:
         if ref.node in self.inputs:

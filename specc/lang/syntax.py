@@ -1,20 +1,34 @@
-"""Stage 2 — parse: the top level of a spec file as strict, frozen pydantic models.
+"""Stage 2 — parse: a spec file as strict, frozen pydantic models.
 
-Layer items (``layers:`` and block bodies) are checked item by item while lowering, because their
-arguments may hold expressions that only have values once variables and block parameters are known.
+The whole document is validated here: the top level, every block definition and every layer item
+(``specc/lang/items.py``: ops, block calls, structural forms). Values that are ``$expressions``
+get checked once lowering has given them values (they may depend on block parameters, repeat
+indices or ``$in``). The ``train:`` section is validated by :class:`specc.train.config.TrainConfig`
+(``specc.api`` does it, so the language package does not depend on training).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from specc.lang.items import IDENT, PARAM_TYPES, RESERVED_PARAMS, Item
 from specc.ops.activation import ActName
 from specc.ops.base import DType, InitName, InitSpec
 from specc.ops.norm import NORM_WORDS, check_norm_word
 
-IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+__all__ = [
+    "IDENT",
+    "PARAM_TYPES",
+    "RESERVED_NAMES",
+    "BlockDef",
+    "Defaults",
+    "InputSpec",
+    "LibraryFile",
+    "Spec",
+]
 
 # Node names become torch module names: these clash with nn.Module attributes.
 RESERVED_NAMES = frozenset(
@@ -79,33 +93,62 @@ class Spec(Strict):
         "ints or $expressions",
     )
     defaults: Defaults = Field(default_factory=Defaults)
-    vars: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, Any] = Field(
+        default_factory=dict, description="variables ($name in expressions), in order"
+    )
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named sets of var values")
-    blocks: dict[str, Any] = Field(default_factory=dict)
-    layers: list[Any] = Field(min_length=1)
+    blocks: dict[str, BlockDef] = Field(default_factory=dict, description="reusable, parameterised blocks")
+    layers: list[Item] = Field(min_length=1, description="the network: ops, block calls, structural forms")
     train: dict[str, Any] | None = Field(None, description="training config (see `specc train`)")
 
     @field_validator("inputs", "vars", "blocks", "scales", "dims")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
-        import re
+        return _check_names(v)
 
-        for key in v:
-            if not re.match(IDENT, key):
-                raise ValueError(
-                    f"{key!r} is not a valid name (letters, digits, _; not starting with a digit)"
-                )
+    @field_validator("vars")
+    @classmethod
+    def _var_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "in" in v:
+            raise ValueError("'in' cannot be a variable: $in is the input's shape")
         return v
+
+
+def _check_names(v: dict[str, Any]) -> dict[str, Any]:
+    for key in v:
+        if not re.match(IDENT, key):
+            raise ValueError(f"{key!r} is not a valid name (letters, digits, _; not starting with a digit)")
+    return v
 
 
 class BlockDef(Strict):
     """A reusable, parameterised block: ``params`` (``int``/``float``/``bool``/``str``/``list``/``any``
-    for a required one, or a default value), ``inputs`` (names the body refers to), and ``layers``."""
+    for a required one, or a default value, which may be a $expression), ``inputs`` (names the body
+    refers to; ``$in`` is the first one's shape), and ``layers`` (or one structural form inline)."""
 
-    params: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[str] = Field(default_factory=lambda: ["x"], min_length=1)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="name: type (int float bool str list any) = required, or a default"
+    )
+    inputs: list[str] = Field(default_factory=lambda: ["x"], min_length=1, description="input names")
     doc: str | None = None
-    layers: list[Any] = Field(min_length=1)
+    layers: list[Item] = Field(min_length=1)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _check_names(v)
+        reserved = sorted(RESERVED_PARAMS & set(v))
+        if reserved:
+            raise ValueError(f"'{reserved[0]}' cannot be a parameter name (name, from, if and in are taken)")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.match(IDENT, name):
+                raise ValueError(f"input {name!r} is not a valid name")
+        return v
 
 
 class LibraryFile(Strict):
@@ -114,7 +157,12 @@ class LibraryFile(Strict):
     specc: Literal[1] = 1
     description: str | None = None
     include: list[str] = Field(default_factory=list)
-    blocks: dict[str, Any] = Field(default_factory=dict)
+    blocks: dict[str, BlockDef] = Field(default_factory=dict)
+
+    @field_validator("blocks")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_names(v)
 
 
-PARAM_TYPES = {"int", "float", "bool", "str", "list", "any"}
+Spec.model_rebuild()

@@ -52,35 +52,61 @@ def _short(value: Any) -> str:
 
 
 def validate(
-    model: type[M], tree: Any, base_path: str, fallback: Location | None = None
+    model: type[M],
+    tree: Any,
+    base_path: str,
+    fallback: Location | None = None,
+    *,
+    context: dict[str, Any] | None = None,
+    locs: Any = None,
 ) -> tuple[M | None, list[Diagnostic]]:
-    """Validate ``tree`` (an :class:`LMap` from the loader) against ``model``.
+    """Validate ``tree`` (an :class:`LMap` from the loader, or plain data) against ``model``.
 
-    Returns the model or every error found, each located at the YAML node that is wrong. Union
+    Returns the model or every error found, each located at the YAML node that is wrong (``locs``:
+    the location table when ``tree`` is plain data, e.g. arguments after substitution). Union
     branches reported separately by pydantic are merged into one message per location.
     """
     plain = to_plain(tree)
     try:
-        return model.model_validate(plain), []
+        return model.model_validate(plain, context=context), []
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+        errors = [dict(e) for e in exc.errors(include_url=False)]
+    return None, diagnostics(model, tree if locs is None else locs, plain, base_path, errors, fallback)
+
+
+def diagnostics(
+    model: type[BaseModel] | None,
+    tree: Any,
+    plain: Any,
+    base_path: str,
+    errors: list[dict[str, Any]],
+    fallback: Location | None = None,
+    kind: str = "",
+) -> list[Diagnostic]:
+    """Located diagnostics for pydantic errors (and :func:`specc.lang.items.problem` ones) about
+    ``plain``, whose locations are in ``tree``. ``kind`` names a structural form in messages."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    diags = []
     for err in errors:
         loc = tuple(err["loc"])
+        if err["type"] == "specc":
+            where = (_key_loc(tree, loc) if err.get("at_key") else None) or loc_of(tree, loc) or fallback
+            diags.append(Diagnostic(err["msg"], where, format_path(base_path, err.get("path", loc))))
+            continue
         if err["type"] == "missing":
             key = loc[: _data_prefix(plain, loc[:-1])] + (("__missing__", loc[-1]),) if loc else loc
         else:
             key = loc[: _data_prefix(plain, loc)]
         groups[key].append(dict(err))
-    diags = []
     for key, errs in groups.items():
         data_loc = tuple(k for k in key if not isinstance(k, tuple))
         where = loc_of(tree, data_loc) or fallback
         if isinstance(tree, (LMap, LList)) and errs[0]["type"] == "extra_forbidden":
             where = _key_loc(tree, data_loc) or where
         path = format_path(base_path, [k[1] if isinstance(k, tuple) else k for k in key])
-        diags.append(Diagnostic(_message(model, plain, data_loc, errs), where, path))
-    return None, diags
+        owner = f" in a {kind} item" if kind and len(data_loc) <= 1 else ""
+        diags.append(Diagnostic(_message(model, plain, data_loc, errs, owner), where, path))
+    return diags
 
 
 def _key_loc(tree: Any, loc: tuple[Any, ...]) -> Location | None:
@@ -95,7 +121,7 @@ def _key_loc(tree: Any, loc: tuple[Any, ...]) -> Location | None:
     return None
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The nested model class that owns the last entry of ``loc`` (best effort, for hints)."""
     current: type[BaseModel] | None = model
     for part in loc[:-1]:
@@ -121,16 +147,20 @@ _TAGS = {
 
 
 def _message(
-    model: type[BaseModel], plain: Any, data_loc: tuple[Any, ...], errs: list[dict[str, Any]]
+    model: type[BaseModel] | None,
+    plain: Any,
+    data_loc: tuple[Any, ...],
+    errs: list[dict[str, Any]],
+    where: str = "",
 ) -> str:
     first = errs[0]
     if first["type"] == "extra_forbidden":
         key = str(data_loc[-1]) if data_loc else "?"
         owner = _model_at(model, data_loc)
         hint = did_you_mean(key, _field_names(owner)) if owner else ""
-        return f"unknown key '{key}'{hint}"
+        return f"unknown key '{key}'{where}{hint}"
     if first["type"] == "missing":
-        return f"missing required field '{first['loc'][-1]}'"
+        return f"missing required field '{first['loc'][-1]}'{where}"
     if len(errs) == 1 or all(e["msg"] == first["msg"] for e in errs):
         msg = first["msg"]
         ctx_error = (first.get("ctx") or {}).get("error")

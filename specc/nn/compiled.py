@@ -63,8 +63,8 @@ class CompiledModel(nn.Module):
                     next_slot += 1
                     out_slots.append(slots[(node.path, k)])
                 modules.append((module, in_slots, tuple(out_slots)))
-        for path, param, owner in graph.meta.get("ties", ()):
-            self._tie(path, param, owner)
+        for tie in graph.ties:
+            self._tie(tie.node, tie.param, tie.owner)
         self._num_slots = next_slot
         self._result = tuple(slots[(r.node, r.index)] for r in graph.outputs.values())
         self._plan = _plan(modules, self._result)

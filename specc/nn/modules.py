@@ -104,3 +104,21 @@ class RMSNorm(nn.RMSNorm):
             xf = x.float()
             y = (xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)).to(x.dtype)
         return y * self.weight if self.weight is not None else y
+
+
+class DropPath(nn.Module):
+    """Stochastic depth, torchvision's ``StochasticDepth(p, mode="row")``: (B, ...) → (B, ...)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        noise = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        return x * noise.bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

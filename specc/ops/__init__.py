@@ -4,6 +4,7 @@ from specc.ops import (  # noqa: F401  (importing registers the ops)
     activation,
     attention,
     conv,
+    drop_path,
     embedding,
     linear,
     merge,

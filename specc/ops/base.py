@@ -26,6 +26,9 @@ Dim = int | str
 
 DType = Literal["float32", "int64", "bool"]
 
+NAME_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$"
+"""A node name: an identifier, or a dotted path of identifiers and numbers (as ``specc render`` writes)."""
+
 
 @dataclass(frozen=True)
 class TensorType:
@@ -139,7 +142,9 @@ class Op(BaseModel):
     """Dtypes accepted on every input (checked by the driver before :meth:`infer`)."""
 
     name: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="node name for `from:` references"
+        None,
+        pattern=NAME_PATTERN,
+        description="node name for `from:` references; a dotted path (layer1.0.conv1) names the node's exact path",
     )
     from_: str | list[str] | None = Field(
         None, alias="from", description="input node(s): a name, an input, or -1/-2 for earlier nodes"

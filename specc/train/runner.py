@@ -102,7 +102,9 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     from specc.summary import render
 
     graph = check(req.spec, req.sets, req.scale)
-    cfg = load_train_config(graph.meta["document"].raw, str(req.spec), req.config, req.sets)
+    cfg = load_train_config(
+        graph.document.raw if graph.document else None, str(req.spec), req.config, req.sets
+    )
     if req.fsdp and not cfg.fsdp:
         try:
             cfg = TrainConfig.model_validate({**cfg.model_dump(), "fsdp": True})

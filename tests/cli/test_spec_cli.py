@@ -68,7 +68,9 @@ def test_render_resolves_defaults_and_vars(tmp_path: Path) -> None:
     assert doc["layers"][0]["conv2d"]["out_channels"] == 6
     assert doc["layers"][1]["act"]["fn"] == "relu"  # the default, made visible
     assert doc["layers"][0]["conv2d"]["init"] == "default"
-    assert doc["totals"]["params"] == 6 * 9 + 6 + 6 * 3 + 3
+    assert f"# {6 * 9 + 6 + 6 * 3 + 3:,} parameters" in result.out
+    again = write_spec(tmp_path, result.out, "rendered.yaml")  # render output is a spec
+    assert run_cli("check", str(again)).code == 0
 
 
 def test_set_unknown_key_gets_hint(tmp_path: Path) -> None:

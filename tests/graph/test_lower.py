@@ -8,6 +8,7 @@ import pytest
 
 from specc.api import check_text
 from specc.errors import SpecError
+from specc.graph import Ref
 
 HEAD = "specc: 1\nname: t\ninputs: {x: {shape: [4, 8, 8]}}\n"
 
@@ -136,3 +137,184 @@ def test_node_limit_and_repeat_limit() -> None:
         check_text(HEAD + "layers:\n  - repeat: 100000\n    body: [relu]\n")
     with pytest.raises(SpecError, match="more than 100000 nodes"):
         check_text(HEAD + "layers:\n  - repeat: 10000\n    body: {repeat: 11, body: [relu]}\n")
+
+
+# ---- blocks that read their input, conditions ---------------------------------------------------
+
+MOBILENET = """specc: 1
+name: mbv2
+inputs: {image: {shape: [3, 32, 32]}}
+defaults: {norm: batch, activation: relu}
+blocks:
+  conv_bn_act:
+    params: {out: int, kernel_size: 1, stride: 1, groups: 1}
+    layers:
+      - conv2d: {out_channels: $out, kernel_size: $kernel_size, stride: $stride,
+                 padding: "($kernel_size - 1) // 2", groups: $groups, bias: false}
+      - norm
+      - act
+  inverted_residual:
+    params: {out: int, stride: 1, expand: 6, hidden: "$in.channels * $expand"}
+    residual:
+      - conv_bn_act: {out: $hidden}
+        if: "$expand != 1"
+      - conv_bn_act: {out: $hidden, kernel_size: 3, stride: $stride, groups: $hidden}
+      - conv2d: {out_channels: $out, kernel_size: 1, bias: false}
+      - norm
+    shortcut: "'identity' if $stride == 1 and $in.channels == $out else 'none'"
+layers:
+  - conv2d: {out_channels: 16, kernel_size: 3, stride: 2, padding: 1, bias: false}
+  - inverted_residual: {out: 16, expand: 1}
+  - inverted_residual: {out: 24, stride: 2}
+  - inverted_residual: {out: 24}
+"""
+
+
+def test_inverted_residual_reads_its_input_and_adds_only_when_it_can() -> None:
+    g = check_text(MOBILENET)
+    nodes = {n.path: n for n in g.nodes}
+    assert "1.0.0" not in nodes and nodes["1.1.0"].op.groups == 16  # type: ignore[attr-defined]  # expand 1: no 1x1
+    assert "1.add" in nodes and nodes["1.add"].inputs[1].node == "0"  # 16 -> 16, stride 1: identity add
+    assert "2.add" not in nodes and nodes["2.0.0"].outputs[0].shape == (96, 16, 16)  # 16 * 6, no add
+    assert nodes["3.0.0"].outputs[0].shape == (144, 8, 8) and "3.add" in nodes  # 24 * 6; 24 -> 24 adds
+    assert nodes["3.add"].inputs == [Ref("3.3"), Ref("2.3")]
+
+
+def test_in_is_the_sequence_input_and_if_keeps_numbering() -> None:
+    nodes = paths("""layers:
+  - conv2d: {out_channels: "$in.channels * 2", kernel_size: 1}
+  - repeat: 3
+    body:
+      - conv2d: {out_channels: "$in.channels + 1", kernel_size: 1}
+      - relu: {}
+        if: "$i == 1"
+      - linear: "$in.shape[-1]"
+        if: "$in.rank == 1"
+""")
+    assert nodes["0"][1] == (8, 8, 8)  # the network input has 4 channels
+    assert [nodes[f"1.{k}.0"][1][0] for k in range(3)] == [9, 10, 11]  # each iteration's own input
+    assert "1.1.1" in nodes and "1.0.1" not in nodes and "1.2.1" not in nodes
+    assert not any(p.endswith(".2") for p in nodes)  # rank 3: the linear is left out
+
+
+def test_if_add_and_dropped_reference() -> None:
+    nodes = paths("""vars: {skip: false}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, name: c}
+  - add: {from: [x, c]}
+    if: $skip
+""")
+    assert list(nodes) == ["c"]
+    with pytest.raises(SpecError, match=r"'c' is left out by its if: \(line 5\)"):
+        check_text(HEAD + "layers:\n  - relu: {name: c}\n    if: false\n  - add: {from: [x, c]}\n")
+    with pytest.raises(SpecError, match="if: must give true or false, got 3"):
+        check_text(HEAD + "layers:\n  - relu: {}\n    if: '$in.rank'\n")
+
+
+def test_drop_path_residual_option() -> None:
+    g = check_text(
+        HEAD + "layers:\n  - residual: [conv2d: {out_channels: 4, kernel_size: 1}]\n    drop_path: 0.2\n"
+    )
+    nodes = {n.path: n for n in g.nodes}
+    assert [n.path for n in g.nodes] == ["0.0", "0.drop_path", "0.shortcut", "0.add"]
+    assert nodes["0.drop_path"].op.p == 0.2  # type: ignore[attr-defined]
+    assert nodes["0.add"].inputs[0] == Ref("0.drop_path")
+    zero = check_text(HEAD + "vars: {p: 0.0}\nlayers:\n  - residual: [relu]\n    drop_path: $p\n")
+    assert [n.path for n in zero.nodes] == ["0.0", "0.shortcut", "0.add"]  # p = 0: no node
+    none = check_text(HEAD + "layers:\n  - residual: [relu]\n    shortcut: none\n    drop_path: 0.3\n")
+    assert [n.path for n in none.nodes] == ["0.0"]  # no add, nothing to drop
+
+
+def test_block_default_reads_earlier_params_and_in() -> None:
+    nodes = paths("""blocks:
+  widen:
+    params: {factor: 2, out: "$in.channels * $factor"}
+    layers: [conv2d: {out_channels: $out, kernel_size: 1}]
+layers:
+  - widen: {}
+  - widen: {factor: 3}
+  - widen: {out: 5}
+""")
+    assert [nodes[p][1][0] for p in ("0", "1", "2")] == [8, 24, 5]
+
+
+def test_dotted_names_give_exact_paths() -> None:
+    nodes = paths("layers:\n  - relu: {name: a.0.b}\n  - relu: {name: a.1, from: a.0.b}\n")
+    assert list(nodes) == ["a.0.b", "a.1"]
+    with pytest.raises(SpecError, match="would sit inside node 'a'"):
+        check_text(HEAD + "layers:\n  - relu: {name: a}\n  - relu: {name: a.b}\n")
+    with pytest.raises(SpecError, match="already a prefix"):
+        check_text(HEAD + "layers:\n  - relu: {name: a.b}\n  - relu: {name: a}\n")
+
+
+# ---- errors name where a variable's value was written -------------------------------------------
+
+
+def errors(text: str, **kw: object) -> list[str]:
+    with pytest.raises(SpecError) as err:
+        check_text(text, "s.yaml", **kw)  # type: ignore[arg-type]
+    return [str(d) for d in err.value.diagnostics]
+
+
+ATTN = """specc: 1
+name: t
+inputs: {x: {shape: [seq, 16]}}
+vars:
+  width: 16
+  heads: 4
+scales:
+  odd: {heads: 3}
+blocks:
+  attend:
+    params: {num_heads: int}
+    layers: [multihead_attention: {num_heads: $num_heads}]
+layers:
+  - attend: {num_heads: $heads}
+  - attend: {num_heads: 0}
+"""
+
+
+def test_variable_errors_name_the_line_of_the_value() -> None:
+    assert errors(ATTN) == [
+        "s.yaml:12:47: blocks.attend.layers[0].multihead_attention.num_heads: input should be greater than 0, "
+        "got 0 (value from layers[1].attend.num_heads at line 15) (in block used at line 15)"
+    ]
+    (shape,) = errors(ATTN.replace("num_heads: 0", "num_heads: 2"), scale="odd")
+    assert (
+        "not divisible by num_heads 3 (value from scales.odd.heads at line 8) (in block used at line 14)"
+        in shape
+    )
+    (shape,) = errors(ATTN.replace("num_heads: 0", "num_heads: 2"), sets=["heads=5"])
+    assert "(value from --set heads=5)" in shape
+    (expr,) = errors(ATTN.replace("num_heads: 0}", 'num_heads: "16 // ($heads - 4)"}'))
+    assert (
+        expr.startswith("s.yaml:15:25: layers[1].attend.num_heads: expression") and "divides by zero" in expr
+    )
+    assert expr.endswith("(value from vars.heads at line 6)")
+
+
+def test_a_failed_variable_is_reported_once() -> None:
+    text = HEAD + 'vars:\n  a: "1 // 0 + $b"\n  b: 2\n  c: "$a + 1"\nlayers:\n  - linear: $c\n'
+    assert [e.split(": ", 2)[1] for e in errors(text)] == ["vars.a"]
+
+
+# ---- budgets --------------------------------------------------------------------------------------
+
+
+def test_expansion_budgets_stop_early() -> None:
+    import time
+
+    start = time.process_time()
+    with pytest.raises(SpecError) as err:
+        check_text(
+            HEAD + "layers:\n  - repeat: 1000\n    body: {repeat: 1000, body: {repeat: 1000, body: [relu]}}\n"
+        )
+    assert [d.message for d in err.value.diagnostics] == ["the network has more than 100000 nodes"]
+    with pytest.raises(SpecError) as err:
+        check_text(
+            HEAD + "layers:\n  - repeat: 10000\n    body: {repeat: 10000, body: [{relu: {}, if: false}]}\n"
+        )
+    assert [d.message for d in err.value.diagnostics] == [
+        "the spec expands to more than 200000 items (repeats nested too far?)"
+    ]
+    assert time.process_time() - start < 20  # stopped at the budget, far from 10**8 items
