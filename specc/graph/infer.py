@@ -6,6 +6,7 @@ re-runs the same rule over a whole graph, e.g. after the nominal sizes of symbol
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from specc.errors import Diagnostic, Location, ShapeError
@@ -36,15 +37,24 @@ def input_types(node: Node, known: dict[str, list[TensorType]]) -> list[TensorTy
     return [known[r.node][r.index] for r in node.inputs]
 
 
+MAX_SAMPLE_ELEMENTS = 2**50
+"""No tensor may hold more elements per sample (4 PiB in fp32): bigger is a mistake or an attack, and
+the integers of its shape arithmetic would grow without bound (a concat doubling channels 10,000 times)."""
+
+
 def check_node(node: Node, ins: list[TensorType], ctx: InferContext) -> str | None:
     """Run the node's shape rule on ``ins``: sets ``node.inferred``, or returns why it cannot."""
     message = _arity(node, len(ins)) or _dtype_problem(node, node.inputs, ins)
     if message is not None:
         return message
     try:
-        node.inferred = node.op.infer(ins, ctx)
+        inferred = node.op.infer(ins, ctx)
     except ShapeMismatch as exc:
         return f"{node.op.op_name} '{node.path}' cannot accept input {_describe(node.inputs, ins)}: {exc}"
+    for t in inferred.outputs:
+        if math.prod(d for d in t.shape if isinstance(d, int)) > MAX_SAMPLE_ELEMENTS:
+            return f"{node.op.op_name} '{node.path}' would output {t}: more than 2**50 elements per sample"
+    node.inferred = inferred
     return None
 
 

@@ -787,8 +787,8 @@ class Lowerer:
                 ctx.via,
                 fallback=body_loc,
             )
-            if out is None or out is FAILED:
-                return out
+            if out is None or out.node not in self.types:
+                return out  # this iteration failed: the next ones could only repeat its errors
         return out
 
     def lower_residual(

@@ -301,15 +301,10 @@ def test_a_failed_variable_is_reported_once() -> None:
 # ---- budgets --------------------------------------------------------------------------------------
 
 
-def test_expansion_budgets_stop_early() -> None:
+def test_expansion_budget_counts_items_left_out_too() -> None:
     import time
 
-    start = time.process_time()
-    with pytest.raises(SpecError) as err:
-        check_text(
-            HEAD + "layers:\n  - repeat: 1000\n    body: {repeat: 1000, body: {repeat: 1000, body: [relu]}}\n"
-        )
-    assert [d.message for d in err.value.diagnostics] == ["the network has more than 100000 nodes"]
+    start = time.process_time()  # (the node budget is tested in tests/lang/test_hostile.py, capped)
     with pytest.raises(SpecError) as err:
         check_text(
             HEAD + "layers:\n  - repeat: 10000\n    body: {repeat: 10000, body: [{relu: {}, if: false}]}\n"
