@@ -29,7 +29,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 docs: $(STAMP)
-	$(BIN)/python -m specc.docgen > docs/spec-reference.md
+	$(BIN)/python -m specc.docgen --write
 
 # side-by-side measurements; figures are recorded by hand in benchmarks/RESULTS.md (never asserted in tests)
 bench: $(STAMP)

@@ -117,3 +117,35 @@ def test_missing_file_and_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
     result = run_cli("check", str(tmp_path / "bin.yaml"))
     assert result.code == 2 and "not UTF-8" in result.err
+
+
+def test_schema_describes_every_key() -> None:
+    schema = json.loads(run_cli("schema").out)
+    variants = schema["$defs"]["Layer"]["anyOf"]
+    by_key = {next(iter(v["required"])): v for v in variants if v.get("type") == "object" and "required" in v}
+    residual = by_key["residual"]["properties"]
+    assert {"residual", "shortcut", "then", "drop_path", "name", "from", "if"} <= set(residual)
+    assert "x-specc" not in json.dumps(schema)  # every item points at the Layer definition
+    basic = by_key["basic"]["properties"]["basic"]["anyOf"][0]  # std:resnet's block, with its parameters
+    assert set(basic["properties"]) == {"out", "stride", "name", "from"} and basic["required"] == ["out"]
+    assert "if" in by_key["conv2d"]["properties"]
+    train = schema["$defs"]["TrainConfig"]["properties"]
+    assert train["lr"]["exclusiveMinimum"] == 0 and "optimizer" in train
+    block = schema["$defs"]["BlockDef"]["properties"]
+    assert block["layers"]["items"] == {"$ref": "#/$defs/Layer"}
+
+
+def test_include_root_option(tmp_path: Path) -> None:
+    lib_dir, spec_dir = tmp_path / "lib", tmp_path / "spec"
+    lib_dir.mkdir()
+    spec_dir.mkdir()
+    (lib_dir / "blocks.yaml").write_text("specc: 1\nblocks:\n  twice:\n    layers: [relu, relu]\n")
+    spec = write_spec(
+        spec_dir, SMALL.replace("layers:\n", "include: [../lib/blocks.yaml]\nlayers:\n  - twice\n")
+    )
+    refused = run_cli("check", str(spec))
+    assert refused.code == 2 and "resolves outside the spec's folder" in refused.err
+    assert run_cli("check", str(spec), "--include-root", str(lib_dir)).code == 0
+    assert run_cli("check", str(spec)).code == 2  # the option does not outlive its command
+    missing = run_cli("check", str(spec), "--include-root", str(tmp_path / "nope"))
+    assert missing.code == 2 and "not a folder" in missing.err
