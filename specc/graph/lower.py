@@ -36,7 +36,6 @@ from specc.lang.expr import (
     substitute,
 )
 from specc.lang.items import (
-    FORMS,
     MAX_REPEAT,
     AnyItem,
     BlockCall,
@@ -57,7 +56,6 @@ from specc.ops.base import InferContext, Inferred, Op, TensorType
 
 MAX_NODES = 100_000
 MAX_STEPS = 200_000
-STRUCTURAL = {kind: set(cls.model_fields) for kind, cls in FORMS.items()}
 
 FAILED = Ref("!failed")
 """Stands in for the output of an item that failed, so later items are still checked (and
