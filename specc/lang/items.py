@@ -112,7 +112,6 @@ def _check_int(v: Any) -> int | str:
     raise ValueError(f"must be an integer or a $expression, got {v!r}")
 
 
-Expr = Annotated[str, Field(pattern=r"\$", description="an expression, e.g. '$width * 2'")]
 Name = Annotated[str, PlainValidator(_check_name), WithJsonSchema({"type": "string", "pattern": IDENT})]
 Ref = int | str
 """A reference: a node or input name, ``name:K`` (output K), or -1/-2/... (earlier items)."""
