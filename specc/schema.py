@@ -28,18 +28,31 @@ REFS = {
 
 
 def _allow_expr(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every value of an op's arguments may be an expression, list items included."""
     props = schema.get("properties", {})
     for key, sub in list(props.items()):
-        props[key] = {
-            "anyOf": [sub, EXPR],
-            **({"description": sub["description"]} if "description" in sub else {}),
-        }
+        props[key] = _with_expr(sub)
     return schema
+
+
+def _with_expr(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_with_expr(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: _with_expr(v) if k in ("items", "prefixItems", "anyOf", "oneOf") else v for k, v in node.items()
+    }
+    if any(k in node for k in ("type", "enum", "const")) and node.get("type") not in ("object", "null"):
+        extra = {"description": node["description"]} if "description" in node else {}
+        return {"anyOf": [out, EXPR], **extra}
+    return out
 
 
 def op_schema(cls: type[Op]) -> dict[str, Any]:
     args = _allow_expr(cls.model_json_schema(by_alias=True))
     args.pop("title", None)
+    args["properties"]["from"] = REFS  # lowering resolves references, -1/-2 included
     variants: list[dict[str, Any]] = [args, {"type": "null"}]
     if cls.shorthand:
         variants.append(args["properties"][cls.shorthand])
@@ -91,15 +104,14 @@ def layer_schema(defs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One layer item: a bare op or block name, an op, a std: block call, a structural form, or a call
     of a block the spec defines itself."""
     defs = {} if defs is None else defs
-    std_calls = [
-        block_call_schema(b.name, b.definition.params, b.definition.doc)
-        for lib in libraries()
-        for b in lib.blocks
-    ]
-    block_call = {
+    std_blocks = [b for lib in libraries() for b in lib.blocks]
+    std_calls = [block_call_schema(b.name, b.definition.params, b.definition.doc) for b in std_blocks]
+    known = sorted({*OPS, *FORMS, *(b.name for b in std_blocks)})
+    block_call = {  # any other name: a block of the spec or of an included file
         "type": "object",
         "minProperties": 1,
         "maxProperties": 2,
+        "propertyNames": {"anyOf": [{"const": "if"}, {"not": {"enum": known}}]},
         "description": "a call of a block defined in the spec or an included file: {NAME: {params}}",
     }
     return {

@@ -242,7 +242,16 @@ def _check_shortcut(v: Any, info: ValidationInfo) -> str | list[AnyItem]:
 Shortcut = Annotated[
     str | list[Item],
     PlainValidator(_check_shortcut),
-    WithJsonSchema({"anyOf": [{"enum": ["auto", "identity", "none"]}, EXPR_SCHEMA, *_ITEMS_SCHEMA["anyOf"]]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"enum": ["auto", "identity", "none"]},
+                EXPR_SCHEMA,
+                {"type": "array", "items": LAYER_MARK},
+                {"allOf": [LAYER_MARK, {"type": "object"}]},  # one layer, written as a mapping
+            ]
+        }
+    ),
 ]
 
 

@@ -149,3 +149,22 @@ def test_include_root_option(tmp_path: Path) -> None:
     assert run_cli("check", str(spec)).code == 2  # the option does not outlive its command
     missing = run_cli("check", str(spec), "--include-root", str(tmp_path / "nope"))
     assert missing.code == 2 and "not a folder" in missing.err
+
+
+def test_schema_accepts_every_bundled_spec_and_refuses_mistakes() -> None:
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(json.loads(run_cli("schema").out))
+    for spec in sorted((ROOT / "specs").glob("*.yaml")):
+        errors = list(validator.iter_errors(yaml.safe_load(spec.read_text())))
+        assert not errors, (spec.name, [e.message for e in errors][:3])
+    good = yaml.safe_load(SMALL)
+    assert not list(validator.iter_errors(good))
+    for broken in (
+        {**good, "layers": [{"repeat": 2, "bdy": ["relu"]}]},
+        {**good, "layers": [{"residual": ["relu"], "shortcut": "sometimes"}]},
+        {**good, "layers": [{"basic": {"out": 8, "strid": 2}}]},
+        {**good, "train": {"lr": -1}},
+    ):
+        assert list(validator.iter_errors(broken)), broken
