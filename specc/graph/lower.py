@@ -174,6 +174,7 @@ class Lowerer:
         self.defaults = self.spec.defaults.model_dump(mode="python")
         self.ties: list[Tie] = []
         self.steps = 0
+        self._reported: dict[tuple[int, str, Location | None, str], list[Any]] = {}
         self._ops: dict[Any, Op] = {}
         self._fixed: dict[tuple[type[Op], int], tuple[Any, Op, Any, LMap, dict[str, Any]]] = {}
         self._inferred: dict[tuple[int, tuple[TensorType, ...]], tuple[Op, Inferred]] = {}
@@ -181,10 +182,36 @@ class Lowerer:
     # ---- errors -----------------------------------------------------------------------------
     def error(self, message: str, ctx: _Ctx, loc: Location | None = None, src: str | None = None) -> _Abort:
         where = loc or ctx.loc
-        self.diags.append(
-            Diagnostic(message + via_text(ctx.via, where), where, src if src is not None else ctx.src)
-        )
+        self.report(self.diags, message, where, src if src is not None else ctx.src, ctx.via)
         return _Abort()
+
+    def report(
+        self,
+        into: list[Diagnostic],
+        message: str,
+        where: Location | None,
+        src: str,
+        via: tuple[Location, ...],
+        same: str | None = None,
+    ) -> None:
+        """Record an error; the same error met again through other block calls (a mistake inside a
+        block used 30 times) is one diagnostic that counts the other calls. ``same``: the message
+        with what differs between the calls (a node path) left out."""
+        key = (id(into), same or message, where, src)
+        seen = self._reported.get(key)
+        if seen is not None:
+            seen[1] += 1
+            return
+        self._reported[key] = [len(into), 0, via, message]
+        into.append(Diagnostic(message + via_text(via, where), where, src))
+
+    def finish(self) -> None:
+        """Add "and N other calls" to errors met through several block calls."""
+        for (box, _, where, src), (index, more, via, message) in self._reported.items():
+            if more and via:
+                into = self.diags if box == id(self.diags) else self.shape_diags
+                text = via_text(via, where)[:-1] + f", and {more} other call{'s' if more > 1 else ''})"
+                into[index] = Diagnostic(message + text, where, src)
 
     def origin_note(self, names: Iterable[str], scope: Scope, at: Location | None) -> str:
         """`` (value from vars.num_heads at line 7)`` for the variables a value was computed from."""
@@ -231,6 +258,7 @@ class Lowerer:
         except _Budget:
             last = None
         outputs = self.outputs(root, last)
+        self.finish()
         return Graph(
             self.spec.name,
             inputs,
@@ -459,7 +487,7 @@ class Lowerer:
             for d in diags:
                 arg = d.path[len(ctx.src) + 1 :].split(".")[0].split("[")[0]
                 note = self.origin_note(self.expr_names(written.get(arg)), scope, d.loc)
-                self.diags.append(Diagnostic(d.message + note + via_text(ctx.via, d.loc), d.loc, d.path))
+                self.report(self.diags, d.message + note, d.loc, d.path, ctx.via)
             raise _Abort()
         if key is not None:
             self._ops[key] = op
@@ -578,8 +606,9 @@ class Lowerer:
             assert node.inferred is not None
             self.types[node.path] = node.inferred.outputs
             return
-        message += (note(message) if note else "") + via_text(node.via, node.loc)
-        self.shape_diags.append(Diagnostic(message, node.loc, node.src))
+        message += note(message) if note else ""
+        same = message.replace(f"'{node.path}'", "''")
+        self.report(self.shape_diags, message, node.loc, node.src, node.via, same)
 
     def register_name(self, name: str | None, path: str, ctx: _Ctx, scope: Scope) -> None:
         if name is None:
@@ -883,7 +912,7 @@ class Lowerer:
             ):
                 channels = made[new.index].shape[0]
                 message = f"dense layer body produces {channels} channels but growth_rate is {growth}"
-                self.shape_diags.append(Diagnostic(message + via_text(ctx.via, ctx.loc), ctx.loc, ctx.src))
+                self.report(self.shape_diags, message, ctx.loc, ctx.src, ctx.via)
                 reported = True
         return out
 
@@ -931,6 +960,9 @@ def _mentions(message: str, key: str) -> bool:
     import re
 
     words = {key, key.replace("_", " ")}
+    head = key.split("_")[0]
+    if len(head) >= 4:  # kernel_size is "kernel 9" in a window message
+        words.add(head)
     return any(re.search(rf"\b{re.escape(w)}\b", message) for w in words)
 
 

@@ -313,3 +313,15 @@ def test_expansion_budget_counts_items_left_out_too() -> None:
         "the spec expands to more than 200000 items (repeats nested too far?)"
     ]
     assert time.process_time() - start < 20  # stopped at the budget, far from 10**8 items
+
+
+def test_an_error_inside_a_block_is_reported_once_for_all_calls() -> None:
+    text = HEAD + (
+        "blocks:\n  bad:\n    params: {k: 9}\n    layers: [conv2d: {out_channels: 4, kernel_size: $k}]\n"
+        "layers:\n  - bad: {}\n    from: x\n  - bad: {from: x}\n  - bad: {from: x}\n"
+    ).replace("  - bad: {}\n    from: x\n", "  - bad: {from: x}\n")
+    (only,) = errors(text)
+    assert "conv2d '0' cannot accept input (4, 8, 8)" in only
+    assert only.endswith(
+        "(value from blocks.bad.params.k at line 6) (in block used at line 9, and 2 other calls)"
+    )
