@@ -32,7 +32,7 @@ def _params(params: dict[str, object]) -> str:
         if isinstance(decl, str) and decl in PARAM_TYPES:
             parts.append(f"`{name}` ({decl})")
         else:
-            shown = str(decl).lower() if isinstance(decl, bool) else decl
+            shown = "null" if decl is None else str(decl).lower() if isinstance(decl, bool) else decl
             parts.append(f"`{name}` = `{shown}`")
     return ", ".join(parts) or "—"
 

@@ -281,7 +281,7 @@ def test_variable_errors_name_the_line_of_the_value() -> None:
     ]
     (shape,) = errors(ATTN.replace("num_heads: 0", "num_heads: 2"), scale="odd")
     assert (
-        "not divisible by num_heads 3 (value from scales.odd.heads at line 8) (in block used at line 14)"
+        "not divisible by num_heads 3 (or set head_dim) (value from scales.odd.heads at line 8) (in block used at line 14)"
         in shape
     )
     (shape,) = errors(ATTN.replace("num_heads: 0", "num_heads: 2"), sets=["heads=5"])
