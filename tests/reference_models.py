@@ -709,6 +709,318 @@ def transformer_stacks() -> nn.Module:
 
 
 # ---------------------------------------------------------------------------
+# torchvision: MobileNetV2, EfficientNet-B0, ConvNeXt-Tiny, ViT-B/16; U-Net (milesial/Pytorch-UNet)
+# Written from the papers and torchvision's module structure (same parameter tensors, same order);
+# stochastic depth is left out (identity in eval mode, no parameters).
+# ---------------------------------------------------------------------------
+
+
+class ConvBNAct(nn.Sequential):
+    """torchvision Conv2dNormActivation: bias-free conv, BatchNorm, optional activation."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: Callable[[], nn.Module] | None = nn.ReLU6,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: [1x1 expand] - 3x3 depthwise - 1x1 linear projection, + input if shapes agree."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = cin * expand_ratio
+        self.use_res_connect = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNAct(cin, hidden, kernel=1))
+        layers += [
+            ConvBNAct(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+MOBILENET_V2_SETTING = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+
+
+class MobileNetV2(nn.Module):
+    """torchvision MobileNetV2 (width 1.0); ``setting`` rows are (t, c, n, s)."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        setting: Sequence[tuple[int, int, int, int]] = MOBILENET_V2_SETTING,
+        stem: int = 32,
+        last: int = 1280,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [ConvBNAct(3, stem, stride=2)]
+        cin = stem
+        for t, c, n, s in setting:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(ConvBNAct(cin, last, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision SqueezeExcitation: x * sigmoid(fc2(silu(fc1(avgpool(x)))))."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(self.avgpool(x)))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet MBConv: [expand] - depthwise kxk - squeeze-excitation - projection, + input."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = cin * expand_ratio
+        self.use_res_connect = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers.append(ConvBNAct(cin, hidden, kernel=1, act=nn.SiLU))
+        layers += [
+            ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=nn.SiLU),
+            SqueezeExcitation(hidden, max(1, cin // 4)),
+            ConvBNAct(hidden, cout, kernel=1, act=None),
+        ]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x) if self.use_res_connect else self.block(x)
+
+
+# (expand_ratio, kernel, stride, in, out, layers)
+EFFICIENTNET_B0_SETTING = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+]
+
+
+class EfficientNet(nn.Module):
+    """torchvision EfficientNet-B0 (width and depth multipliers 1.0)."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        setting: Sequence[tuple[int, ...]] = EFFICIENTNET_B0_SETTING,
+        last: int = 1280,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [ConvBNAct(3, setting[0][3], stride=2, act=nn.SiLU)]
+        for t, k, s, cin, cout, n in setting:
+            layers.append(
+                nn.Sequential(
+                    *(MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, t) for i in range(n))
+                )
+            )
+        layers.append(ConvBNAct(setting[-1][4], last, kernel=1, act=nn.SiLU))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of (B, C, H, W) at every pixel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """torchvision ConvNeXt block; ``layer_scale`` (dim, 1, 1) is registered before the layers."""
+
+    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
+        super().__init__()
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y)))).permute(0, 3, 1, 2)
+        return x + self.layer_scale * y
+
+
+class ConvNeXt(nn.Module):
+    """torchvision ConvNeXt-Tiny: stem, four stages (downsampling between them), pooled head."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (3, 3, 9, 3),
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))]
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            layers.append(nn.Sequential(*(CNBlock(dim) for _ in range(depth))))
+            if i + 1 < len(dims):
+                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], 2, 2)))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1))
+
+
+class ViTEncoderBlock(nn.Module):
+    """torchvision ViT EncoderBlock: pre-norm attention and MLP, LayerNorm eps 1e-6."""
+
+    def __init__(self, hidden: int, heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(hidden, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ln_1(x)
+        x = x + self.self_attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class ViTEncoder(nn.Module):
+    """torchvision ViT Encoder: adds pos_embedding (its own parameter, registered first), blocks, ln."""
+
+    def __init__(self, seq_length: int, num_layers: int, heads: int, hidden: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, seq_length, hidden).normal_(std=0.02))
+        self.layers = nn.Sequential(*(ViTEncoderBlock(hidden, heads, mlp_dim) for _ in range(num_layers)))
+        self.ln = nn.LayerNorm(hidden, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ln(self.layers(x + self.pos_embedding))
+
+
+class VisionTransformer(nn.Module):
+    """torchvision VisionTransformer (ViT-B/16 defaults): class_token, conv_proj, encoder, head."""
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        hidden: int = 768,
+        mlp_dim: int = 3072,
+        num_classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.class_token = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.conv_proj = nn.Conv2d(3, hidden, patch_size, patch_size)
+        seq_length = (image_size // patch_size) ** 2 + 1
+        self.encoder = ViTEncoder(seq_length, num_layers, num_heads, hidden, mlp_dim)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B, N, hidden)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(self.encoder(x)[:, 0])
+
+
+class DoubleConv(nn.Sequential):
+    """U-Net (conv 3x3 bias-free - BatchNorm - ReLU) x 2."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        )
+
+
+class UNetUp(nn.Module):
+    """Transposed conv 2x2/2 to half the channels, concat [skip, up], double conv."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cin // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(cin, cout)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class UNet(nn.Module):
+    """milesial/Pytorch-UNet ``UNet(n_channels=3, n_classes=2, bilinear=False)`` (inputs divisible by 16)."""
+
+    def __init__(self, n_classes: int = 2, width: int = 64) -> None:
+        super().__init__()
+        w = [width * 2**i for i in range(5)]
+        self.inc = DoubleConv(3, w[0])
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), DoubleConv(w[i], w[i + 1])) for i in range(4)
+        )
+        self.ups = nn.ModuleList(UNetUp(w[i + 1], w[i]) for i in reversed(range(4)))
+        self.outc = nn.Conv2d(w[0], n_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)
+
+
+# ---------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------
 
@@ -729,6 +1041,11 @@ REFERENCES: dict[str, Callable[[], nn.Module]] = {
     "transformer_stacks": transformer_stacks,
     "bert_base": BertModel,
     "gpt2_small": GPT2LMHeadModel,
+    "mobilenet_v2": MobileNetV2,
+    "efficientnet_b0": EfficientNet,
+    "convnext_tiny": ConvNeXt,
+    "vit_b_16": VisionTransformer,
+    "unet": UNet,
 }
 
 EXPECTED_PARAMS: dict[str, int] = {
@@ -748,4 +1065,9 @@ EXPECTED_PARAMS: dict[str, int] = {
     "transformer_stacks": 44_140_544,
     "bert_base": 109_482_240,
     "gpt2_small": 124_439_808,
+    "mobilenet_v2": 3_504_872,
+    "efficientnet_b0": 5_288_548,
+    "convnext_tiny": 28_589_128,
+    "vit_b_16": 86_567_656,
+    "unet": 31_037_698,
 }

@@ -57,9 +57,14 @@ def check(
                 for d in exc.diagnostics:
                     print(f"error: {d}", file=sys.stderr)
             continue
-        results.append({"file": str(path), "ok": True, **graph_json(graph)})
+        notes = graph.notes()
+        results.append(
+            {"file": str(path), "ok": True, **graph_json(graph), "notes": [d.to_json() for d in notes]}
+        )
         if not as_json:
             print(f"{path}: ok  {summary_line(graph)}")
+            for d in notes:
+                print(f"note: {d}", file=sys.stderr)
             if verbose:
                 print(node_table(graph))
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from specc.errors import Location
+from specc.errors import Diagnostic, Location
 from specc.ops.base import Inferred, Op, TensorType
 
 if TYPE_CHECKING:
@@ -96,6 +96,20 @@ class Graph:
 
     def output_types(self) -> dict[str, TensorType]:
         return {name: self.type_of(ref) for name, ref in self.outputs.items()}
+
+    def notes(self) -> list[Diagnostic]:
+        """The shape rules' notes (not errors), one per spec location; a location that many nodes share
+        (a block used many times) says how many."""
+        found: dict[tuple[str, str], list[tuple[Node, str]]] = {}
+        for n in self.nodes:
+            for text in n.inferred.notes if n.inferred else []:
+                found.setdefault((str(n.loc), n.src), []).append((n, text))
+        out = []
+        for hits in found.values():
+            node, text = hits[0]
+            more = f" (and {len(hits) - 1} more node(s) from this line)" if len(hits) > 1 else ""
+            out.append(Diagnostic(f"{node.path}: {text}{more}", node.loc, node.src))
+        return out
 
     def param_shapes(self) -> list[tuple[int, ...]]:
         return [s for n in self.nodes if n.inferred for s in n.inferred.param_shapes]

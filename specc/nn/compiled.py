@@ -145,6 +145,8 @@ def check_param_limit(graph: Graph, max_params: int = DEFAULT_MAX_PARAMS) -> Non
 def apply_init(model: CompiledModel, seed: int | None = None) -> None:
     """Initialise every node's parameters as its ``init``/``bias_init`` say (``default`` keeps torch's).
 
+    ``init`` sets the ``weight`` tensors of rank >= 2 (kernels, matrices, tables), and every ``weight``
+    of ops with ``init_any_rank`` (``parameter``, ``scale``); ``bias_init`` sets the ``bias`` tensors.
     A tied (shared) parameter is initialised once, by the first node in graph order that holds it.
     """
     if seed is not None:
@@ -152,12 +154,13 @@ def apply_init(model: CompiledModel, seed: int | None = None) -> None:
     seen: set[int] = set()
     for node in model.graph.nodes:
         module = model.get_submodule(node.path)
+        min_rank = 0 if type(node.op).init_any_rank else 2  # norm scales (1-d weights) keep torch's ones
         for name, param in module.named_parameters():
             if id(param) in seen:
                 continue
             seen.add(id(param))
             leaf = name.rsplit(".", 1)[-1]
-            if param.dim() >= 2 and "weight" in leaf:
+            if param.dim() >= min_rank and "weight" in leaf:
                 _init_tensor(param, node.op.init)
                 owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
                 if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
@@ -176,6 +179,9 @@ def _init_tensor(t: torch.Tensor, spec: str | InitSpec | None) -> None:
             return
         if s.kind == "zeros":
             t.zero_()
+        elif s.kind == "constant":
+            assert s.value is not None  # the model validator requires it
+            t.fill_(s.value)
         elif s.kind == "ones":
             t.fill_(1.0)
         elif s.kind == "normal":

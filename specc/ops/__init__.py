@@ -3,9 +3,12 @@
 from specc.ops import (  # noqa: F401  (importing registers the ops)
     activation,
     attention,
+    axes,
     conv,
+    conv_transpose,
     drop_path,
     embedding,
+    learned,
     linear,
     merge,
     misc,
@@ -13,6 +16,7 @@ from specc.ops import (  # noqa: F401  (importing registers the ops)
     pool,
     projection,
     recurrent,
+    resample,
     sequence,
 )
 from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType

@@ -1,4 +1,10 @@
-"""Activations: ``act`` (kind from ``defaults.activation``) and one op per function (``relu``, ...)."""
+"""Activations: ``act`` (kind from ``defaults.activation``) and one op per function (``relu``, ...).
+
+``gelu`` is the exact (erf) GELU; ``gelu_tanh`` is its tanh approximation (GPT-2's "gelu_new", Hugging
+Face's "gelu_pytorch_tanh"), the same as ``gelu: {approximate: tanh}``. ``silu`` is swish
+(EfficientNet), ``relu6`` and ``hardswish``/``hardsigmoid`` are MobileNet's, ``mish`` is
+``x·tanh(softplus(x))``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,22 @@ from specc.ops.registry import register
 if TYPE_CHECKING:
     import torch.nn as nn
 
-ActName = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh", "softmax", "identity"]
+ActName = Literal[
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "gelu",
+    "gelu_tanh",
+    "silu",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "identity",
+]
 ACTIVATIONS: tuple[str, ...] = ActName.__args__  # type: ignore[attr-defined]
 
 # which extra argument each function takes (all others are rejected)
@@ -63,12 +84,18 @@ class _Activation(Op):
         arg = _ARGS.get(fn)
         if arg and getattr(self, arg) is not None:
             kwargs[arg] = getattr(self, arg)
+        if fn == "gelu_tanh":
+            fn, kwargs = "gelu", {"approximate": "tanh"}
         cls = {
             "relu": nn.ReLU,
+            "relu6": nn.ReLU6,
             "leaky_relu": nn.LeakyReLU,
             "elu": nn.ELU,
             "gelu": nn.GELU,
             "silu": nn.SiLU,
+            "mish": nn.Mish,
+            "hardswish": nn.Hardswish,
+            "hardsigmoid": nn.Hardsigmoid,
             "sigmoid": nn.Sigmoid,
             "tanh": nn.Tanh,
             "identity": nn.Identity,
@@ -85,6 +112,7 @@ class Act(_Activation):
 
         - act                 # defaults.activation
         - act: gelu
+        - act: gelu_tanh            # = gelu: {approximate: tanh}
         - act: {fn: leaky_relu, negative_slope: 0.2}
     """
 
@@ -94,9 +122,27 @@ class Act(_Activation):
     fn: ActName | None = None
 
 
+_FORMULAS: dict[str, str] = {
+    "relu": "max(x, 0)",
+    "relu6": "min(max(x, 0), 6) (MobileNetV2)",
+    "leaky_relu": "x if x > 0 else negative_slope·x",
+    "elu": "x if x > 0 else alpha·(exp(x) - 1)",
+    "gelu": "x·Φ(x), exact (erf); approximate: tanh gives the tanh form",
+    "gelu_tanh": "0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), the tanh GELU (GPT-2)",
+    "silu": "x·sigmoid(x), a.k.a. swish (EfficientNet)",
+    "mish": "x·tanh(softplus(x))",
+    "hardswish": "x·relu6(x + 3)/6 (MobileNetV3)",
+    "hardsigmoid": "relu6(x + 3)/6 (MobileNetV3's squeeze-excitation gate)",
+    "sigmoid": "1/(1 + exp(-x))",
+    "tanh": "tanh(x)",
+    "softmax": "exp(x)/sum(exp(x)) along dim",
+    "identity": "x",
+}
+
+
 def _make(fn: str) -> type[_Activation]:
     arg = _ARGS.get(fn)
-    doc = f"The {fn} activation (shape preserving).\n\n    Example::\n\n        - {fn}\n"
+    doc = f"The {fn} activation: {_FORMULAS[fn]}; shape preserving.\n\n    Example::\n\n        - {fn}\n"
     if arg:
         doc += f"        - {fn}: {{{arg}: ...}}\n"
     namespace = {"__doc__": doc, "__module__": __name__, "op_name": fn, "fixed": fn, "shorthand": arg}

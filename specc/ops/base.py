@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -57,6 +57,8 @@ class Inferred:
     outputs: list[TensorType]
     param_shapes: list[tuple[int, ...]] = field(default_factory=list)
     macs: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Things a user should know that are not errors (``specc check`` prints them as notes)."""
 
     @property
     def params(self) -> int:
@@ -109,16 +111,26 @@ InitName = Literal[
 
 
 class InitSpec(BaseModel):
-    """Parameter initialisation: ``kaiming_normal`` or ``{kind: normal, std: 0.02}``."""
+    """Parameter initialisation: ``kaiming_normal``, ``{kind: normal, std: 0.02}`` or
+    ``{kind: constant, value: 1.0e-6}`` (every element set to ``value``, e.g. ConvNeXt's layer scale)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    kind: InitName = "default"
+    kind: InitName | Literal["constant"] = "default"
     mode: Literal["fan_in", "fan_out"] = "fan_in"
     nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu"] = "relu"
     gain: float = Field(1.0, gt=0)
     std: float = Field(0.02, gt=0)
     mean: float = 0.0
+    value: float | None = Field(None, description="the value of kind: constant")
+
+    @model_validator(mode="after")
+    def _constant_value(self) -> InitSpec:
+        if self.kind == "constant" and self.value is None:
+            raise ValueError("kind: constant needs a value, e.g. {kind: constant, value: 1.0e-6}")
+        if self.kind != "constant" and self.value is not None:
+            raise ValueError(f"value applies to kind: constant only, not {self.kind}")
+        return self
 
 
 class Op(BaseModel):
@@ -140,6 +152,9 @@ class Op(BaseModel):
     num_outputs: ClassVar[int] = 1
     input_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     """Dtypes accepted on every input (checked by the driver before :meth:`infer`)."""
+    init_any_rank: ClassVar[bool] = False
+    """``init`` sets this op's ``weight`` tensors of every rank, not only matrices and kernels (rank >= 2)
+    as for other ops, whose 1-d weights (norm scales) keep torch's init."""
 
     name: str | None = Field(
         None,
