@@ -35,6 +35,11 @@ SMALL: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "small_resnet": (None, ()),
     "small_densenet": (None, ()),
     "small_inception": (None, ()),
+    "mobilenet_v2": ("tiny", ()),
+    "efficientnet_b0": ("tiny", ()),
+    "convnext_tiny": ("tiny", ()),
+    "vit_b_16": ("tiny", ()),
+    "unet": ("tiny", ()),
 }
 CNN_SPECS = sorted(SMALL)
 WITH_REFERENCE = [name for name in CNN_SPECS if name in REFERENCES]

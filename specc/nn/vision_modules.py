@@ -125,9 +125,16 @@ class ChannelLayerNorm(nn.LayerNorm):
     parameters ``weight``/``bias`` of shape ``(C,)``, like torchvision's)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1)  # (B, ..., C)
+        last, back = _channels_last(x.dim())
+        x = x.permute(last)  # (B, ..., C)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
+        return x.permute(back)
+
+
+def _channels_last(rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Permutations (B, C, ...) -> (B, ..., C) and back, with non-negative axes (the torchscript
+    exporter writes ``movedim(1, -1)`` as an invalid ONNX ``perm`` holding -1)."""
+    return (0, *range(2, rank), 1), (0, rank - 1, *range(1, rank - 1))
 
 
 class ChannelRMSNorm(nn.Module):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -133,6 +133,17 @@ class InitSpec(BaseModel):
         return self
 
 
+def _init_tag(value: Any) -> str:
+    return "spec" if isinstance(value, (dict, InitSpec)) else "name"
+
+
+InitChoice = Annotated[
+    Annotated[InitName, Tag("name")] | Annotated[InitSpec, Tag("spec")], Discriminator(_init_tag)
+]
+"""A name (``kaiming_normal``) or a mapping (``{kind: constant, value: 0.1}``); the discriminator keeps a
+mapping's own error (``kind: constant needs a value``) instead of a list of every name it is not."""
+
+
 class Op(BaseModel):
     """Base of every op spec. Common fields: ``name``, ``from``, ``init``, ``bias_init``."""
 
@@ -164,10 +175,8 @@ class Op(BaseModel):
     from_: str | list[str] | None = Field(
         None, alias="from", description="input node(s): a name, an input, or -1/-2 for earlier nodes"
     )
-    init: InitName | InitSpec | None = Field(None, description="weight init (default from `defaults.init`)")
-    bias_init: InitName | InitSpec | None = Field(
-        None, description="bias init (default from `defaults.bias_init`)"
-    )
+    init: InitChoice | None = Field(None, description="weight init (default from `defaults.init`)")
+    bias_init: InitChoice | None = Field(None, description="bias init (default from `defaults.bias_init`)")
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         """Shape rule: raise :class:`ShapeMismatch` with a plain message when inputs do not fit."""

@@ -4,7 +4,10 @@ scale as a tensor) and ``scale`` (multiply by a learned per-channel vector).
 Both take ``init`` for their tensor at any rank (``apply_init``'s ``init_any_rank``), e.g.
 ``init: {kind: normal, std: 0.02}`` for a position table or ``init: {kind: constant, value: 1.0e-6}``
 for ConvNeXt's layer scale; ``init: default`` keeps the op's own start (zeros for ``parameter``,
-ones for ``scale``). ``requires_grad: false`` keeps the tensor fixed (still in the state_dict).
+ones for ``scale``). Fan-based kinds (xavier, kaiming) do not apply to them, so a CNN's
+``defaults.init: kaiming_normal`` leaves them at their start; ``defaults.init: {kind: normal, ...}``
+does reach them, so give them their own ``init:`` in such specs. ``requires_grad: false`` keeps the
+tensor fixed (still in the state_dict).
 """
 
 from __future__ import annotations

@@ -62,6 +62,10 @@ EXAMPLES: dict[str, list[Case]] = {
         ({"kind": "instance"}, [((4, 3, 3), F)]),
         ({"kind": "rms"}, [((5, 8), F)]),
         ({"kind": "none"}, [((4, 3, 3), F)]),
+        ({"kind": "layer(channels)"}, [((4, 3, 3), F)]),
+        ({"kind": "rms(channels)", "affine": False}, [((4, 5), F)]),
+        ({"kind": "layer(last)"}, [((3, 3, 4), F)]),
+        ({"kind": "rms(sample)"}, [((4, 5), F)]),
     ],
     "maxpool2d": [({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, [((2, 7, 7), F)])],
     "avgpool2d": [({"kernel_size": 2}, [((2, 6, 6), F)])],
@@ -94,6 +98,34 @@ EXAMPLES: dict[str, list[Case]] = {
     "lstm": [({"hidden_size": 4, "bidirectional": True, "output": "state"}, [((5, 3), F)])],
     "select": [({"index": -1}, [((5, 3), F)]), ({"index": 0, "dim": 1}, [((5, 3), INT)])],
     "broadcast": [({"dim": 0}, [((6,), F), ((5, 4), F)])],
+    "relu6": [({}, [((6,), F)])],
+    "gelu_tanh": [({}, [((6,), F)])],
+    "mish": [({}, [((2, 3, 3), F)])],
+    "hardswish": [({}, [((6,), F)])],
+    "hardsigmoid": [({}, [((6,), F)])],
+    "permute": [({"dims": [1, 2, 0]}, [((2, 3, 4), F)]), ({"dims": [1, 0]}, [((5, 3), INT)])],
+    "transpose": [({"dim0": 0, "dim1": -1}, [((2, 3, 4), F)])],
+    "slice": [
+        ({"dim": 1, "start": 1, "stop": -1, "step": 2}, [((2, 7, 3), F)]),
+        ({"start": -2}, [((5,), B)]),
+    ],
+    "split": [({"split_size_or_sections": [1, 3], "dim": 0}, [((4, 3, 3), F)])],
+    "chunk": [({"chunks": 3, "dim": -1}, [((2, 7), F)])],
+    "upsample": [
+        ({"scale_factor": 2}, [((2, 3, 4), F)]),
+        ({"size": 9, "mode": "linear", "align_corners": True}, [((2, 5), F)]),
+    ],
+    "conv_transpose2d": [
+        (
+            {"out_channels": 4, "kernel_size": 3, "stride": 2, "output_padding": 1, "groups": 2},
+            [((4, 5, 5), F)],
+        )
+    ],
+    "conv_transpose1d": [({"out_channels": 3, "kernel_size": 2, "stride": 2, "bias": False}, [((2, 6), F)])],
+    "pixel_shuffle": [({"upscale_factor": 2}, [((8, 3, 3), F)])],
+    "pixel_unshuffle": [({"downscale_factor": 2}, [((2, 4, 6), F)])],
+    "parameter": [({"shape": [1, 4], "batched": True}, [((5, 4), F)]), ({"shape": [3, 1, 1]}, [((5,), INT)])],
+    "scale": [({}, [((4, 3, 3), F)]), ({"dim": -1}, [((5, 6), F)])],
 }
 DTYPES = {F: torch.float32, INT: torch.int64, B: torch.bool}
 
