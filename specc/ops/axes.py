@@ -8,7 +8,7 @@ and can be sliced; ``split``/``chunk`` need a fixed-size axis to cut.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -166,7 +166,6 @@ class Slice(_AxisOp):
 class _Pieces(_AxisOp):
     """Ops that cut one fixed-size axis into consecutive pieces: one output per piece."""
 
-    num_outputs: ClassVar[int] = 2  # at least; the exact number comes from the arguments and the input
     dim: int = Field(0, description="axis of one sample to cut (negative counts from the end)")
 
     def sizes(self, n: int) -> list[int]:
