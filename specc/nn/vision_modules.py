@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from specc.nn.modules import RMSNorm
+
 
 class Permute(nn.Module):
     """``x.permute(0, *dims)``: reorder the axes of every sample (the batch axis stays first)."""
@@ -137,21 +139,10 @@ def _channels_last(rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (0, *range(2, rank), 1), (0, rank - 1, *range(1, rank - 1))
 
 
-class ChannelRMSNorm(nn.Module):
-    """RMSNorm over the channel axis of ``(B, C, ...)`` at each position: ``x / rms_C(x) · weight``.
-
-    Written out (mean of squares, rsqrt) so it exports to ONNX opset 17; ``eps`` defaults to the
-    dtype's machine epsilon, as ``nn.RMSNorm`` does.
-    """
-
-    def __init__(self, channels: int, eps: float | None = None, elementwise_affine: bool = True) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels)) if elementwise_affine else None
+class ChannelRMSNorm(RMSNorm):
+    """RMSNorm over the channel axis of ``(B, C, ...)`` at each position: ``x / rms_C(x) · weight``
+    (``weight`` ``(C,)``; the exportable :class:`specc.nn.modules.RMSNorm` on channels-last data)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        y = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
-        if self.weight is None:
-            return y
-        return y * self.weight.reshape(-1, *([1] * (x.dim() - 2)))
+        last, back = _channels_last(x.dim())
+        return super().forward(x.permute(last)).permute(back)

@@ -130,7 +130,7 @@ def make_norm(
 
         if kind == "layer":
             return ChannelLayerNorm(ns[0], elementwise_affine=affine, **kw)
-        return ChannelRMSNorm(ns[0], eps=eps, elementwise_affine=affine)
+        return ChannelRMSNorm(ns[0], elementwise_affine=affine, **kw)
     if kind == "batch":
         cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
         return cls(ns[0], affine=affine, momentum=0.1 if momentum is None else momentum, **kw)
