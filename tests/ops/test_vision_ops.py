@@ -329,7 +329,7 @@ def test_plain_layer_norm_on_a_map_gets_a_note(cli, tmp_path: Any) -> None:
     assert result.code == 0
     notes = [line for line in result.err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1, result.err  # only the (C, H, W) one; the (C,) one is unambiguous
-    assert "cnn.yaml:7:5: layers[1]: 1: norm 'layer' on (4, 6, 6)" in notes[0]
+    assert "cnn.yaml:7:5: layers[1].norm: 1: norm 'layer' on (4, 6, 6)" in notes[0]
     assert "layer(channels)" in notes[0] and "layer(sample)" in notes[0]
     for explicit in ("layer(channels)", "layer(sample)"):
         quiet = cli("check", str(spec), "--set", f"defaults.norm={explicit}")
