@@ -337,7 +337,7 @@ def test_plain_layer_norm_on_a_map_gets_a_note(cli, tmp_path: Any) -> None:
     import json
 
     as_json = json.loads(cli("check", str(spec), "--json").out)
-    assert [(n["path"], n["line"]) for n in as_json["notes"]] == [("layers[1]", 7)]
+    assert [(n["path"], n["line"]) for n in as_json["notes"]] == [("layers[1].norm", 7)]
 
 
 def test_norm_axes_change_parameters_as_documented() -> None:
