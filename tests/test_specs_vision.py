@@ -8,7 +8,7 @@ meta device in tests/test_specs_cnn.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,20 +16,11 @@ from conftest import SPECS
 from reference_models import EfficientNet, MobileNetV2, UNet
 from torch import Tensor, nn
 
+from specc.api import check
 from specc.nn import CompiledModel
 from specc.nn import build as build_model
 
 transformers = pytest.importorskip("transformers")  # in the dev extra: CI runs these
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread per test process: under ``-n 2`` on two busy cores, torch's default of one
-    thread per core makes these small convolutions spin for seconds (measured: 4.5 s vs 27 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(name: str) -> CompiledModel:
@@ -203,3 +194,60 @@ def test_layer_scale_starts_at_one_in_a_million() -> None:
     vit = build_model(str(SPECS / "vit_b_16.yaml"), scale="tiny")
     assert torch.all(vit.class_token.weight == 0)
     assert vit.pos_embedding.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def drop_path_rates(name: str) -> dict[str, float]:
+    """The stochastic depth rate of every residual branch of a full-size bundled spec (no torch)."""
+    graph = check(str(SPECS / f"{name}.yaml"))
+    return {n.path: n.op.p for n in graph.nodes if n.op.op_name == "drop_path"}  # type: ignore[attr-defined]
+
+
+def test_stochastic_depth_rises_linearly_as_torchvision_sets_it() -> None:
+    """torchvision: block k (counted over the whole network) gets p * k / total (EfficientNet,
+    p = 0.2) or p * k / (total - 1) (ConvNeXt, p = 0.1); EfficientNet's first block of a stage changes
+    the shape, so it has no shortcut and no drop_path."""
+    efficientnet = [1, 2, 2, 3, 3, 4, 1]
+    want, k = {}, 0
+    for s, n in enumerate(efficientnet, start=1):
+        for j in range(n):
+            if j > 0:
+                want[f"stage{s}.{j}.drop_path"] = 0.2 * k / sum(efficientnet)
+            k += 1
+    assert drop_path_rates("efficientnet_b0") == pytest.approx(want, abs=1e-12)
+
+    convnext = [3, 3, 9, 3]
+    want, k = {}, 0
+    for s, n in enumerate(convnext, start=1):
+        for j in range(n):
+            want[f"stage{s}.{j}.drop_path"] = 0.1 * k / (sum(convnext) - 1)
+            k += 1
+    want.pop("stage1.0.drop_path")  # rate 0: no node
+    assert drop_path_rates("convnext_tiny") == pytest.approx(want, abs=1e-12)
+    assert drop_path_rates("mobilenet_v2") == {} and drop_path_rates("vit_b_16") == {}
+
+
+def test_stochastic_depth_drops_whole_samples_of_the_branch_while_training() -> None:
+    """The drop_path sits between a ConvNeXt block's scaled branch and the add: in train mode each
+    sample's branch is zeroed or scaled by 1 / (1 - p); eval mode leaves it alone."""
+    model = build_model(
+        str(SPECS / "convnext_tiny.yaml"), scale="tiny", sets=("stochastic_depth_prob=0.5", "d4=2")
+    )
+    node = next(n for n in model.graph.nodes if n.path == "stage4.1.drop_path")
+    assert [r.node for r in node.inputs] == ["stage4.1.scaled"]
+    add = next(n for n in model.graph.nodes if n.path == "stage4.1.add")
+    assert add.inputs[0].node == "stage4.1.drop_path"
+    seen: list[tuple[Tensor, Tensor]] = []
+    model.get_submodule(node.path).register_forward_hook(lambda _m, i, out: seen.append((i[0], out)))
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.train()(x)
+        model.eval()(x)
+    (branch, dropped), (branch_eval, kept) = seen
+    assert node.op.p == pytest.approx(0.5)  # type: ignore[attr-defined]  # 0.5 * 5 / (6 - 1): the last block
+    zero = [bool(torch.all(d == 0)) for d in dropped]
+    assert 0 < sum(zero) < 16
+    for b, d, z in zip(branch, dropped, zero, strict=True):
+        if not z:
+            torch.testing.assert_close(d, b * 2)
+    torch.testing.assert_close(kept, branch_eval)
