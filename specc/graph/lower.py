@@ -459,7 +459,9 @@ class Lowerer:
         return args, locs, written
 
     def fill_defaults(self, cls: type[Op], args: dict[str, Any]) -> None:
-        fills = {**cls.from_defaults, "init": "init", "bias_init": "bias_init"}
+        fills = {**cls.from_defaults, "bias_init": "bias_init"}
+        if cls.init_from_defaults:
+            fills["init"] = "init"
         for fld, key in fills.items():
             if args.get(fld) is None and self.defaults.get(key) is not None:
                 value = self.defaults[key]

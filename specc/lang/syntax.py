@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from specc.lang.items import IDENT, PARAM_TYPES, RESERVED_PARAMS, Item
 from specc.ops.activation import ActName
-from specc.ops.base import DType, InitName, InitSpec
+from specc.ops.base import DType, InitChoice
 from specc.ops.norm import NORM_WORDS, check_norm_word
 
 __all__ = [
@@ -64,8 +64,12 @@ class Defaults(Strict):
     norm: str = Field("batch", description=NORM_WORDS)
     norm_eps: float | None = Field(None, gt=0, description="eps of every norm (None: torch's default)")
     activation: ActName = "relu"
-    init: InitName | InitSpec = "default"
-    bias_init: InitName | InitSpec = "default"
+    init: InitChoice = Field(
+        "default",
+        description="weight init of every op that sets none (the same choices as an op's `init`); "
+        "`parameter` and `scale` keep their own start (zeros, ones) unless they set `init` themselves",
+    )
+    bias_init: InitChoice = Field("default", description="bias init of every op that sets none")
 
     @field_validator("norm")
     @classmethod

@@ -146,9 +146,9 @@ def apply_init(model: CompiledModel, seed: int | None = None) -> None:
     """Initialise every node's parameters as its ``init``/``bias_init`` say (``default`` keeps torch's).
 
     ``init`` sets the ``weight`` tensors of rank >= 2 (kernels, matrices, tables), and every ``weight``
-    of ops with ``init_any_rank`` (``parameter``, ``scale``), except by a fan-based kind (xavier, kaiming:
-    meaningless for a token or a gain vector, so a CNN's ``defaults.init: kaiming_normal`` leaves them at
-    their zeros/ones); ``bias_init`` sets the ``bias`` tensors.
+    of ops with ``init_any_rank`` (``parameter``, ``scale``: only their own ``init``, never
+    ``defaults.init``, and never a fan-based kind; both checked when the spec is lowered);
+    ``bias_init`` sets the ``bias`` tensors.
     A tied (shared) parameter is initialised once, by the first node in graph order that holds it.
     """
     if seed is not None:
@@ -156,27 +156,20 @@ def apply_init(model: CompiledModel, seed: int | None = None) -> None:
     seen: set[int] = set()
     for node in model.graph.nodes:
         module = model.get_submodule(node.path)
-        any_rank = type(node.op).init_any_rank
-        min_rank = 0 if any_rank else 2  # norm scales (1-d weights) keep torch's ones
-        weight_init = None if any_rank and _fan_based(node.op.init) else node.op.init
+        min_rank = 0 if type(node.op).init_any_rank else 2  # norm scales (1-d weights) keep torch's ones
         for name, param in module.named_parameters():
             if id(param) in seen:
                 continue
             seen.add(id(param))
             leaf = name.rsplit(".", 1)[-1]
             if param.dim() >= min_rank and "weight" in leaf:
-                _init_tensor(param, weight_init)
+                _init_tensor(param, node.op.init)
                 owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
                 if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
                     with torch.no_grad():  # as nn.Embedding's own init: the padding vector starts at zero
                         param[owner.padding_idx].zero_()
             elif "bias" in leaf:
                 _init_tensor(param, node.op.bias_init)
-
-
-def _fan_based(spec: str | InitSpec | None) -> bool:
-    kind = spec.kind if isinstance(spec, InitSpec) else spec
-    return kind is not None and kind.startswith(("xavier", "kaiming"))
 
 
 def _init_tensor(t: torch.Tensor, spec: str | InitSpec | None) -> None:

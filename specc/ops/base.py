@@ -166,6 +166,10 @@ class Op(BaseModel):
     init_any_rank: ClassVar[bool] = False
     """``init`` sets this op's ``weight`` tensors of every rank, not only matrices and kernels (rank >= 2)
     as for other ops, whose 1-d weights (norm scales) keep torch's init."""
+    init_from_defaults: ClassVar[bool] = True
+    """An unset ``init`` is taken from the spec's ``defaults.init``. False for ops whose tensor has a
+    meaningful start of its own (``parameter``: zeros, ``scale``: ones): only their own ``init`` changes
+    it, since a document-wide weight init (kaiming, trunc_normal) is about layers' weights."""
 
     name: str | None = Field(
         None,

@@ -3,20 +3,20 @@ scale as a tensor) and ``scale`` (multiply by a learned per-channel vector).
 
 Both take ``init`` for their tensor at any rank (``apply_init``'s ``init_any_rank``), e.g.
 ``init: {kind: normal, std: 0.02}`` for a position table or ``init: {kind: constant, value: 1.0e-6}``
-for ConvNeXt's layer scale; ``init: default`` keeps the op's own start (zeros for ``parameter``,
-ones for ``scale``). Fan-based kinds (xavier, kaiming) do not apply to them, so a CNN's
-``defaults.init: kaiming_normal`` leaves them at their start; ``defaults.init: {kind: normal, ...}``
-does reach them, so give them their own ``init:`` in such specs. ``requires_grad: false`` keeps the
-tensor fixed (still in the state_dict).
+for ConvNeXt's layer scale. Their start is part of what they mean (zeros for a ``parameter``, ones -
+the identity gain - for ``scale``), so a spec's ``defaults.init`` does not reach them
+(``init_from_defaults = False``): only their own ``init:`` changes it, whatever the document-wide
+weight init is. Fan-based kinds (xavier, kaiming) are refused: a token or a gain vector has no
+fan-in or fan-out. ``requires_grad: false`` keeps the tensor fixed (still in the state_dict).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
-from specc.ops.base import InferContext, Inferred, Op, TensorType, expect_int
+from specc.ops.base import InferContext, Inferred, InitSpec, Op, TensorType, expect_int
 from specc.ops.dims import axis_index
 from specc.ops.registry import register
 
@@ -24,15 +24,34 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
+class LearnedOp(Op):
+    """Base of ``parameter`` and ``scale``: ``init`` at any rank, never from ``defaults.init``."""
+
+    category = "learned"
+    init_any_rank = True
+    init_from_defaults = False
+
+    @field_validator("init")
+    @classmethod
+    def _no_fan_based_init(cls, v: str | InitSpec | None) -> str | InitSpec | None:
+        kind = v.kind if isinstance(v, InitSpec) else v
+        if kind is not None and kind.startswith(("xavier", "kaiming")):
+            raise ValueError(
+                f"init {kind} needs a layer's fan-in/fan-out, which a {cls.op_name} tensor does not have; "
+                "use zeros, ones, normal, trunc_normal or {kind: constant, value: V}"
+            )
+        return v
+
+
 @register
-class Parameter(Op):
+class Parameter(LearnedOp):
     """A learned tensor of ``shape`` (one sample's shape) as a graph value, the same for every sample.
 
     Its input (the previous item, or ``from:``) only gives the batch size, so the output
     ``(shape)`` per sample combines with others through ``concat``, ``add`` and ``mul`` (broadcasting
     over the batch). ``batched: true`` stores the tensor as ``(1, *shape)``, the layout of
     torchvision's and timm's ``class_token``/``pos_embedding``, so their checkpoints load unchanged.
-    Starts at zeros (``init`` chooses otherwise, at any rank).
+    Starts at zeros; its own ``init`` chooses otherwise (at any rank), a spec's ``defaults.init`` does not.
 
     Example::
 
@@ -44,9 +63,7 @@ class Parameter(Op):
 
     op_name = "parameter"
     shorthand = "shape"
-    category = "learned"
     input_dtypes = ("float32", "int64", "bool")
-    init_any_rank = True
     shape: list[PositiveInt] = Field(min_length=1, description="one sample's shape (no batch axis)")
     batched: bool = Field(False, description="store as (1, *shape), torchvision/timm's token layout")
     requires_grad: bool = Field(True, description="false: a fixed tensor (still saved)")
@@ -62,13 +79,14 @@ class Parameter(Op):
 
 
 @register
-class Scale(Op):
+class Scale(LearnedOp):
     """Multiply by a learned vector along axis ``dim`` (layer scale; a per-channel gain).
 
     ``dim: 0`` (default) scales the channels of a ``(C, ...)`` map with a ``(C, 1, 1)`` tensor
     (``(C, 1)`` for ``(C, L)``; torchvision's ConvNeXt ``layer_scale`` layout); ``dim: -1`` scales the
     last axis of a sequence ``(T, D)`` with a ``(D,)`` tensor (timm's ViT ``LayerScale``). Starts at
-    ones; ``init: {kind: constant, value: 1.0e-6}`` gives CaiT/ConvNeXt's small start.
+    ones (a spec's ``defaults.init`` does not change that); ``init: {kind: constant, value: 1.0e-6}``
+    gives CaiT/ConvNeXt's small start.
 
     Example::
 
@@ -78,8 +96,6 @@ class Scale(Op):
 
     op_name = "scale"
     shorthand = "dim"
-    category = "learned"
-    init_any_rank = True
     dim: int = Field(0, description="the scaled axis of one sample: 0 = channels of (C, ...), -1 = last")
     requires_grad: bool = Field(True, description="false: a fixed (constant) scale")
 

@@ -319,6 +319,56 @@ def test_constant_init_needs_a_value() -> None:
         check_text(LEARNED.replace("{kind: constant, value: -2.0}", "{kind: zeros, value: 1.0}"))
 
 
+DEFAULT_INIT = """specc: 1
+name: default_init
+inputs: {x: {shape: [4, 3, 3]}}
+defaults: {init: {kind: constant, value: 0.5}, bias_init: {kind: constant, value: -1.0}}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 1, name: conv}
+  - scale: {name: gain}
+  - parameter: {shape: [4, 3, 3], name: token}
+  - parameter: {shape: [4, 1, 1], init: {kind: constant, value: 2.0}, name: own}
+  - conv2d: {out_channels: 4, kernel_size: 1, init: ones, from: conv, name: ones}
+"""
+
+
+def test_defaults_init_takes_every_choice_of_an_op_init_but_not_learned_tensors() -> None:
+    """``defaults.init`` is the same choice as an op's ``init`` (here a constant) and fills every op that
+    sets none, except ``parameter``/``scale``: their own start (zeros, ones) wins over the document-wide
+    init; only their own ``init`` changes it. An op's own ``init`` wins over ``defaults.init``."""
+    model = build_model(check_text(DEFAULT_INIT))
+    assert torch.all(model.conv.weight == 0.5) and torch.all(model.conv.bias == -1.0)
+    assert torch.all(model.gain.weight == 1.0)  # scale: ones, not defaults.init's 0.5
+    assert torch.all(model.token.weight == 0.0)  # parameter: zeros
+    assert torch.all(model.own.weight == 2.0)  # its own init
+    assert torch.all(model.ones.weight == 1.0) and torch.all(model.ones.bias == -1.0)
+    graph = check_text(DEFAULT_INIT)
+    inits = {n.path: n.op.init for n in graph.nodes}
+    assert inits["gain"] is None and inits["token"] is None  # nothing filled in, so render shows none
+    fan_based = build_model(
+        check_text(DEFAULT_INIT.replace("{kind: constant, value: 0.5}", "kaiming_normal"))
+    )
+    # a fan-based defaults.init is fine too: it does not reach them
+    assert torch.all(fan_based.gain.weight == 1.0)
+
+
+def test_defaults_init_errors_read_as_an_op_init_error() -> None:
+    with pytest.raises(SpecError, match=r"defaults.init: kind: constant needs a value") as bad:
+        check_text(DEFAULT_INIT.replace("{kind: constant, value: 0.5}", "{kind: constant}"))
+    assert "literal" not in str(bad.value)  # one clear message, not every alternative's
+    with pytest.raises(SpecError, match=r"defaults.init: input should be 'default', .*got 'kaiming'"):
+        check_text(DEFAULT_INIT.replace("{kind: constant, value: 0.5}", "kaiming"))
+
+
+@pytest.mark.parametrize("op", ["parameter: {shape: [4, 1, 1]", "scale: {dim: 0"])
+@pytest.mark.parametrize("kind", ["kaiming_normal", "{kind: xavier_uniform, gain: 2.0}"])
+def test_learned_tensors_refuse_fan_based_init(op: str, kind: str) -> None:
+    """A fan-based init on a token or a gain was silently skipped before; now it is an error."""
+    text = DEFAULT_INIT.replace("  - scale: {name: gain}", f"  - {op}, init: {kind}, name: gain}}")
+    with pytest.raises(SpecError, match=r"needs a layer's fan-in/fan-out, which a (parameter|scale) tensor"):
+        check_text(text)
+
+
 def test_plain_layer_norm_on_a_map_gets_a_note(cli, tmp_path: Any) -> None:
     spec = tmp_path / "cnn.yaml"
     spec.write_text(
