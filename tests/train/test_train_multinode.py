@@ -30,6 +30,10 @@ train: {optimizer: sgd, momentum: 0.9, lr: 0.05, batch_size: 32, max_steps: 12, 
         sync_batchnorm: true, num_workers: 1, augment: crop_flip, log_every: 4}
 """
 
+# three trainings (two launchers and the single-process run) share the machine with the rest of the
+# suite under -n 2: on two loaded cores they have taken over 120 s, so wait up to 300 s for them
+TIMEOUT_S = 300
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable"),
@@ -68,8 +72,14 @@ def test_two_nodes_with_workers_and_sync_batchnorm_equal_one_process(tmp_path: P
         )
         for rank in (0, 1)
     ]
-    one = run_train(train_cmd(spec, tmp_path / "one"))
-    outs = [p.communicate(timeout=180)[0] for p in nodes]
+    try:
+        one = run_train(train_cmd(spec, tmp_path / "one"), timeout=TIMEOUT_S)
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in nodes]
+    finally:  # a timeout must not leave the launchers running
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in nodes] == [0, 0], outs
     assert one.returncode == 0, one.stdout + one.stderr
     assert "sync_batchnorm: 2 BatchNorm layers synchronised" in outs[0]
