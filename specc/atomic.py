@@ -114,6 +114,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         _remove(tmp)
         raise

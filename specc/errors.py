@@ -94,6 +94,10 @@ class UsageError(SpeccError):
     exit_code = 2
 
 
+class OutputError(UsageError):
+    """A file cannot be written (disk full, read-only, permission, name too long); names the path."""
+
+
 class DataError(UsageError):
     """A data set cannot be read or does not fit the spec."""
 

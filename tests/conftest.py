@@ -82,3 +82,43 @@ def sigkill_when_ready(script: str, *args: str, ready: str) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+# ------------------------------------------------------------------------------------------------
+# real (tiny) training runs: fixtures that stand for a run folder are made by `specc train`
+
+WINE_SPEC = """specc: 1
+name: wine_mlp
+inputs: {x: {shape: [13]}}
+layers:
+  - linear: 16
+  - act
+  - linear: {out_features: 3, name: logits}
+train: {epochs: 2, batch_size: 16, lr: 0.05}
+"""
+
+
+def train_run(root: Path, spec_text: str, data: str, *args: str, name: str = "run") -> tuple[Path, Path]:
+    """``specc train`` a spec (written to ``root/NAME.yaml``) into ``root/NAME``; ``(spec, run)``."""
+    spec = root / f"{name}.yaml"
+    spec.write_text(spec_text)
+    run = root / name
+    r = run_cli("train", str(spec), "--data", data, "--out", str(run), "--quiet", "--device", "cpu", *args)
+    assert r.code == 0, r.err
+    return spec, run
+
+
+@pytest.fixture(scope="session")
+def wine_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 13-16-3 MLP trained on scikit-learn's wine for 2 epochs: ``(spec, run folder)``."""
+    return train_run(tmp_path_factory.mktemp("wine"), WINE_SPEC, "wine")
+
+
+@pytest.fixture(scope="session")
+def wine_onnx(wine_run: tuple[Path, Path]) -> Path:
+    """``wine_run`` exported to ONNX (metadata: labels, features preprocessing)."""
+    spec, run = wine_run
+    out = run.parent / "wine.onnx"
+    r = run_cli("export", str(spec), "--weights", str(run), "--out", str(out))
+    assert r.code == 0, r.err
+    return out

@@ -47,7 +47,7 @@ def fail(exc: BaseException) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point."""
     # command modules register themselves on `app`; none of them imports torch at module level
-    from specc.cli import export_cmds, graph_cmd, serve_cmd, spec_cmds, train_cmds  # noqa: F401
+    from specc.cli import eval_cmd, export_cmds, graph_cmd, serve_cmd, spec_cmds, train_cmds  # noqa: F401
 
     try:  # a fresh context per command: settings such as --include-root do not outlive it
         return contextvars.copy_context().run(app, args=argv, standalone_mode=True)

@@ -1,10 +1,11 @@
-"""Commands on exported models: export, predict, bench."""
+"""Commands on exported models: export, predict, bench (``specc eval`` is in :mod:`specc.cli.eval_cmd`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -195,23 +196,72 @@ def _summary(report: dict[str, object]) -> str:
 @app.command()
 def predict(
     model: Path,
-    input_file: Annotated[Path, typer.Option("--input", "-i", help=".npy, .npz, image or .txt file")],
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="a folder of images, an image, .npy/.npz arrays, a .csv or a .txt (raw data)",
+        ),
+    ],
     top_k: Annotated[int, typer.Option("--top-k", help="classes to show")] = 5,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="write the predictions to a .csv or .jsonl file (streamed)"),
+    ] = None,  # noqa: UP045
+    batch_size: Annotated[int, typer.Option("--batch-size", help="samples per onnxruntime call")] = 256,
+    preprocessed: Annotated[
+        bool,
+        typer.Option(
+            "--preprocessed",
+            help=".npy/.npz arrays are model inputs already (skip the recorded preprocessing)",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run an exported model on a file with onnxruntime (no torch); inputs are checked first."""
+    """Run an exported model on raw data with onnxruntime (no torch): the model's recorded
+    preprocessing is applied, inputs are checked first (NaN/inf refused)."""
     from specc.runtime import load
+    from specc.runtime.predict import Options, check_output, dumps, predict, write_predictions
 
     _log_to_stderr()
-    result = load(model).predict_file(input_file, top_k=top_k)
-    if as_json:
-        print(json.dumps(result, indent=2))
+    if batch_size < 1:
+        raise UsageError("--batch-size must be positive")
+    if output is not None:
+        check_output(output)
+    loaded = load(model)
+    if output is not None:
+        warnings: list[str] = []
+
+        def rows() -> Iterator[dict[str, object]]:
+            opts = Options(batch_size=batch_size, preprocessed=preprocessed)
+            for _, _, res in predict(loaded, input_file, top_k, opts):
+                warnings.extend(w for w in res.warnings if w not in warnings)
+                yield from res.rows
+
+        count = write_predictions(output, rows())
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(
+            dumps({"output": str(output), "predictions": count, "warnings": warnings})
+            if as_json
+            else f"wrote {count} prediction(s) to {output}"
+        )
         return
-    for i, rows in enumerate(result.get("top_k", [])):
-        print(f"sample {i}: " + ", ".join(f"{r['label']} {r['prob']:.4f}" for r in rows))
+    result = loaded.predict_file(input_file, top_k=top_k, preprocessed=preprocessed)
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    if as_json:
+        print(dumps(result))
+        return
+    for sample, rows_ in zip(result["ids"], result.get("top_k", []), strict=False):
+        shown = ", ".join(
+            f"{r['label']} {r['prob']:.4f}" if r["prob"] is not None else f"{r['label']} nan" for r in rows_
+        )
+        print(f"sample {sample}: {shown}")
     if "top_k" not in result:
         for name, value in result.get("outputs", {}).items():
-            print(f"{name}: {json.dumps(value)[:2000]}")
+            print(f"{name}: {dumps(value)[:2000]}")
 
 
 @app.command()

@@ -15,16 +15,16 @@ Opt = typer.Option
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="spec file")],
+    out: Annotated[Path, Opt("--out", help="run folder (checkpoints, metrics, final weights)")],
+    spec: Annotated[Path | None, typer.Argument(help="spec file (not with --from)")] = None,  # noqa: UP045
     data: Annotated[
-        str,
+        str | None,
         Opt(
             "--data",
             help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, sort, text:PATH, "
             "or a .npz/.npy/.csv/.parquet/.txt/.tar file, an image folder or a folder of tar shards",
         ),
-    ],
-    out: Annotated[Path, Opt("--out", help="run folder (checkpoints, metrics, final weights)")],
+    ] = None,  # noqa: UP045
     sets: SetOpt = None,
     scale: ScaleOpt = None,
     label: Annotated[
@@ -64,15 +64,30 @@ def train(
         ),
     ] = False,
     include_root: IncludeRootOpt = None,
+    from_run: Annotated[
+        Path | None,
+        Opt(
+            "--from",
+            help="repeat a run: its resolved spec, training config, data (and split options), "
+            "--init-from, --freeze and thread counts (bit-identical on CPU); --set still applies",
+        ),
+    ] = None,  # noqa: UP045
 ) -> None:
     """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
     from specc.train import distributed
 
     use_include_roots(include_root)
-    worker = _worker_args(spec, data, out, sets, scale, config, resume, init_from, freeze, device, quiet)
+    try:
+        spec_path, data_source = _what_to_train(spec, data, config, from_run)
+    except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
+        fail(exc)
+    worker = _worker_args(
+        spec_path, data_source, out, sets, scale, config, resume, init_from, freeze, device, quiet
+    )
     worker += ["--fsdp"] if fsdp else []
     worker += ["--label", label] if label is not None else []
     worker += [arg for root in include_root or () for arg in ("--include-root", str(root))]
+    worker += ["--from", str(from_run)] if from_run is not None else []
     try:
         if nproc_per_node is not None and not distributed.in_launcher_env():
             opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
@@ -83,8 +98,8 @@ def train(
 
         outcome = run_train(
             TrainRequest(
-                spec,
-                data,
+                spec_path or Path(),
+                data_source or "",
                 out,
                 tuple(sets or ()),
                 scale,
@@ -96,6 +111,7 @@ def train(
                 quiet,
                 fsdp,
                 label,
+                from_run,
             )
         )
         if outcome.exit_code:
@@ -106,9 +122,24 @@ def train(
         fail(exc)
 
 
+def _what_to_train(
+    spec: Path | None, data: str | None, config: Path | None, from_run: Path | None
+) -> tuple[Path | None, str | None]:
+    """SPEC and --data, or --from RUN instead of them (and of --config)."""
+    from specc.errors import UsageError
+
+    if from_run is not None:
+        if spec is not None or data is not None or config is not None:
+            raise UsageError("--from RUN takes the spec, --data and --config from the run: give none of them")
+        return None, None
+    if spec is None or data is None:
+        raise UsageError("give a SPEC and --data (or --from RUN to repeat a run)")
+    return spec, data
+
+
 def _worker_args(
-    spec: Path,
-    data: str,
+    spec: Path | None,
+    data: str | None,
     out: Path,
     sets: list[str] | None,
     scale: str | None,
@@ -120,7 +151,8 @@ def _worker_args(
     quiet: bool,
 ) -> list[str]:
     """The same command without the launcher options, for each worker process."""
-    args = ["train", str(spec), "--data", data, "--out", str(out), "--device", device]
+    args = ["train", *([str(spec), "--data", data] if spec is not None and data is not None else [])]
+    args += ["--out", str(out), "--device", device]
     for item in sets or ():
         args += ["--set", item]
     for flag, value in (("--scale", scale), ("--config", config), ("--init-from", init_from)):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from specc.contracts.preprocess import preprocess_json
 from specc.errors import DataError, UsageError
 from specc.export.metadata import input_entries
 from specc.export.onnx_export import (
@@ -32,7 +33,7 @@ from specc.export.onnx_export import (
 )
 from specc.export.quantize import CALIBRATION_SAMPLES, INT8_MODES, Calibration, Int8Mode, load_calibration
 from specc.export.samples import parity_sizes
-from specc.export.source import RunInfo, Source, load_source
+from specc.export.source import Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
 from specc.graph import Graph
 from specc.runtime.inputs import TensorSpec
@@ -84,7 +85,10 @@ def export_spec(
     dataset = _run_dataset(source) if variants else None  # loaded once: accuracy and calibration
     calib = run_calibration(source, dataset=dataset) if "int8" in variants and calibration is None else None
     if "int8" in variants and calibration is not None:  # checked before anything is written
-        calib = load_calibration(Path(calibration), input_specs(graph, options), source.run.preprocess)
+        pre = source.run.preprocess
+        calib = load_calibration(
+            Path(calibration), input_specs(graph, options), preprocess_json(pre) if pre is not None else None
+        )
         check_index_bounds(calib, graph)
     if "int8" in variants and int8_mode == "static" and calibration is None and calib is None:
         raise UsageError(
@@ -136,34 +140,30 @@ def check_index_bounds(calib: Calibration, graph: Graph) -> None:
 
 
 def _run_dataset(source: Source) -> tuple[str, str, Any] | None:
-    """``(input name, data set name, data set)`` of the run's data as recorded in ``RUN/data.json``."""
-    run: RunInfo = source.run
+    """``(input name, data set name, data set)``: the run's data with exactly its splits, rebuilt from
+    the source and options ``RUN/data.json`` records (seed, fractions, sequence length, samples)."""
+    record = source.run.record
     graph = source.model.graph
-    name = run.data.get("source") or run.data.get("data") or run.data.get("dataset")
-    if not isinstance(name, str) or len(graph.inputs) != 1:
+    if record is None or len(graph.inputs) != 1:
         return None
-    from specc.data import load_dataset
-
-    ((input_name, t),) = graph.inputs.items()
-    kw = {
-        k: run.data[k]
-        for k in ("seed", "val_fraction", "test_fraction", "seq_len", "num_samples")
-        if isinstance(run.data.get(k), int | float) and not isinstance(run.data.get(k), bool)
-    }
+    input_name = next(iter(graph.inputs))
     try:
-        ds = load_dataset(name, input_shape=tuple(t.shape), input_dtype=t.dtype, **kw)
+        ds = record.data.load()
     except (DataError, UsageError) as e:
         log.warning(
-            "cannot load the data set '%s' of the run (%s): accuracy and calibration use none", name, e
+            "cannot load the data set '%s' of the run (%s): accuracy and calibration use none",
+            record.data.source,
+            e,
         )
         return None
-    return input_name, name, ds
+    return input_name, record.data.source, ds
 
 
 def load_eval_data(
     source: Source, limit: int = MAX_EVAL_SAMPLES, *, dataset: tuple[str, str, Any] | None = None
 ) -> EvalData | None:
-    """The validation split of the run's data set, as recorded in ``RUN/data.json``; None if unknown.
+    """The validation split of the run's data set, as recorded in ``RUN/data.json`` (never a training
+    sample: the split is rebuilt with the run's seed and fractions); None if unknown.
     ``dataset``: what :func:`_run_dataset` returned, if it was called already."""
     found = dataset if dataset is not None else _run_dataset(source)
     if found is None:

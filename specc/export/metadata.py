@@ -1,12 +1,12 @@
 """ONNX metadata and the SHA-256 manifest the runtime verifies.
 
-The keys and their formats are defined by :mod:`specc.runtime.model` (the reader); this module is
-the one writer. Values are strings; list/dict values are JSON.
+This module is the one writer of :class:`specc.contracts.onnx_metadata.OnnxMetadata` (the reader is
+:mod:`specc.runtime`); the preprocessing and labels come from the run folder's
+:class:`~specc.contracts.run_folder.DataRecord`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,22 +15,11 @@ import onnx
 
 import specc
 from specc.atomic import atomic_write_text, sha256_file
+from specc.contracts.onnx_metadata import METADATA_KEYS, TASKS, OnnxMetadata, TensorEntry
+from specc.contracts.preprocess import Preprocess
 from specc.export.samples import BATCH, input_dims
 from specc.graph import Graph
-from specc.runtime.model import (
-    JSON_KEYS,
-    KEY_INPUTS,
-    KEY_LABELS,
-    KEY_OUTPUTS,
-    KEY_PREPROCESS,
-    KEY_SPEC_HASH,
-    KEY_SPEC_NAME,
-    KEY_TASK,
-    KEY_VERSION,
-    METADATA_KEYS,
-    TASKS,
-    manifest_path,
-)
+from specc.runtime.model import manifest_path
 
 
 def input_entries(graph: Graph, static: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
@@ -44,47 +33,42 @@ def build_metadata(
     graph: Graph,
     *,
     labels: Sequence[str] | None = None,
-    preprocess: Mapping[str, Any] | None = None,
+    preprocess: Preprocess | None = None,
     task: str | None = None,
     static: Mapping[str, int] | None = None,
-) -> dict[str, Any]:
-    """The metadata of an exported graph (values not yet serialised; ``None`` entries are omitted).
+) -> OnnxMetadata:
+    """The metadata of an exported graph.
 
-    ``static`` fixes the batch axis and symbols (``--static``); shapes then hold only ints.
+    ``static`` fixes the batch axis and symbols (``--static``); shapes then hold only ints. The
+    spec's ``labels:`` win over the data's class names.
     """
-    inputs = input_entries(graph, static)
     outputs = []
     for name, t in graph.output_types().items():
         dims: list[int | str] = [BATCH, *t.shape]
         if static is not None:
             dims = [static.get(d, d) if isinstance(d, str) else d for d in dims]
-        outputs.append({"name": name, "shape": dims, "dtype": t.dtype})
+        outputs.append(TensorEntry(name=name, shape=list(dims), dtype=t.dtype))
     chosen_labels = list(graph.labels) if graph.labels else (list(labels) if labels else None)
-    meta: dict[str, Any] = {
-        KEY_VERSION: specc.__version__,
-        KEY_SPEC_NAME: graph.name,
-        KEY_SPEC_HASH: graph.spec_sha256,
-        KEY_INPUTS: inputs,
-        KEY_OUTPUTS: outputs,
-        KEY_LABELS: chosen_labels,
-        KEY_PREPROCESS: dict(preprocess) if preprocess else None,
-        KEY_TASK: task if task in TASKS else ("classification" if chosen_labels else None),
-    }
-    return {k: v for k, v in meta.items() if v is not None}
+    return OnnxMetadata(
+        version=specc.__version__,
+        spec_name=graph.name,
+        spec_hash=graph.spec_sha256 or None,
+        inputs=[TensorEntry.model_validate(e) for e in input_entries(graph, static)],
+        outputs=outputs,
+        labels=chosen_labels,
+        preprocess=preprocess,
+        task=task if task in TASKS else ("classification" if chosen_labels else None),  # type: ignore[arg-type]
+    )
 
 
-def set_metadata(proto: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
+def set_metadata(proto: onnx.ModelProto, meta: OnnxMetadata) -> None:
     """Replace the ``specc.*`` metadata_props of ``proto`` with ``meta`` (other keys are kept)."""
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in METADATA_KEYS]
     del proto.metadata_props[:]
     for key, value in kept:
         proto.metadata_props.add(key=key, value=value)
-    for key in METADATA_KEYS:
-        if key not in meta:
-            continue
-        value = meta[key]
-        text = json.dumps(value, separators=(",", ":")) if key in JSON_KEYS else str(value)
-        proto.metadata_props.add(key=key, value=text)
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
 
 
 def get_metadata(proto: onnx.ModelProto) -> dict[str, str]:

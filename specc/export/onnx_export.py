@@ -32,6 +32,7 @@ import onnx
 import torch
 
 from specc.atomic import atomic_write_text, fsync_dir, sha256_file, temp_name
+from specc.contracts.preprocess import Preprocess
 from specc.errors import BuildError, ExportError, UsageError
 from specc.export.metadata import build_metadata, set_metadata, write_manifest
 from specc.export.samples import (
@@ -97,7 +98,7 @@ class ExportInfo:
     """What goes into the metadata besides the graph: data labels, preprocessing, task."""
 
     labels: list[str] | None = None
-    preprocess: dict[str, Any] | None = None
+    preprocess: Preprocess | None = None
     task: str | None = None
     weights: str | None = None
 

@@ -1,52 +1,50 @@
 """What to export: a spec compiled to torch, with weights from a file or a ``specc train`` run folder.
 
-A run folder holds ``model.safetensors`` (or ``checkpoints/step-*/model.safetensors``), the spec and
-``data.json`` (``{"preprocess": {...}, "class_names": [...], "task": ..., "source": ...}``); the
-data record supplies the labels, preprocessing and task written into the ONNX metadata, and the
-validation split for the accuracy checks of ``--int8``/``--fp16``.
+A run folder holds ``model.safetensors`` (or ``checkpoints/step-*/model.safetensors``) and its
+:class:`~specc.contracts.run_folder.DataRecord` (``data.json``): the labels, preprocessing and task
+written into the ONNX metadata, and the data source with every option that rebuilds the run's
+validation split (accuracy checks of ``--int8``/``--fp16``) and training split (calibration).
+The preprocessing must fit the spec's input (its image size, channels, feature count), and every
+weight must be finite, before anything is exported.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from specc.contracts.preprocess import Preprocess
+from specc.contracts.run_folder import DATA_FILE, MODEL_FILE, DataRecord, RunFolder
 from specc.errors import UsageError
 from specc.nn import CompiledModel, build
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
-DATA_FILE = "data.json"
 _ALIASES_KEY = "specc.aliases"
 
 
 @dataclass
 class RunInfo:
-    """What a run folder says about the data (empty when exporting a bare weights file)."""
+    """What a run folder says about the data (no record when exporting a bare weights file)."""
 
     folder: Path | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    record: DataRecord | None = None
 
     @property
-    def preprocess(self) -> dict[str, Any] | None:
-        pre = self.data.get("preprocess")
-        return pre if isinstance(pre, dict) else None
+    def preprocess(self) -> Preprocess | None:
+        return self.record.preprocess if self.record is not None else None
 
     @property
     def class_names(self) -> list[str] | None:
-        names = self.data.get("class_names")
-        return [str(n) for n in names] if isinstance(names, list) else None
+        return list(self.record.class_names) if self.record and self.record.class_names else None
 
     @property
     def task(self) -> str | None:
-        task = self.data.get("task")
-        return task if isinstance(task, str) else None
+        return self.record.task if self.record is not None else None
 
 
 @dataclass
@@ -74,26 +72,32 @@ def load_source(
     path = Path(weights)
     run = RunInfo()
     if path.is_dir():
-        run = RunInfo(path, read_data_json(path))
+        run = RunInfo(path, read_record(path))
         path = find_weights(path)
     elif not path.is_file():
         raise UsageError(f"weights not found: {path}")
+    if run.record is not None and run.folder is not None:
+        check_preprocess_fits(run.record, model, run.folder)
     load_weights(model, path)
     return Source(model, path, run)
 
 
-def read_data_json(run: Path) -> dict[str, Any]:
-    file = run / DATA_FILE
-    if not file.is_file():
+def read_record(run: Path) -> DataRecord | None:
+    """The run folder's data record; None (with a warning) for a folder holding only weights."""
+    if not (run / DATA_FILE).is_file():
         log.warning("run folder %s has no %s: no labels or preprocessing in the metadata", run, DATA_FILE)
-        return {}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read {file}: {e}") from e
-    if not isinstance(data, dict):
-        raise UsageError(f"{file}: expected a JSON object")
-    return data
+        return None
+    return RunFolder(run).read_data()
+
+
+def check_preprocess_fits(record: DataRecord, model: CompiledModel, run: Path) -> None:
+    """The run's preprocessing must produce the spec's first input (else the metadata would lie)."""
+    name, t = next(iter(model.graph.inputs.items()))
+    problem = record.preprocess.fits(tuple(t.shape))
+    if problem:
+        raise UsageError(
+            f"{run / DATA_FILE}: preprocess does not fit the spec's input '{name}' {tuple(t.shape)}: {problem}"
+        )
 
 
 def find_weights(run: Path) -> Path:
@@ -136,6 +140,18 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         if unexpected:
             parts.append(f"unexpected {', '.join(unexpected[:8])}")
         raise UsageError(f"weights {path} do not fit the spec: {'; '.join(parts)}")
+    check_finite(model, path)
+
+
+def check_finite(model: torch.nn.Module, path: Path | str) -> None:
+    """Refuse weights holding NaN/inf (parity would compare garbage with garbage): names the tensor."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UsageError(
+                f"weights {path}: tensor '{name}' {list(t.shape)} holds {bad} NaN/infinite value(s); "
+                "a model with non-finite weights cannot be exported"
+            )
 
 
 def _tied_to_loaded(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:

@@ -1,7 +1,9 @@
 """Parity of an ONNX file with the PyTorch model it came from, in onnxruntime.
 
-An output passes when every element satisfies ``|ort - torch| <= atol + rtol * |torch|`` (NaN only
-where the reference is NaN too); integer and bool outputs must match exactly.
+An output passes when every element satisfies ``|ort - torch| <= atol + rtol * |torch|``; integer
+and bool outputs must match exactly. A non-finite value (NaN/inf) on either side fails, even where
+both sides agree: parity of garbage with garbage proves nothing (all-NaN weights once passed as
+``max |Δ| 0``). The report and the error name the output, the sizes and the index.
 """
 
 from __future__ import annotations
@@ -36,14 +38,19 @@ class OutputDiff:
     ok: bool
 
     def to_json(self) -> dict[str, Any]:
+        """JSON data; NaN/inf (which JSON has not) are written as null."""
         return {
-            "max_abs": self.max_abs,
-            "max_rel": self.max_rel,
+            "max_abs": _json_float(self.max_abs),
+            "max_rel": _json_float(self.max_rel),
             "worst_index": list(self.worst_index),
-            "ref": self.worst_ref,
-            "got": self.worst_got,
+            "ref": _json_float(self.worst_ref),
+            "got": _json_float(self.worst_got),
             "ok": self.ok,
         }
+
+
+def _json_float(x: float) -> float | None:
+    return x if np.isfinite(x) else None
 
 
 def compare(ref: NDArray[Any], got: NDArray[Any], atol: float = ATOL, rtol: float = RTOL) -> OutputDiff:
@@ -55,9 +62,9 @@ def compare(ref: NDArray[Any], got: NDArray[Any], atol: float = ATOL, rtol: floa
     r = ref.astype(np.float64)
     g = got.astype(np.float64)
     exact = ref.dtype.kind in "biu"
-    both_nan = np.isnan(r) & np.isnan(g)
-    diff = np.where(both_nan, 0.0, np.abs(g - r))
-    diff = np.where(np.isnan(diff), np.inf, diff)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(g - r)
+    diff = np.where(np.isfinite(r) & np.isfinite(g), diff, np.inf)  # NaN == NaN is not parity
     allowed = np.zeros_like(r) if exact else atol + rtol * np.abs(np.nan_to_num(r))
     excess = diff - allowed
     flat = int(np.argmax(excess))
@@ -153,6 +160,12 @@ def raise_on_failure(cases: Sequence[ParityCase], what: str, atol: float, rtol: 
         return
     case, name, d = bad
     sizes = ", ".join(f"{k}={v}" for k, v in case.sizes.to_json().items())
+    if not (np.isfinite(d.worst_ref) and np.isfinite(d.worst_got)):
+        raise ExportVerificationError(
+            f"{what}: output '{name}' is not finite at {sizes}, index {list(d.worst_index)}: "
+            f"torch {d.worst_ref:.6g}, onnxruntime {d.worst_got:.6g}; the model computes NaN/inf on "
+            "these (random normal) inputs, so parity cannot be shown: check the weights and the spec"
+        )
     raise ExportVerificationError(
         f"{what}: output '{name}' differs from PyTorch at {sizes}, index {list(d.worst_index)}: "
         f"onnxruntime {d.worst_got:.6g} vs torch {d.worst_ref:.6g} (|Δ| = {abs(d.worst_got - d.worst_ref):.3g}, "
@@ -160,12 +173,12 @@ def raise_on_failure(cases: Sequence[ParityCase], what: str, atol: float, rtol: 
     )
 
 
-def summarise(cases: Sequence[ParityCase]) -> dict[str, dict[str, float]]:
-    """Max abs/rel difference per output over all cases."""
+def summarise(cases: Sequence[ParityCase]) -> dict[str, dict[str, float | None]]:
+    """Max abs/rel difference per output over all cases (null where one was not finite)."""
     out: dict[str, dict[str, float]] = {}
     for c in cases:
         for n, d in c.outputs.items():
             cur = out.setdefault(n, {"max_abs": 0.0, "max_rel": 0.0})
             cur["max_abs"] = max(cur["max_abs"], d.max_abs)
             cur["max_rel"] = max(cur["max_rel"], d.max_rel)
-    return out
+    return {n: {k: _json_float(v) for k, v in d.items()} for n, d in out.items()}

@@ -8,15 +8,20 @@ functions read ``.npy``/``.npz`` arrays, images and text files exactly as the me
 
 from __future__ import annotations
 
+import csv
 import hashlib
-from collections.abc import Mapping, Sequence
+import math
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 
+from specc.contracts.onnx_metadata import TensorEntry
+from specc.contracts.preprocess import Table
 from specc.errors import UsageError
 
 Dim = int | str | None
@@ -25,9 +30,14 @@ Dim = int | str | None
 ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TEXT_SUFFIXES = (".txt",)
-SUPPORTED_SUFFIXES = ARRAY_SUFFIXES + IMAGE_SUFFIXES + TEXT_SUFFIXES
+CSV_SUFFIXES = (".csv",)
+SUPPORTED_SUFFIXES = ARRAY_SUFFIXES + IMAGE_SUFFIXES + TEXT_SUFFIXES + CSV_SUFFIXES
+#: Array names of a ``.npz`` that hold labels, not model inputs.
+LABEL_ARRAYS = ("y", "labels")
 
 MAX_TEXT_BYTES = 16 * 1024 * 1024
+#: Largest array read whole (a ``.npz`` member); ``.npy`` files are memory-mapped instead.
+MAX_ARRAY_BYTES = 2 * 1024 * 1024 * 1024
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -77,6 +87,11 @@ class TensorSpec:
         if not isinstance(dtype, str) or not dtype:
             raise UsageError(f"model metadata '{key}' is invalid: bad dtype for '{name}': {dtype!r}")
         return cls(name, tuple(shape), dtype)
+
+    @classmethod
+    def from_entry(cls, entry: TensorEntry) -> TensorSpec:
+        """From a typed metadata entry (:class:`specc.contracts.onnx_metadata.TensorEntry`)."""
+        return cls(entry.name, tuple(entry.shape), entry.dtype)
 
     @classmethod
     def from_ort(cls, name: str, shape: Sequence[object], ort_type: str) -> TensorSpec:
@@ -198,6 +213,13 @@ def check_input(
     elif arr.ndim != rank:
         raise refuse(f"rank {arr.ndim}, expected rank {rank}")
     arr = _cast(name, arr, spec, got)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = [int(i) for i in np.argwhere(bad)[0]]
+            raise refuse(
+                f"{int(bad.sum())} NaN/infinite value(s), the first at index {first}; the model takes finite numbers"
+            )
     for axis, (want, have) in enumerate(zip(spec.shape, arr.shape, strict=True)):
         if want is None:
             continue
@@ -230,125 +252,117 @@ def check_file(path: Path) -> Path:
 def unsupported_file(path: Path) -> UsageError:
     return UsageError(
         f"cannot predict from '{path.name}': unsupported file kind '{path.suffix or '(none)'}'; "
-        f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        f"supported: {', '.join(SUPPORTED_SUFFIXES)} or a folder of images"
     )
+
+
+def _array_header(fh: BinaryIO, where: str, available: int) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """``(shape, dtype, data offset)`` of a ``.npy`` stream, checked before any data is read: no
+    object dtype, and the data the header claims must be in the file and within the budget."""
+    from numpy.lib import format as npformat
+
+    start = fh.tell()
+    try:
+        version = npformat.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+    except (ValueError, OSError, EOFError) as e:
+        raise UsageError(f"cannot read arrays from '{where}': not a valid .npy array ({e})") from None
+    if dtype.hasobject:
+        raise UsageError(f"cannot read arrays from '{where}': object (pickled) arrays are refused")
+    offset = fh.tell() - start
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > available - offset:
+        raise UsageError(
+            f"'{where}': the header claims {nbytes:,} bytes of {dtype} {tuple(shape)} but the file holds "
+            f"{max(available - offset, 0):,}; the file is truncated or forged"
+        )
+    del fortran  # numpy reads either order
+    return tuple(int(d) for d in shape), dtype, offset
+
+
+def load_npy(path: Path) -> NDArray[Any]:
+    """A ``.npy`` array, memory-mapped (read batch by batch later) after its header was checked."""
+    check_file(path)
+    try:
+        with path.open("rb") as fh:
+            shape, _, _ = _array_header(fh, str(path), path.stat().st_size)
+        arr: NDArray[Any] = np.load(path, mmap_mode="r" if math.prod(shape) else None, allow_pickle=False)
+        return arr
+    except UsageError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"cannot read arrays from '{path}': {e}") from e
+
+
+def load_npz(path: Path) -> dict[str, NDArray[Any]]:
+    """Every array of a ``.npz``; each member's header is checked against :data:`MAX_ARRAY_BYTES`
+    before it is decompressed."""
+    check_file(path)
+    out: dict[str, NDArray[Any]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                where = f"{path}:{info.filename}"
+                with zf.open(info) as fh:
+                    shape, dtype, _ = _array_header(fh, where, info.file_size)  # type: ignore[arg-type]
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > MAX_ARRAY_BYTES:
+                    raise UsageError(
+                        f"'{where}' holds {nbytes:,} bytes, over the budget of {MAX_ARRAY_BYTES:,} for "
+                        "an array read whole; pass large batches as .npy (read in batches)"
+                    )
+                with zf.open(info) as fh:
+                    out[name] = np.lib.format.read_array(fh, allow_pickle=False)
+    except UsageError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"cannot read arrays from '{path}': {e}") from e
+    return out
 
 
 def load_arrays(path: Path, input_names: Sequence[str]) -> dict[str, NDArray[Any]]:
     """Read a ``.npy`` (the single input) or ``.npz`` (arrays by input name, or one array).
 
-    Files are read with ``allow_pickle=False``: object arrays are refused.
+    Object (pickled) arrays are refused; a header is checked before its data are read.
     """
     check_file(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-            if len(input_names) != 1:
-                raise UsageError(
-                    f"'{path.name}' holds one array but the model takes {len(input_names)} inputs "
-                    f"({', '.join(input_names)}); pass a .npz with one array per input name"
-                )
-            return {input_names[0]: np.asarray(arr)}
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.files)
-            if all(n in keys for n in input_names):
-                return {n: np.asarray(npz[n]) for n in input_names}
-            if len(keys) == 1 and len(input_names) == 1:
-                return {input_names[0]: np.asarray(npz[keys[0]])}
-    except UsageError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise UsageError(f"cannot read arrays from '{path}': {e}") from e
+    if path.suffix.lower() == ".npy":
+        if len(input_names) != 1:
+            raise UsageError(
+                f"'{path.name}' holds one array but the model takes {len(input_names)} inputs "
+                f"({', '.join(input_names)}); pass a .npz with one array per input name"
+            )
+        return {input_names[0]: load_npy(path)}
+    arrays = load_npz(path)
+    keys = list(arrays)
+    if all(n in keys for n in input_names):
+        return {n: arrays[n] for n in input_names}
+    if len(input_names) == 1 and len([k for k in keys if k not in LABEL_ARRAYS]) == 1:
+        return {input_names[0]: next(v for k, v in arrays.items() if k not in LABEL_ARRAYS)}
     raise UsageError(
         f"'{path.name}' holds arrays {', '.join(keys) or '(none)'} but the model's inputs are "
         f"{', '.join(input_names)}; name the arrays after the inputs"
     )
 
 
-def _float_list(pre: Mapping[str, Any], key: str, n: int) -> NDArray[np.float32]:
-    values = pre.get(key)
-    if values is None:
-        return np.full(n, 0.0 if key == "mean" else 1.0, dtype=np.float32)
-    if isinstance(values, int | float) and not isinstance(values, bool):
-        values = [values]
-    if (
-        not isinstance(values, list)
-        or not values
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-    ):
-        raise UsageError(f"model metadata 'specc.preprocess' is invalid: '{key}' must be a list of numbers")
-    if len(values) not in (1, n):
-        raise UsageError(
-            f"model metadata 'specc.preprocess' is invalid: '{key}' has {len(values)} values for {n} channels"
-        )
-    out = np.asarray(values * (n // len(values)), dtype=np.float32)
-    if key == "std" and np.any(out == 0):
-        raise UsageError("model metadata 'specc.preprocess' is invalid: 'std' contains 0")
-    return out
-
-
-def image_settings(pre: Mapping[str, Any], spec: TensorSpec | None) -> tuple[int, int, int]:
-    """``(channels, height, width)`` from the image preprocess metadata (or the input's shape)."""
-    channels = pre.get("channels")
-    size = pre.get("size")
-    if channels is None and spec is not None and len(spec.shape) == 4 and isinstance(spec.shape[1], int):
-        channels = spec.shape[1]
-    if size is None and spec is not None and len(spec.shape) == 4:
-        size = list(spec.shape[2:])
-    if channels not in (1, 3):
-        raise UsageError(
-            f"model metadata 'specc.preprocess' is invalid: 'channels' must be 1 or 3, got {channels!r}"
-        )
-    if (
-        not isinstance(size, list)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise UsageError(f"model metadata 'specc.preprocess' is invalid: 'size' must be [H, W], got {size!r}")
-    assert isinstance(channels, int)
-    return channels, int(size[0]), int(size[1])
-
-
-def load_image(path: Path, pre: Mapping[str, Any], spec: TensorSpec | None = None) -> NDArray[np.float32]:
-    """Read an image as the model was trained on it; returns ``(1, C, H, W)`` float32.
-
-    Steps: open, convert to ``L`` (1 channel) or ``RGB`` (3), resize to ``size`` ``[H, W]`` with
-    bilinear filtering, scale to ``[0, 1]``, ``(x - mean) / std`` per channel, HWC -> CHW.
-    """
-    from PIL import Image, UnidentifiedImageError
+def load_image(
+    path: Path, pre: Mapping[str, Any] | Any, spec: TensorSpec | None = None
+) -> NDArray[np.float32]:
+    """Read an image as the model was trained on it (``pre``: an image preprocessing record or its
+    dict); returns ``(1, C, H, W)`` float32 (``(1, C*H*W)`` for a flattened model)."""
+    from specc.contracts.preprocess import ImagePreprocess, parse_preprocess
 
     check_file(path)
-    channels, height, width = image_settings(pre, spec)
-    mean = _float_list(pre, "mean", channels)
-    std = _float_list(pre, "std", channels)
-    try:
-        with Image.open(path) as raw:
-            img = raw.convert("L" if channels == 1 else "RGB")
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot read image '{path}': {e}") from e
-    arr = arr / np.float32(255.0)
-    if arr.ndim == 2:
-        arr = arr[:, :, np.newaxis]
-    arr = (arr - mean) / std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
-
-
-def text_vocab(pre: Mapping[str, Any]) -> list[str]:
-    vocab = pre.get("vocab")
-    if not isinstance(vocab, list) or not vocab or not all(isinstance(c, str) for c in vocab):
-        raise UsageError("model metadata 'specc.preprocess' is invalid: 'vocab' must be a list of strings")
-    return vocab
-
-
-def encode_text(text: str, vocab: Sequence[str]) -> NDArray[np.int64]:
-    """Characters -> ids (index in ``vocab``; unknown characters map to 0), shape ``(1, T)`` int64."""
-    index: dict[str, int] = {}
-    for i, ch in enumerate(vocab):
-        index.setdefault(ch, i)
-    return np.asarray([[index.get(ch, 0) for ch in text]], dtype=np.int64)
+    record = parse_preprocess(pre, "model metadata 'specc.preprocess'")
+    if not isinstance(record, ImagePreprocess):
+        raise UsageError(
+            f"cannot read image '{path.name}': the preprocessing is kind '{record.kind}', not image"
+        )
+    return record.from_image(path, spec.shape[1:] if spec is not None else ())
 
 
 def read_text(path: Path) -> str:
@@ -367,3 +381,69 @@ def read_text(path: Path) -> str:
     if not text:
         raise UsageError(f"text file '{path}' is empty")
     return text
+
+
+def read_csv(path: Path, rows_per_chunk: int) -> Iterator[Table]:
+    """A CSV file with a header row, streamed in chunks of ``rows_per_chunk`` rows (blank lines skipped)."""
+    check_file(path)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header: list[str] | None = None
+            rows: list[list[str]] = []
+            first = 2
+            any_rows = False
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if header is None:
+                    header = [c.strip() for c in row]
+                    if all(_is_number(c) for c in header):
+                        raise UsageError(
+                            f"{path}:{reader.line_num}: the first row must be a header of column names, "
+                            "found only numbers"
+                        )
+                    continue
+                if len(row) != len(header):
+                    raise UsageError(
+                        f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}"
+                    )
+                if not rows:
+                    first = reader.line_num
+                rows.append(row)
+                any_rows = True
+                if len(rows) == rows_per_chunk:
+                    yield Table(header, rows, str(path), first)
+                    rows = []
+            if header is None:
+                raise UsageError(f"CSV file '{path}' is empty")
+            if rows:
+                yield Table(header, rows, str(path), first)
+            elif not any_rows:
+                raise UsageError(f"CSV file '{path}' has a header but no data rows")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"CSV file '{path}' is not UTF-8 text (bad byte at offset {e.start})") from None
+    except csv.Error as e:
+        raise UsageError(f"{path}: malformed CSV: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read CSV file '{path}': {e.strerror or e}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (sub-folders included, hidden entries skipped), sorted."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or p.is_symlink():
+            continue
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(p)
+    return found

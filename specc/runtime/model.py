@@ -1,34 +1,15 @@
 """Deployment runtime: load an exported specc ONNX model safely and run it with checked inputs.
 
-This module needs only numpy, onnx, onnxruntime and Pillow (for images): it never imports torch nor
-any part of specc other than :mod:`specc.errors`.
+This module needs only numpy, onnx, onnxruntime, pydantic and Pillow (for images): it never imports
+torch nor any part of specc other than :mod:`specc.errors`, :mod:`specc.atomic` and the torch-free
+contracts it reads (:mod:`specc.contracts.onnx_metadata`, :mod:`specc.contracts.preprocess`).
 
 Metadata contract
 -----------------
-The exporter stores these keys as ONNX ``metadata_props`` (all values are strings; the JSON ones
-are parsed by :func:`read_metadata`):
-
-``specc.version`` (:data:`KEY_VERSION`)
-    specc version that exported the model.
-``specc.spec_name`` (:data:`KEY_SPEC_NAME`)
-    name of the spec.
-``specc.spec_hash`` (:data:`KEY_SPEC_HASH`)
-    SHA-256 hex digest of the spec text.
-``specc.inputs`` (:data:`KEY_INPUTS`), JSON
-    ``[{"name": str, "shape": [dim, ...], "dtype": "float32" | "int64" | "bool"}, ...]``; the shape
-    includes the batch axis and a dim is an int (fixed) or a string (a symbolic axis, e.g.
-    ``["batch", 3, 32, 32]`` or ``["batch", "seq"]``). The same symbol means the same size.
-``specc.outputs`` (:data:`KEY_OUTPUTS`), JSON
-    same form, for the outputs.
-``specc.labels`` (:data:`KEY_LABELS`), JSON, optional
-    list of class names.
-``specc.preprocess`` (:data:`KEY_PREPROCESS`), JSON, optional
-    ``{"kind": "image", "mean": [...], "std": [...], "size": [H, W], "channels": C}``,
-    ``{"kind": "features", "mean": [...], "std": [...]}``,
-    ``{"kind": "text", "vocab": [char, ...]}`` (a char's index in ``vocab`` is its token id; unknown
-    chars map to 0) or ``{"kind": "tokens", ...}``.
-``specc.task`` (:data:`KEY_TASK`), optional
-    ``"classification"``, ``"regression"``, ``"language_model"`` or ``"seq2seq"``.
+The exporter stores :class:`~specc.contracts.onnx_metadata.OnnxMetadata` as ONNX ``metadata_props``
+(``specc.version``, ``specc.spec_name``, ``specc.spec_hash``, ``specc.inputs``, ``specc.outputs``,
+``specc.labels``, ``specc.preprocess``, ``specc.task``, ``specc.variant``; see that module). A
+model whose ``specc.*`` metadata does not validate is refused at load with the key named.
 
 Integrity manifest
 ------------------
@@ -40,7 +21,6 @@ that the model and all its external-data files are listed; a missing manifest on
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import re
@@ -52,47 +32,29 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
+from specc.contracts.base import loads
+from specc.contracts.onnx_metadata import JSON_FREE, METADATA_KEYS, OnnxMetadata, key
+from specc.contracts.preprocess import TextPreprocess, preprocess_json
 from specc.errors import UsageError, did_you_mean
 from specc.runtime.inputs import (
-    ARRAY_SUFFIXES,
-    IMAGE_SUFFIXES,
-    TEXT_SUFFIXES,
     TensorSpec,
     check_file,
     check_input,
-    encode_text,
-    load_arrays,
-    load_image,
-    read_text,
     sha256_file,
-    text_vocab,
-    unsupported_file,
 )
 from specc.runtime.session import session_options
 
 log = logging.getLogger(__name__)
 
-KEY_VERSION = "specc.version"
-KEY_SPEC_NAME = "specc.spec_name"
-KEY_SPEC_HASH = "specc.spec_hash"
-KEY_INPUTS = "specc.inputs"
-KEY_OUTPUTS = "specc.outputs"
-KEY_LABELS = "specc.labels"
-KEY_PREPROCESS = "specc.preprocess"
-KEY_TASK = "specc.task"
-
-METADATA_KEYS: tuple[str, ...] = (
-    KEY_VERSION,
-    KEY_SPEC_NAME,
-    KEY_SPEC_HASH,
-    KEY_INPUTS,
-    KEY_OUTPUTS,
-    KEY_LABELS,
-    KEY_PREPROCESS,
-    KEY_TASK,
-)
-JSON_KEYS: frozenset[str] = frozenset({KEY_INPUTS, KEY_OUTPUTS, KEY_LABELS, KEY_PREPROCESS})
-TASKS = ("classification", "regression", "language_model", "seq2seq")
+KEY_VERSION = key("version")
+KEY_SPEC_NAME = key("spec_name")
+KEY_SPEC_HASH = key("spec_hash")
+KEY_INPUTS = key("inputs")
+KEY_OUTPUTS = key("outputs")
+KEY_LABELS = key("labels")
+KEY_PREPROCESS = key("preprocess")
+KEY_TASK = key("task")
+JSON_KEYS: frozenset[str] = frozenset(k for k in METADATA_KEYS if k.removeprefix("specc.") not in JSON_FREE)
 
 MANIFEST_SUFFIX = ".sha256"
 _MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
@@ -102,17 +64,13 @@ _MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 # metadata
 
 
-def _parse_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        value: Any = prop.value
-        if prop.key in JSON_KEYS:
-            try:
-                value = json.loads(prop.value)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"model metadata '{prop.key}' is not valid JSON: {e}") from e
-        out[prop.key] = value
-    return out
+def _props(proto: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """Every entry, the JSON ones of specc parsed (for inspection; the typed view is OnnxMetadata)."""
+    return {k: loads(v, f"model metadata '{k}'") if k in JSON_KEYS else v for k, v in props.items()}
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:
@@ -128,7 +86,12 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     External data is not read. Keys other than :data:`METADATA_KEYS` are returned as strings too.
     """
-    return _parse_metadata(_load_proto(Path(path)))
+    return _parse_metadata(_props(_load_proto(Path(path))))
+
+
+def read_info(path: str | os.PathLike[str]) -> OnnxMetadata:
+    """The typed ``specc.*`` metadata of an ONNX file (a UsageError names an invalid key); no session."""
+    return OnnxMetadata.from_props(_props(_load_proto(Path(path))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,47 +235,28 @@ def check_manifest_covers(model_path: Path, listed: set[Path], files: Sequence[P
 # model
 
 
-def _softmax(x: NDArray[Any]) -> NDArray[np.float64]:
-    z = x.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: NDArray[np.float64] = e / e.sum(axis=-1, keepdims=True)
-    return out
-
-
-def _as_probabilities(x: NDArray[Any]) -> NDArray[np.float64]:
-    """``x`` itself if its rows already are distributions, else ``softmax(x)`` over the last axis."""
-    z = x.astype(np.float64)
-    if z.size and np.all(np.isfinite(z)) and z.min() >= 0.0 and z.max() <= 1.0:
-        if np.allclose(z.sum(axis=-1), 1.0, atol=1e-3):
-            return z
-    return _softmax(z)
-
-
 class Model:
-    """A loaded model: call it with arrays, read its metadata, or predict from a file.
+    """A loaded model: call it with arrays, read its metadata, or predict from files.
 
-    ``model(x)`` / ``model(image=x)`` checks every input against the declared shapes and dtypes and
-    returns ``{output name: array}``. A single unbatched sample (rank one less than declared, with a
+    ``model(x)`` / ``model(image=x)`` takes **model inputs** (already preprocessed): every input is
+    checked against the declared shapes and dtypes (finite numbers only) and the result is
+    ``{output name: array}``. A single unbatched sample (rank one less than declared, with a
     symbolic or size-1 batch axis) is batched automatically; outputs always keep the batch axis.
     Safe casts are silent (float64 -> float32, int32 -> int64); unsafe ones (float -> int64 ids)
-    are refused. Every problem is a :class:`~specc.errors.UsageError` saying what the model expects.
+    are refused. :meth:`predict_file` takes **raw** files and applies the recorded preprocessing.
+    Every problem is a :class:`~specc.errors.UsageError` saying what the model expects.
     """
 
-    def __init__(self, session: Any, metadata: Mapping[str, Any], path: Path) -> None:
+    def __init__(self, session: Any, props: Mapping[str, str], path: Path) -> None:
         self._session = session
-        self._metadata = dict(metadata)
+        self._info = OnnxMetadata.from_props(props)
+        self._metadata = _parse_metadata(props)
         self._path = path
-        self._inputs = self._specs(session.get_inputs(), KEY_INPUTS)
-        self._outputs = self._specs(session.get_outputs(), KEY_OUTPUTS)
+        self._inputs = self._specs(session.get_inputs(), KEY_INPUTS, self._info.inputs)
+        self._outputs = self._specs(session.get_outputs(), KEY_OUTPUTS, self._info.outputs)
 
-    def _specs(self, args: Sequence[Any], key: str) -> tuple[TensorSpec, ...]:
-        declared: dict[str, TensorSpec] = {}
-        raw = self._metadata.get(key)
-        if raw is not None:
-            if not isinstance(raw, list):
-                raise UsageError(f"model metadata '{key}' is invalid: expected a list")
-            declared = {s.name: s for s in (TensorSpec.from_json(e, key) for e in raw)}
+    def _specs(self, args: Sequence[Any], key: str, entries: Sequence[Any] | None) -> tuple[TensorSpec, ...]:
+        declared = {e.name: TensorSpec.from_entry(e) for e in entries or ()}
         specs: list[TensorSpec] = []
         for arg in args:
             actual = TensorSpec.from_ort(arg.name, arg.shape or [], arg.type)
@@ -354,29 +298,23 @@ class Model:
         return self._outputs
 
     @property
+    def info(self) -> OnnxMetadata:
+        """The typed specc metadata (:class:`~specc.contracts.onnx_metadata.OnnxMetadata`)."""
+        return self._info
+
+    @property
     def labels(self) -> list[str] | None:
-        labels = self._metadata.get(KEY_LABELS)
-        if labels is None:
-            return None
-        if not isinstance(labels, list):
-            raise UsageError(f"model metadata '{KEY_LABELS}' is invalid: expected a list of names")
-        return [str(x) for x in labels]
+        return list(self._info.labels) if self._info.labels is not None else None
 
     @property
     def preprocess(self) -> dict[str, Any] | None:
-        pre = self._metadata.get(KEY_PREPROCESS)
-        if pre is None:
-            return None
-        if not isinstance(pre, dict) or not isinstance(pre.get("kind"), str):
-            raise UsageError(
-                f"model metadata '{KEY_PREPROCESS}' is invalid: expected an object with a 'kind'"
-            )
-        return dict(pre)
+        """The preprocessing record as JSON data (``info.preprocess`` is the typed one)."""
+        pre = self._info.preprocess
+        return preprocess_json(pre) if pre is not None else None
 
     @property
     def task(self) -> str | None:
-        task = self._metadata.get(KEY_TASK)
-        return task if isinstance(task, str) and task else None
+        return self._info.task
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -394,24 +332,25 @@ class Model:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _expects(self) -> str:
+    def expects(self) -> str:
+        """``'x' [batch, 4] float32, ...``: the inputs, for messages."""
         return ", ".join(f"'{s.name}' {s.describe()}" for s in self._inputs)
 
     def _bind(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> dict[str, object]:
         names = [s.name for s in self._inputs]
         if len(args) > len(names):
             raise UsageError(
-                f"the model takes {len(names)} input(s) ({self._expects()}), got {len(args)} positional"
+                f"the model takes {len(names)} input(s) ({self.expects()}), got {len(args)} positional"
             )
         values: dict[str, object] = dict(zip(names, args, strict=False))
-        for key, value in kwargs.items():
-            if key not in names:
+        for key_, value in kwargs.items():
+            if key_ not in names:
                 raise UsageError(
-                    f"unknown input '{key}'{did_you_mean(key, names)}; the model's inputs are: {self._expects()}"
+                    f"unknown input '{key_}'{did_you_mean(key_, names)}; the model's inputs are: {self.expects()}"
                 )
-            if key in values:
-                raise UsageError(f"input '{key}' given both by position and by name")
-            values[key] = value
+            if key_ in values:
+                raise UsageError(f"input '{key_}' given both by position and by name")
+            values[key_] = value
         for spec in self._inputs:
             if spec.name not in values:
                 raise UsageError(f"missing input '{spec.name}': expected shape {spec.describe()}")
@@ -436,111 +375,63 @@ class Model:
             shapes = ", ".join(f"'{k}' {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
             raise UsageError(
                 f"onnxruntime failed to run '{self._path.name}' on inputs {shapes} "
-                f"(the model expects {self._expects()}): {e}"
+                f"(the model expects {self.expects()}): {e}"
             ) from e
         return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
 
     # -- files -----------------------------------------------------------------------------------
 
-    def _preprocess_for(self, kind: str, path: Path, needs: str, instead: str) -> Mapping[str, Any]:
-        """The preprocessing metadata of ``kind`` for a single-input model, else a clear refusal."""
-        pre = self.preprocess
-        if pre is None or pre.get("kind") != kind:
-            raise UsageError(
-                f"cannot predict from {kind} '{path.name}': the model has no {kind} preprocessing "
-                f"metadata ({KEY_PREPROCESS} kind '{kind}'{needs}); {instead}"
-            )
-        if len(self._inputs) != 1:
-            article = "an" if kind[0] in "aeiou" else "a"
-            raise UsageError(
-                f"{article} {kind} gives one input but the model takes {len(self._inputs)}: {self._expects()}"
-            )
-        return pre
-
-    def _feeds_from_file(self, path: Path) -> tuple[dict[str, NDArray[Any]], str | None]:
-        suffix = path.suffix.lower()
-        names = [s.name for s in self._inputs]
-        if suffix in ARRAY_SUFFIXES:
-            return dict(load_arrays(path, names)), None
-        if suffix in IMAGE_SUFFIXES:
-            pre = self._preprocess_for("image", path, "", "pass the input as .npy or .npz")
-            return {names[0]: load_image(path, pre, self._inputs[0])}, None
-        if suffix in TEXT_SUFFIXES:
-            pre = self._preprocess_for("text", path, " with a 'vocab'", "pass token ids as .npy")
-            text = read_text(path)
-            return {names[0]: encode_text(text, text_vocab(pre))}, text
-        raise unsupported_file(path)
-
-    def _is_language_model(self, out: NDArray[Any]) -> bool:
+    def is_language_model(self, out: NDArray[Any]) -> bool:
         if self.task is not None:
             return self.task == "language_model"
-        pre = self.preprocess
-        vocab = pre.get("vocab") if pre and pre.get("kind") == "text" else None
-        return isinstance(vocab, list) and out.ndim == 3 and out.shape[-1] == len(vocab)
+        pre = self._info.preprocess
+        return isinstance(pre, TextPreprocess) and out.ndim == 3 and out.shape[-1] == len(pre.vocab)
 
-    def _is_classifier(self, out: NDArray[Any]) -> bool:
+    def is_classifier(self, out: NDArray[Any]) -> bool:
         if self.task is not None:
             return self.task == "classification"
         return self.labels is not None or out.ndim == 2
 
-    def _top_k(
-        self, probs: NDArray[np.float64], k: int, names: Sequence[str] | None
-    ) -> list[list[dict[str, Any]]]:
-        rows: list[list[dict[str, Any]]] = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            rows.append(
-                [
-                    {
-                        "label": names[i] if names is not None and i < len(names) else str(int(i)),
-                        "index": int(i),
-                        "prob": float(row[i]),
-                    }
-                    for i in order
-                ]
-            )
-        return rows
+    def predict_file(
+        self, path: str | os.PathLike[str], top_k: int = 5, *, preprocessed: bool = False
+    ) -> dict[str, Any]:
+        """Run the model on a file (or a folder of images) and return a JSON-ready result.
 
-    def predict_file(self, path: str | os.PathLike[str], top_k: int = 5) -> dict[str, Any]:
-        """Run the model on a file and return a JSON-ready result.
+        Inputs are raw (see :mod:`specc.runtime.predict` for the routes): ``.npy``/``.npz`` arrays in
+        the training data's units (``preprocessed=True``: already model inputs), images, ``.csv``
+        rows and ``.txt`` text, each preprocessed as the metadata records.
 
-        Supported: ``.npy`` (the single input), ``.npz`` (arrays by input name, or one array), images
-        ``.png/.jpg/.jpeg/.bmp`` (preprocessed per the ``image`` metadata) and ``.txt`` (encoded per
-        the ``text`` metadata; one trailing newline is dropped).
-
-        Result: ``{"task", "outputs": {name: nested lists}}``; classifiers add ``"top_k"``: per sample
-        a list of ``{"label", "index", "prob"}`` (softmax applied unless the output already sums to
-        1); language models give instead ``"top_k"`` for the next token after the last position, with
-        characters as labels, and ``"text"`` (the prompt), without the full logits.
+        Result: ``{"task", "ids", "outputs": {name: nested lists}}``; classifiers add ``"top_k"``:
+        per sample a list of ``{"label", "index", "prob"}`` (softmax applied unless the output
+        already sums to 1); language models give instead ``"top_k"`` for the next token after the
+        last position, with characters as labels, and ``"text"`` (the prompt), without the full
+        logits. Non-finite outputs are ``None`` and listed in ``"warnings"``: the result is valid JSON.
         """
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise UsageError(f"top_k must be a positive integer, got {top_k!r}")
+        from specc.runtime.predict import Options, json_safe, predict
+
         file = Path(path)
-        check_file(file)
-        if file.suffix.lower() not in (*ARRAY_SUFFIXES, *IMAGE_SUFFIXES, *TEXT_SUFFIXES):
-            raise unsupported_file(file)
-        feeds, text = self._feeds_from_file(file)
-        outputs = self(**feeds)
-        first = next(iter(outputs.values()))
-        result: dict[str, Any] = {"task": self.task}
-        if self._is_language_model(first):
-            if first.ndim != 3:
-                raise UsageError(
-                    f"language model output '{self._outputs[0].name}' has shape {first.shape}; "
-                    "expected [batch, seq, vocab]"
-                )
-            pre = self.preprocess or {}
-            vocab = pre.get("vocab") if pre.get("kind") == "text" else None
-            chars = [str(c) for c in vocab] if isinstance(vocab, list) else None
-            result["task"] = "language_model"
-            if text is not None:
-                result["text"] = text
-            result["top_k"] = self._top_k(_as_probabilities(first[:, -1, :]), top_k, chars)
-            return result
-        result["outputs"] = {k: v.tolist() for k, v in outputs.items()}
-        if self._is_classifier(first) and first.ndim in (1, 2):
-            scores = first.reshape(1, -1) if first.ndim == 1 else first
-            result["top_k"] = self._top_k(_as_probabilities(scores), top_k, self.labels)
+        if not file.exists():
+            raise UsageError(f"file not found: {file}")
+        result: dict[str, Any] = {"task": self.task, "ids": []}
+        tops: list[Any] = []
+        outputs: dict[str, list[Any]] = {}
+        warnings: list[str] = []
+        for chunk, outs, res in predict(self, file, top_k, Options(preprocessed=preprocessed)):
+            result["ids"] += chunk.ids
+            result["task"] = res.task
+            warnings += res.warnings
+            if chunk.text is not None:
+                result["text"] = chunk.text
+            tops += [row["top_k"] for row in res.rows if "top_k" in row]
+            if res.task != "language_model":
+                for name, value in outs.items():
+                    outputs.setdefault(name, []).extend(json_safe(value)[0])
+        if result["task"] != "language_model":
+            result["outputs"] = outputs
+        if tops:
+            result["top_k"] = tops
+        if warnings:
+            result["warnings"] = sorted(set(warnings))
         return result
 
 
@@ -597,7 +488,8 @@ def load(
     external = check_external_data(proto, model_path)
     if listed is not None:
         check_manifest_covers(model_path, listed, external)
-    metadata = _parse_metadata(proto)
+    props = _props(proto)
+    OnnxMetadata.from_props(props)  # an invalid specc.* entry is refused before a session exists
     del proto
     if intra_op_threads is not None and (
         not isinstance(intra_op_threads, int) or isinstance(intra_op_threads, bool) or intra_op_threads < 0
@@ -610,4 +502,4 @@ def load(
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
     except Exception as e:
         raise UsageError(f"onnxruntime cannot load '{model_path}': {e}") from e
-    return Model(session, metadata, model_path)
+    return Model(session, props, model_path)

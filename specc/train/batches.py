@@ -11,24 +11,19 @@ so the number of workers never changes a run.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from specc.atomic import atomic_write_text
 from specc.data import BOS_ID, PAD_ID, Augmenter, Dataset, Split, load_dataset
 from specc.errors import DataError
-
-DATA_FILE = "data.json"
 
 
 @dataclass(frozen=True)
@@ -142,27 +137,6 @@ def _class_notes(ds: Dataset, head: int, where: str, unit: str = "classes") -> l
     if n < head:
         return [f"data '{ds.name}' has {n} {unit}; {where}: the extra {head - n} are never targets"]
     return []
-
-
-def write_data_json(run: Path, ds: Dataset, io: ModelIO, labels: list[str] | None) -> None:
-    """Write ``RUN/data.json``: what the exporter embeds (preprocessing, class labels); see docs/training.md."""
-    info = {
-        "format": 1,
-        "source": ds.name,
-        "task": ds.task,
-        "num_classes": ds.num_classes,
-        "class_names": ds.class_names or labels,
-        "inputs": [
-            {"name": n, "shape": list(s), "dtype": d}
-            for n, s, d in zip(io.input_names, io.input_shapes, io.input_dtypes, strict=True)
-        ],
-        "output": io.output_name,
-        "sample_shape": list(ds.sample_shape),
-        "preprocess": ds.preprocess,
-        "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
-        "notes": ds.notes,
-    }
-    atomic_write_text(run / DATA_FILE, json.dumps(info, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -21,6 +21,7 @@ unless given, ``"rng"`` (see :func:`capture_rng_state`). Conventional keys: ``op
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -29,7 +30,7 @@ import random
 import re
 import shutil
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from specc.atomic import (
     sha256_file,
     temp_name,
 )
-from specc.errors import UsageError
+from specc.errors import OutputError, UsageError
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -62,6 +63,8 @@ __all__ = [
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "write_failure",
+    "writing",
 ]
 
 log = logging.getLogger(__name__)
@@ -364,6 +367,37 @@ def _prune(run_dir: Path, keep: int, step: int, final: Path) -> None:
         fsync_dir(run_dir / CHECKPOINTS_DIR)
 
 
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, if ``exc`` is an I/O failure: an OSError, or what safetensors and
+    ``torch.save`` raise instead (``SafetensorError: ... I/O error``, ``RuntimeError: [enforce fail
+    at inline_container.cc...] unexpected pos``, which is what a full disk gives); None otherwise."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and "I/O error" in text:
+        return text.split("I/O error: ", 1)[-1]
+    if isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        return "torch.save could not write the file (a full disk or a file size limit gives this)"
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an I/O failure inside the block into an :class:`~specc.errors.OutputError` naming ``path``
+    (and the free space left where the disk is nearly full); other errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        why = write_failure(exc)
+        if why is None:
+            raise
+        free = ""
+        with contextlib.suppress(OSError):
+            left = shutil.disk_usage(path.parent if path.parent.exists() else Path(".")).free
+            free = f"; {left:,} bytes free on its disk" if left < 64 * 1024 * 1024 else ""
+        raise OutputError(f"cannot write {path}: {why}{free}") from None
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike[str],
     step: int,
@@ -388,6 +422,8 @@ def save_checkpoint(
         TypeError: A value cannot be stored (not a tensor in ``model_state``; not loadable with
             ``weights_only=True`` in ``train_state``). Nothing is written then.
         ValueError: Bad ``step`` or ``keep``, or ``train_state["step"]`` differs from ``step``.
+        OutputError: A file could not be written (disk full, read-only, ...); the partial
+            checkpoint is removed and the previous ones are untouched.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
@@ -409,10 +445,12 @@ def save_checkpoint(
         fsync_dir(run)
     final = checkpoint_dir(run, step)
     tmp = root / temp_name(final.name)
-    tmp.mkdir()
+    with writing(final):
+        tmp.mkdir()
     try:
-        _write_model(tmp / MODEL_FILE, tensors, aliases)
-        _write_state(tmp / STATE_FILE, state)
+        with writing(final):
+            _write_model(tmp / MODEL_FILE, tensors, aliases)
+            _write_state(tmp / STATE_FILE, state)
         files = {}
         for name in _REQUIRED:
             fsync_file(tmp / name)
@@ -424,9 +462,10 @@ def save_checkpoint(
             "complete": True,
             "specc_version": _specc_version(),
         }
-        _write_manifest(tmp / MANIFEST_FILE, manifest)
-        fsync_dir(tmp)
-        _publish(tmp, final)
+        with writing(final):
+            _write_manifest(tmp / MANIFEST_FILE, manifest)
+            fsync_dir(tmp)
+            _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,9 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from specc.data.splits import DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from specc.errors import Diagnostic, Location, ParseError
@@ -22,6 +31,12 @@ from specc.load import LMap, apply_overrides, load_yaml_file
 Augmentation = Literal["resized_crop", "crop", "flip", "color_jitter"]
 Metric = str  # "accuracy", "perplexity", "exact_match" or "topK" (e.g. "top5"); checked below
 _METRIC_RE = re.compile(r"^(accuracy|perplexity|exact_match|top[1-9][0-9]*)$")
+
+
+def _tuple(value: Any) -> Any:
+    """A YAML list (``[0.9, 0.999]``, as train.yaml writes it) for a tuple field; strict mode takes
+    only tuples, and YAML has none."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class _Strict(BaseModel):
@@ -64,7 +79,9 @@ class TrainConfig(_Strict):
     lr: PositiveFloat = 1e-3
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(False, description="sgd only; needs momentum > 0")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw")
+    betas: Annotated[tuple[float, float], BeforeValidator(_tuple)] = Field(
+        (0.9, 0.999), description="adam/adamw"
+    )
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["none", "step", "cosine", "onecycle"] = "none"
     warmup_steps: NonNegativeInt = Field(0, description="linear warm-up from 0 (none/step/cosine)")

@@ -1,42 +1,36 @@
 """``specc train``: spec + data + config → a run folder (what the CLI command calls).
 
-Run folder (rank 0 writes it)::
-
-    RUN/spec.yaml          the resolved spec (``specc render``)
-    RUN/train.yaml         the training config, every default filled in
-    RUN/run.json           data source, device, world size, init-from, freeze, versions
-    RUN/data.json          preprocessing and class labels (read by the exporter)
-    RUN/train.log          the log lines
-    RUN/metrics.csv/.json  per epoch and final metrics; curves.png
-    RUN/checkpoints/       crash-safe checkpoints (specc.train.checkpoint)
-    RUN/model.safetensors  final weights
+The run folder's files and records are the contract :mod:`specc.contracts.run_folder`; rank 0
+claims, validates and writes it through :mod:`specc.train.folder` (marker, lock, resume checks,
+truthful terminal states). ``specc train --from RUN`` repeats a run from its folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from specc.atomic import atomic_write_text
+from specc.contracts.run_folder import DataSource, RunFolder, absolute, absolute_source, check_out
 from specc.data import Dataset
 from specc.errors import DataError, ShapeError, UsageError
 from specc.graph import Graph, infer
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
-from specc.train.batches import ModelIO, check_fit, load_for_model, write_data_json
+from specc.train import folder as run_folder
+from specc.train.batches import ModelIO, check_fit, load_for_model
 from specc.train.config import TrainConfig, load_train_config
 from specc.train.finetune import freeze, init_from
-from specc.train.loop import Outcome, StateOnly, StopRequest, Trainer
+from specc.train.loop import NonFiniteError, Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
 
 FINAL_WEIGHTS = "model.safetensors"
+FINISHED = ("completed", "early_stopped")
 
 
 @dataclass(frozen=True)
@@ -56,6 +50,7 @@ class TrainRequest:
     quiet: bool = False
     fsdp: bool = False
     label: str | None = None
+    from_run: Path | None = None
 
 
 @dataclass
@@ -75,6 +70,8 @@ class Session:
     spec_text: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    source: DataSource | None = None
+    spec_name: str = ""
 
 
 def pick_device(kind: str, dist: distributed.Dist) -> torch.device:
@@ -101,6 +98,8 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     from specc.nn import build
     from specc.summary import render
 
+    if req.from_run is not None:
+        req = from_run(req)
     graph = check(req.spec, req.sets, req.scale)
     cfg = load_train_config(
         graph.document.raw if graph.document else None, str(req.spec), req.config, req.sets
@@ -114,17 +113,28 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     dist = distributed.init(wanted)
     device = pick_device(req.device, dist)
     resume = req.resume or distributed.restart_count() > 0
-    _check_out(req.out, resume)
+    check_out(req.out, resume=resume)
     io = ModelIO.from_graph(graph)
-    ds = load_for_model(
-        req.data,
-        io,
+    source = DataSource(
+        source=absolute_source(req.data),
+        input_shape=list(io.input_shapes[0]),
+        input_dtype=io.input_dtypes[0],
         seed=cfg.seed,
-        seq_len=cfg.seq_len or nominal_seq_len(graph),
-        num_samples=cfg.num_samples,
         val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction,
+        seq_len=cfg.seq_len or nominal_seq_len(graph),
+        num_samples=cfg.num_samples,
         label=req.label,
+    )
+    ds = load_for_model(
+        source.source,
+        io,
+        seed=source.seed,
+        seq_len=source.seq_len,
+        num_samples=source.num_samples,
+        val_fraction=source.val_fraction,
+        test_fraction=source.test_fraction,
+        label=source.label,
         max_data_bytes=cfg.max_data_bytes,
         max_image_pixels=cfg.max_image_pixels,
     )
@@ -138,22 +148,50 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
         frozen = freeze(model, req.freeze)
         notes.append(f"froze {len(frozen)} parameters: {', '.join(frozen)}")
     info = {
-        "spec": str(req.spec),
-        "data": req.data,
-        "data_options": ds.options,
+        "spec": absolute(req.spec),
+        "data": source.source,
         "sets": list(req.sets),
         "scale": req.scale,
-        "config": str(req.config) if req.config else None,
-        "init_from": str(req.init_from) if req.init_from else None,
+        "config": absolute(req.config),
+        "init_from": absolute(req.init_from),
         "freeze": list(req.freeze),
+        "from_run": absolute(req.from_run),
     }
     session = Session(
         model, io, ds, cfg, req.out, device, dist, req.quiet, resume, graph.labels, render(graph), info, notes
     )
+    session.source, session.spec_name = source, graph.name
     try:
         return run_session(session, stop)
     finally:
         distributed.shutdown(dist)
+
+
+def from_run(req: TrainRequest) -> TrainRequest:
+    """``specc train --from RUN``: the request that repeats RUN: its resolved spec, training config,
+    data source (with every option that decides the splits), ``--init-from`` and ``--freeze``, and
+    its torch thread counts (sums are reduced in the same order, so a CPU run repeats bit for bit).
+    ``--set`` still applies on top."""
+    folder = RunFolder(req.from_run or Path())
+    if not folder.path.is_dir() or not folder.marked:
+        raise UsageError(f"--from {folder.path}: not a specc run folder (no marker)")
+    record = folder.read_data()
+    first = folder.read_run().invocations[0]
+    spec, sets, scale = folder.spec_source()
+    threads = first.threads
+    if threads.torch_intra_op and threads.torch_intra_op != torch.get_num_threads():
+        torch.set_num_threads(threads.torch_intra_op)
+    return replace(
+        req,
+        spec=spec,
+        sets=(*sets, *req.sets),
+        config=folder.file("train.yaml"),
+        data=record.data.source,
+        label=record.data.label if req.label is None else req.label,
+        scale=scale,
+        init_from=Path(first.init_from) if first.init_from and req.init_from is None else req.init_from,
+        freeze=tuple(first.freeze) if not req.freeze else req.freeze,
+    )
 
 
 def nominal_seq_len(graph: Graph) -> int | None:
@@ -183,24 +221,6 @@ def bind_sequence_dims(graph: Graph, ds: Dataset) -> None:
         ) from None
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    if resume:
-        return
-    used = [p.name for p in (out / ckpt.CHECKPOINTS_DIR, out / FINAL_WEIGHTS) if p.exists()]
-    if used:
-        raise UsageError(
-            f"--out {out} already holds a run ({', '.join(used)}); pass --resume to continue it "
-            "or choose another --out"
-        )
-    existing = out.absolute()
-    while not existing.exists():  # fail now, before loading data, if the folder cannot be made
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: cannot create the run folder ({existing} is not a writable folder)")
-
-
 def _determinism(cfg: TrainConfig) -> None:
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -209,26 +229,71 @@ def _determinism(cfg: TrainConfig) -> None:
 
 
 def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
-    """Train a prepared session: write the run files, resume if asked, fit, save the final weights."""
+    """Train a prepared session: claim the run folder (rank 0: lock, marker), validate a resume
+    against it, write the run files, fit, save the final weights, then the terminal status."""
     check_fit(s.ds, s.io)
+    if s.source is None:
+        s.source = _source_of(s)
+    lock = None
+    problem: BaseException | None = None
+    latest = None
     try:
-        s.run.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {s.run}: cannot create the run folder ({exc.strerror})") from None
-    report = RunReport(s.run, write=s.dist.is_main, quiet=s.quiet, log_every=s.cfg.log_every)
-    if s.dist.is_main:
-        ckpt.clean_stale(s.run)
-        _write_run_files(s)
-    _prepare_model(s, report)
-    trainer = Trainer(s.model, s.io, s.ds, s.cfg, s.run, s.device, s.dist, report)
-    _log_start(s, report)
-    if s.resume:
-        step = trainer.resume()
-        report.log(
-            f"resumed from step {step}" if step is not None else f"no checkpoint in {s.run}: starting fresh"
-        )
-    trainer.wrap()
+        if s.dist.is_main:
+            try:
+                lock = run_folder.claim(s.run, resume=s.resume)
+                if s.resume:
+                    latest = run_folder.validate_resume(
+                        s.run, cfg=s.cfg, source=s.source, model=s.model, spec_text=s.spec_text
+                    )
+            except BaseException as exc:  # every rank must stop, not only rank 0
+                problem = exc
+        _agree(s, problem)
+        report = RunReport(s.run, write=s.dist.is_main, quiet=s.quiet, log_every=s.cfg.log_every)
+        if s.dist.is_main:
+            ckpt.clean_stale(s.run)
+            _write_run_files(s)
+        return _fit(s, report, stop, finished=latest is not None and _finished(s.run))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _agree(s: Session, problem: BaseException | None) -> None:
+    """Rank 0's refusal (lock, folder, resume) stops every rank before the first collective."""
+    if s.dist.enabled:
+        flag = torch.tensor([float(problem is not None)], device=s.device)
+        if s.dist.all_max(flag).item() and problem is None:
+            raise UsageError(f"rank 0 refused the run folder {s.run} (its error says why)")
+    if problem is not None:
+        raise problem
+
+
+def _finished(run: Path) -> bool:
+    return (run / FINAL_WEIGHTS).is_file() and RunFolder(run).read_status() in FINISHED
+
+
+def _fit(s: Session, report: RunReport, stop: StopRequest | None, *, finished: bool) -> Outcome:
+    """Fit and finish; any failure ends with ``failed: ...`` in metrics.json (I/O failures as an
+    OutputError naming the path, exit 2)."""
+    trainer: Trainer | None = None
     try:
+        _prepare_model(s, report)
+        trainer = Trainer(s.model, s.io, s.ds, s.cfg, s.run, s.device, s.dist, report)
+        _log_start(s, report)
+        if s.resume:
+            step = trainer.resume()
+            report.log(
+                f"resumed from step {step}"
+                if step is not None
+                else f"no checkpoint in {s.run}: starting fresh"
+            )
+            if finished and trainer.state.step >= trainer.total_steps:
+                status = RunFolder(s.run).read_status() or "completed"
+                report.log(
+                    f"the run is finished ({status} at step {step}): nothing to train, nothing changed"
+                )
+                return Outcome(status, trainer.state.step, None)
+        trainer.wrap()
         with contextlib.nullcontext(stop) if stop is not None else StopRequest() as active:
             outcome = trainer.fit(active)
         if outcome.status == "interrupted":
@@ -238,9 +303,34 @@ def run_session(s: Session, stop: StopRequest | None = None) -> Outcome:
                 s.dist.barrier()  # as in _finish: rank 0 may still be writing what all ranks gathered
             return outcome
         _finish(s, trainer, outcome, report)
+        return outcome
+    except NonFiniteError:
+        raise  # the loop wrote its failed status already
+    except BaseException as exc:
+        output = run_folder.as_output_error(exc, s.run)
+        if s.dist.is_main:
+            why = str(output) if output is not None else f"{type(exc).__name__}: {exc}"
+            history = trainer.state.history if trainer is not None else []
+            run_folder.record_failure(s.run, f"failed: {why}", history)
+        if output is not None and output is not exc:
+            raise output from None
+        raise
     finally:
         report.close()
-    return outcome
+
+
+def _source_of(s: Session) -> DataSource:
+    """The data options of a session built by hand (:func:`train_module`): the config's."""
+    return DataSource(
+        source=absolute_source(s.ds.name),
+        input_shape=list(s.io.input_shapes[0]),
+        input_dtype=s.io.input_dtypes[0],
+        seed=s.cfg.seed,
+        val_fraction=s.cfg.val_fraction,
+        test_fraction=s.cfg.test_fraction,
+        seq_len=s.cfg.seq_len,
+        num_samples=s.cfg.num_samples,
+    )
 
 
 def _prepare_model(s: Session, report: RunReport) -> None:
@@ -275,20 +365,17 @@ def sync_batchnorm(model: nn.Module, cuda: bool = False) -> int:
 
 
 def _write_run_files(s: Session) -> None:
-    import yaml
-
-    if s.spec_text is not None:
-        atomic_write_text(s.run / "spec.yaml", s.spec_text)
-    atomic_write_text(s.run / "train.yaml", yaml.safe_dump(s.cfg.model_dump(mode="json"), sort_keys=False))
-    info = {
-        **s.info,
-        "device": str(s.device),
-        "world_size": s.dist.world,
-        "torch": torch.__version__,
-        "resume": s.resume,
-    }
-    atomic_write_text(s.run / "run.json", json.dumps(info, indent=2) + "\n")
-    write_data_json(s.run, s.ds, s.io, s.labels)
+    assert s.source is not None
+    inputs = list(zip(s.io.input_names, s.io.input_shapes, s.io.input_dtypes, strict=True))
+    run_folder.write_run_files(
+        s.run,
+        spec_text=s.spec_text,
+        cfg=s.cfg,
+        record=run_folder.data_record(s.ds, s.source, inputs, s.io.output_name, s.labels),
+        started=run_folder.invocation(s.info, resume=s.resume, device=str(s.device), world=s.dist.world),
+        spec_name=s.spec_name or type(s.model).__name__,
+        params=sum(p.numel() for p in s.model.parameters()),
+    )
 
 
 def _log_start(s: Session, report: RunReport) -> None:
@@ -312,16 +399,20 @@ def _log_start(s: Session, report: RunReport) -> None:
 
 
 def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -> None:
+    """Final weights first, then the log lines, then the terminal status (written last: a status
+    ``completed`` always has its ``model.safetensors``)."""
     from specc.nn import save_weights
 
-    report.write_metrics(trainer.state.history, outcome.final, outcome.status)
+    target = s.run / FINAL_WEIGHTS
     if trainer.fsdp:
         full = trainer.model_state()  # a collective: every rank gathers, rank 0 holds the result
         if s.dist.is_main:
-            save_weights(StateOnly(full), s.run / FINAL_WEIGHTS)
+            with ckpt.writing(target):
+                save_weights(StateOnly(full), target)
         s.dist.barrier()  # the others must not tear the process group down while rank 0 writes
     elif s.dist.is_main:
-        save_weights(s.model, s.run / FINAL_WEIGHTS)
+        with ckpt.writing(target):
+            save_weights(s.model, target)
     final = outcome.final or {}
     shown = ", ".join(
         f"{k} {v:.4f}"
@@ -329,7 +420,8 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
         if isinstance(v, float) and (k.startswith("test_") or k.startswith("val_"))
     )
     report.log(f"done ({outcome.status}) at step {outcome.step}: {shown}")
-    report.log(f"weights: {s.run / FINAL_WEIGHTS}")
+    report.log(f"weights: {target}")
+    report.write_metrics(trainer.state.history, outcome.final, outcome.status)
 
 
 def train_module(
@@ -342,7 +434,13 @@ def train_module(
     resume: bool = False,
     device: str = "cpu",
     quiet: bool = True,
+    source: DataSource | None = None,
 ) -> Outcome:
-    """Train any ``nn.Module`` whose inputs/output ``io`` describes (library use and tests)."""
+    """Train any ``nn.Module`` whose inputs/output ``io`` describes (library use and tests).
+
+    ``source`` records how ``ds`` was loaded (``RUN/data.json``); by default the config's seed,
+    fractions, sequence length and sample count, which is right when ``ds`` was loaded with them."""
     dist = distributed.Dist()
-    return run_session(Session(model, io, ds, cfg, run, pick_device(device, dist), dist, quiet, resume))
+    session = Session(model, io, ds, cfg, run, pick_device(device, dist), dist, quiet, resume)
+    session.source = source
+    return run_session(session)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli
+from conftest import run_cli, train_run
 
 from specc.runtime import load, read_metadata
 
@@ -24,23 +24,23 @@ layers:
   - flatten
   - linear: {out_features: 3, name: head}
 """
-PREPROCESS = {"kind": "image", "mean": [0.5], "std": [0.25], "size": [12, 12], "channels": 1}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder (weights + data.json) exported once with --int8 --fp16 --optimize."""
-    from specc.nn import build, save_weights
+    """A real run folder (tiny_cnn trained one epoch on a generated 3-class image folder x/y/z)
+    exported once with --int8 --fp16 --optimize."""
+    from PIL import Image
 
     root = tmp_path_factory.mktemp("export")
-    spec = root / "tiny_cnn.yaml"
-    spec.write_text(SPEC)
-    run = root / "run"
-    run.mkdir()
-    save_weights(build(spec, seed=3), run / "model.safetensors")
-    (run / "data.json").write_text(
-        json.dumps({"preprocess": PREPROCESS, "class_names": ["x", "y", "z"], "task": "classification"})
-    )
+    rng = np.random.default_rng(0)
+    for k, c in enumerate("xyz"):
+        (root / "images" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(40 * k, 40 * k + 120, (12, 12), np.uint8)).save(
+                root / "images" / c / f"{i}.png"
+            )
+    spec, run = train_run(root, SPEC, str(root / "images"), "--set", "train.epochs=1", name="tiny_cnn")
     out = root / "m.onnx"
     r = run_cli(
         "export",
@@ -79,7 +79,9 @@ def test_metadata_round_trip(exported: Path) -> None:
     assert meta["specc.inputs"] == [{"name": "image", "shape": ["batch", 1, 12, 12], "dtype": "float32"}]
     assert meta["specc.outputs"] == [{"name": "output", "shape": ["batch", 3], "dtype": "float32"}]
     assert meta["specc.labels"] == ["zero", "one", "two"]  # the spec's labels win over data.json
-    assert meta["specc.preprocess"] == PREPROCESS and meta["specc.task"] == "classification"
+    run = exported.parent / "tiny_cnn"
+    assert meta["specc.preprocess"] == json.loads((run / "data.json").read_text())["preprocess"]
+    assert meta["specc.preprocess"]["size"] == [12, 12] and meta["specc.task"] == "classification"
     assert meta["specc.version"]
     proto = onnx.load(str(exported))
     assert any(n.name.startswith("/stem/") for n in proto.graph.node)
@@ -109,27 +111,8 @@ def test_variants_written_and_checked(exported: Path) -> None:
         assert v["output_change"]["output"]["max_abs"] < 0.1
         assert read_metadata(path)["specc.variant"] == kind
         load(path)  # manifest verified
-    assert report["variants"]["int8"]["accuracy"] is None  # data.json names no data source
-
-
-def test_int8_accuracy_on_validation_split(tmp_path: Path) -> None:
-    from specc.nn import build, save_weights
-
-    spec = tmp_path / "iris.yaml"
-    spec.write_text(
-        "specc: 1\nname: iris_mlp\ninputs: {x: {shape: [4]}}\nlayers: [linear: 16, relu, linear: 3]\n"
-    )
-    run = tmp_path / "run"
-    run.mkdir()
-    save_weights(build(spec), run / "model.safetensors")
-    (run / "data.json").write_text(json.dumps({"source": "iris", "task": "classification", "seed": 0}))
-    r = run_cli(
-        "export", str(spec), "-w", str(run), "--out", str(tmp_path / "m.onnx"), "--int8", "--fp16", "--json"
-    )
-    assert r.code == 0, r.err
-    for kind in ("int8", "fp16"):
-        acc = json.loads(r.out)["variants"][kind]["accuracy"]
-        assert "iris (validation" in acc["split"] and 0 <= acc[kind] <= 1 and 0 <= acc["fp32"] <= 1
+    acc = report["variants"]["int8"]["accuracy"]  # on the run's own validation split
+    assert acc["split"].endswith("images (validation, 2 samples)") and 0 <= acc["fp32"] <= 1
 
 
 def test_predict_npy_and_png(exported: Path, tmp_path: Path) -> None:
@@ -143,7 +126,7 @@ def test_predict_npy_and_png(exported: Path, tmp_path: Path) -> None:
     Image.fromarray((np.arange(400).reshape(20, 20) % 255).astype(np.uint8)).save(tmp_path / "d.png")
     r = run_cli("predict", str(exported), "--input", str(tmp_path / "d.png"))
     assert r.code == 0, r.err
-    assert r.out.startswith("sample 0: ")
+    assert r.out.startswith("sample d.png: ")
 
 
 def test_predict_wrong_shape_is_usage_error(exported: Path, tmp_path: Path) -> None:

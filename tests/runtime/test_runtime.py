@@ -493,11 +493,17 @@ def test_classifier_predict_npy_npz(tmp_path: Path, clf: Model) -> None:
 def test_predict_file_errors(tmp_path: Path, clf: Model) -> None:
     with pytest.raises(UsageError, match="file not found"):
         clf.predict_file(tmp_path / "missing.npy")
-    (tmp_path / "data.csv").write_text("1,2,3,4\n")
+    (tmp_path / "data.xyz").write_text("1,2,3,4\n")
     with pytest.raises(
         UsageError,
-        match=r"unsupported file kind '.csv'; supported: .npy, .npz, .png, .jpg, .jpeg, .bmp, .txt",
+        match=r"unsupported file kind '.xyz'; supported: .npy, .npz, .png, .jpg, .jpeg, .bmp, .txt, .csv",
     ):
+        clf.predict_file(tmp_path / "data.xyz")
+    (tmp_path / "data.csv").write_text("1,2,3,4\n")
+    with pytest.raises(UsageError, match="the first row must be a header of column names"):
+        clf.predict_file(tmp_path / "data.csv")
+    (tmp_path / "data.csv").write_text("a,b,c,d\n")
+    with pytest.raises(UsageError, match="has a header but no data rows"):
         clf.predict_file(tmp_path / "data.csv")
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     with pytest.raises(UsageError, match="no image preprocessing metadata"):
@@ -534,7 +540,9 @@ def test_import_does_not_pull_torch() -> None:
         "import sys, specc.runtime\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "extra = sorted(m for m in sys.modules if m.startswith('specc') and m not in "
-        "{'specc', 'specc.errors', 'specc.runtime', 'specc.runtime.model', 'specc.runtime.inputs', 'specc.runtime.session'})\n"
+        "{'specc', 'specc.errors', 'specc.runtime', 'specc.runtime.model', 'specc.runtime.inputs', "
+        "'specc.runtime.session', 'specc.contracts', 'specc.contracts.base', 'specc.contracts.onnx_metadata', "
+        "'specc.contracts.preprocess'})\n"
         "assert not extra, extra\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

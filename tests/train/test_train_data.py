@@ -78,6 +78,6 @@ def test_csv_with_label_column(tmp_path: Path) -> None:
     assert "column 'shade': categorical, one-hot over 2 categories" in res.out
     pre = json.loads((tmp_path / "r" / "data.json").read_text())["preprocess"]
     assert pre["label_column"] == "kind" and pre["categories"] == {"shade": ["dark", "light"]}
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["data_options"]["label"] == "kind"
+    assert json.loads((tmp_path / "r" / "data.json").read_text())["data"]["label"] == "kind"
     wrong = run_cli("train", str(spec), "--data", "digits", "--label", "kind", "--out", str(tmp_path / "r3"))
     assert wrong.code == 2 and "--label names a column of a table" in wrong.err

@@ -1,0 +1,403 @@
+"""The run folder of ``specc train``: its files, the records in them, its marker and its lock.
+
+::
+
+    RUN/.specc-run          marker, written first: this folder belongs to specc (format, creation)
+    RUN/.specc-lock         fcntl lock held by the one process that trains into the folder
+    RUN/spec.yaml           the resolved spec (``specc render``)
+    RUN/train.yaml          the training config, every default filled in (loads with --config)
+    RUN/run.json            RunRecord: every start of the run (absolute paths, versions, threads)
+    RUN/data.json           DataRecord: the data source with every option that rebuilds its splits,
+                            the task, labels, input shapes and the preprocessing
+    RUN/train.log, metrics.csv, metrics.json, curves.png, checkpoints/, model.safetensors
+
+Writer: :mod:`specc.train.runner` (rank 0). Readers: ``specc export`` (labels, preprocessing, the
+validation and calibration splits), ``specc eval``, ``specc train --from`` and ``--resume``.
+Torch-free; the data layer is imported only when a split is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt
+
+from specc.atomic import atomic_write_text, fsync_dir
+from specc.contracts.base import MAX_CONTRACT_BYTES, Contract, loads, parse
+from specc.contracts.onnx_metadata import Task, TensorEntry
+from specc.contracts.preprocess import Preprocess
+from specc.errors import UsageError
+
+if TYPE_CHECKING:
+    from specc.data import Dataset
+    from specc.train.config import TrainConfig
+
+FORMAT = 2
+MARKER_FILE = ".specc-run"
+LOCK_FILE = ".specc-lock"
+SPEC_FILE = "spec.yaml"
+TRAIN_FILE = "train.yaml"
+RUN_FILE = "run.json"
+DATA_FILE = "data.json"
+LOG_FILE = "train.log"
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+CURVES_PNG = "curves.png"
+MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+def now() -> str:
+    """The current time, ISO 8601 with the UTC offset (seconds)."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------- records
+
+
+class DataSource(Contract):
+    """A data source and every option of :func:`specc.data.load_dataset` that decides its splits:
+    loading it again gives the same train/val/test samples with the same standardisation."""
+
+    source: Annotated[str, Field(min_length=1)]
+    input_shape: list[PositiveInt | str] | None
+    input_dtype: str
+    seed: NonNegativeInt
+    val_fraction: Fraction
+    test_fraction: Fraction
+    seq_len: PositiveInt | None = None
+    num_samples: PositiveInt | None = None
+    label: str | None = Field(None, description="the label column of a table")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`specc.data.load_dataset` (after the source); options left at
+        None are not passed (a data layer without them loads the same splits)."""
+        kw = self.model_dump(exclude={"source", "label"})
+        kw["input_shape"] = tuple(self.input_shape) if self.input_shape is not None else None
+        if self.label is not None:
+            kw["label"] = self.label
+        return kw
+
+    def load(self) -> Dataset:
+        """The data set with exactly the splits of the run (DataError when it cannot be read)."""
+        from specc.data import load_dataset
+
+        return load_dataset(self.source, **self.load_kwargs())
+
+    def differences(self, other: DataSource) -> list[str]:
+        """``field: recorded vs now`` for every option that differs."""
+        mine, theirs = self.model_dump(), other.model_dump()
+        return [f"data.{k}: {mine[k]!r} in the run, {theirs[k]!r} now" for k in mine if mine[k] != theirs[k]]
+
+
+class Sizes(Contract):
+    train: NonNegativeInt
+    val: NonNegativeInt
+    test: NonNegativeInt
+
+
+class DataRecord(Contract):
+    """``RUN/data.json``: what the model was trained on and how its inputs were made."""
+
+    format: Literal[2] = 2
+    data: DataSource
+    task: Task
+    num_classes: PositiveInt | None = Field(description="classes, or the vocabulary size of token tasks")
+    class_names: list[str] | None
+    inputs: list[TensorEntry] = Field(description="per-sample shapes (no batch axis)")
+    output: str
+    sample_shape: list[NonNegativeInt]
+    preprocess: Preprocess
+    sizes: Sizes
+    notes: list[str] = []
+
+
+class Versions(Contract):
+    specc: str
+    python: str
+    platform: str
+    packages: dict[str, str] = Field(description="installed versions of the libraries a run depends on")
+
+
+class Threads(Contract):
+    torch_intra_op: PositiveInt | None = None
+    torch_inter_op: PositiveInt | None = None
+    cpu_count: PositiveInt | None = None
+    env: dict[str, str] = Field(default={}, description="OMP_NUM_THREADS, MKL_NUM_THREADS, ... as set")
+
+
+class Invocation(Contract):
+    """One start of a run (the first, then every --resume); paths are absolute."""
+
+    started: str
+    spec: str
+    data: str
+    sets: list[str]
+    scale: str | None
+    config: str | None
+    init_from: str | None
+    freeze: list[str]
+    resume: bool
+    from_run: str | None = None
+    device: str
+    world_size: PositiveInt
+    cwd: str
+    host: str
+    pid: PositiveInt
+    versions: Versions
+    threads: Threads
+
+
+class RunRecord(Contract):
+    """``RUN/run.json``: the spec's identity and every start of the run, oldest first."""
+
+    format: Literal[2] = 2
+    spec_name: str
+    params: NonNegativeInt
+    invocations: Annotated[list[Invocation], Field(min_length=1)]
+
+
+class Marker(Contract):
+    """``RUN/.specc-run``: written before anything else in a new run folder."""
+
+    format: Literal[2] = 2
+    created: str
+    specc: str
+
+
+class LockOwner(Contract):
+    """What ``RUN/.specc-lock`` says about the process holding it."""
+
+    pid: PositiveInt
+    host: str
+    since: str
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+def absolute_source(source: str) -> str:
+    """A data source with its path made absolute (``text:PATH`` too); named sources as they are."""
+    prefix, sep, rest = source.partition(":")
+    if sep and rest and len(prefix) > 1 and Path(rest).expanduser().exists():
+        return f"{prefix}:{Path(rest).expanduser().absolute()}"
+    path = Path(source).expanduser()
+    return str(path.absolute()) if path.exists() else source
+
+
+def absolute(path: Path | None) -> str | None:
+    return str(path.expanduser().absolute()) if path is not None else None
+
+
+# ----------------------------------------------------------------------------------------- folder
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder's paths and typed readers (writers: :mod:`specc.train.runner`)."""
+
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def marked(self) -> bool:
+        """The folder carries the specc marker (it was made by ``specc train``)."""
+        return (self.path / MARKER_FILE).is_file()
+
+    @property
+    def holds_run(self) -> bool:
+        """Checkpoints or final weights exist: starting afresh would overwrite a run."""
+        return (self.path / CHECKPOINTS_DIR).exists() or (self.path / MODEL_FILE).exists()
+
+    def foreign_entries(self) -> list[str]:
+        """Entries of an existing folder other than our lock file (empty: nothing to lose)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+
+    def _read_json(self, name: str) -> Any:
+        file = self.path / name
+        try:
+            if file.stat().st_size > MAX_CONTRACT_BYTES:
+                raise UsageError(f"{file} is larger than {MAX_CONTRACT_BYTES:,} bytes")
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"{self.path} is not a complete run folder: {name} is missing") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {file}: {exc}") from None
+        return loads(text, str(file))
+
+    def read_data(self) -> DataRecord:
+        """``data.json``; a record of an older specc (format 1, without the split options) is refused."""
+        raw = self._read_json(DATA_FILE)
+        if isinstance(raw, dict) and raw.get("format", FORMAT) != FORMAT:
+            raise UsageError(
+                f"{self.path / DATA_FILE} is format {raw.get('format')!r} (an older specc, which did not "
+                f"record the seed and split fractions); this specc reads format {FORMAT}: train the run again"
+            )
+        return parse(DataRecord, raw, str(self.path / DATA_FILE))
+
+    def read_run(self) -> RunRecord:
+        return parse(RunRecord, self._read_json(RUN_FILE), str(self.path / RUN_FILE))
+
+    def read_status(self) -> str | None:
+        """``metrics.json``'s status (``running``, ``completed``, ``failed: ...``), None if unreadable."""
+        with contextlib.suppress(UsageError):
+            raw = self._read_json(METRICS_JSON)
+            return raw.get("status") if isinstance(raw, dict) and isinstance(raw.get("status"), str) else None
+        return None
+
+    def spec_source(self) -> tuple[Path, tuple[str, ...], str | None]:
+        """``(spec file, --set, --scale)`` that build this run's model: ``spec.yaml`` when it loads as
+        a spec; else (``specc render`` output that is not yet a spec) the run's first recorded spec
+        with its ``--set``/``--scale``, provided it still renders to exactly ``spec.yaml``."""
+        from specc.api import check
+        from specc.errors import SpecError
+        from specc.summary import render
+
+        resolved = self.path / SPEC_FILE
+        if not resolved.is_file():
+            raise UsageError(f"{self.path} is not a complete run folder: {SPEC_FILE} is missing")
+        try:
+            check(resolved)
+            return resolved, (), None
+        except SpecError as exc:
+            problem = str(exc).splitlines()[0]
+        first = self.read_run().invocations[0]
+        original = Path(first.spec)
+        try:
+            same = original.is_file() and render(
+                check(original, first.sets, first.scale)
+            ) == resolved.read_text(encoding="utf-8")
+        except SpecError:
+            same = False
+        if not same:
+            raise UsageError(
+                f"{resolved} does not load as a spec ({problem}) and the run's original spec {original} "
+                "no longer renders to it"
+            )
+        return original, tuple(first.sets), first.scale
+
+    def read_train_config(self) -> TrainConfig:
+        from specc.train.config import load_train_config
+
+        file = self.path / TRAIN_FILE
+        if not file.is_file():
+            raise UsageError(f"{self.path} is not a complete run folder: {TRAIN_FILE} is missing")
+        return load_train_config(None, str(file), file)
+
+    # -- writers (rank 0 of specc train only) ----------------------------------------------------
+
+    def write(self, name: str, record: Contract) -> None:
+        atomic_write_text(self.path / name, record.model_dump_json(indent=2) + "\n")
+
+    def write_marker(self, specc_version: str) -> None:
+        self.write(MARKER_FILE, Marker(created=now(), specc=specc_version))
+        fsync_dir(self.path)
+
+
+def check_out(folder: Path, *, resume: bool) -> None:
+    """Refuse an ``--out`` specc must not write into (no side effects; called before any work).
+
+    Accepted: a path that does not exist yet (its nearest existing parent writable), an empty
+    folder, or a folder carrying the specc marker (with ``resume``, or holding no run yet).
+    """
+    run = RunFolder(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} exists and is not a folder")
+    if folder.is_dir():
+        if not run.marked and run.foreign_entries():
+            shown = ", ".join(run.foreign_entries()[:5])
+            raise UsageError(
+                f"--out {folder} is not a specc run folder (no {MARKER_FILE} marker) and is not empty "
+                f"({shown}{', ...' if len(run.foreign_entries()) > 5 else ''}); specc trains only into a "
+                "new or empty folder or one of its own run folders, so that no file of yours is replaced"
+            )
+        if run.marked and run.holds_run and not resume:
+            held = [n for n in (CHECKPOINTS_DIR, MODEL_FILE) if (folder / n).exists()]
+            raise UsageError(
+                f"--out {folder} already holds a run ({', '.join(held)}); pass --resume to continue it "
+                "or choose another --out"
+            )
+        return
+    existing = folder.absolute()
+    while not existing.exists():  # fail now, before loading data, if the folder cannot be made
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--out {folder}: cannot create the run folder ({existing} is not a writable folder)"
+        )
+
+
+# ------------------------------------------------------------------------------------------- lock
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``RUN/.specc-lock`` for the life of a run.
+
+    The kernel releases it when the holder exits (even by SIGKILL), so a lock is never stale; the
+    file's content (:class:`LockOwner`) only tells a refused process who holds it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise a UsageError naming its owner (pid, host, since)."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise UsageError(
+                f"run folder {self.path.parent} is in use by {self._owner()}; wait for it to finish "
+                "or choose another --out"
+            ) from None
+        self._fd = fd
+        owner = LockOwner(pid=os.getpid(), host=socket.gethostname(), since=now())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, owner.model_dump_json().encode(), 0)
+        os.fsync(fd)
+
+    def _owner(self) -> str:
+        try:
+            owner = LockOwner.model_validate_json(self.path.read_bytes()[:4096])
+        except (OSError, ValueError):
+            return f"another process (lock {self.path})"
+        return f"process {owner.pid} on {owner.host} (since {owner.since}; lock {self.path})"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def record_json(record: Contract) -> dict[str, Any]:
+    """A record as plain JSON data (for reports)."""
+    out: dict[str, Any] = json.loads(record.model_dump_json())
+    return out

@@ -1,0 +1,137 @@
+"""The contract models: today's preprocessing records of every data source validate, bad or
+oversized ones are refused with the field named, and the ONNX metadata round-trips through props."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specc.contracts.onnx_metadata import OnnxMetadata, TensorEntry
+from specc.contracts.preprocess import (
+    FeaturesPreprocess,
+    ImagePreprocess,
+    TextPreprocess,
+    parse_preprocess,
+    preprocess_json,
+)
+from specc.data import load_dataset
+from specc.errors import UsageError
+
+
+def _sources(tmp_path: Path) -> list[tuple[str, tuple[int | str, ...], str]]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "seq.npz", x=rng.normal(size=(40, 5, 3)), y=rng.integers(0, 2, 40))
+    np.savez(
+        tmp_path / "u8.npz", x=rng.integers(0, 255, (40, 1, 4, 4), dtype=np.uint8), y=rng.integers(0, 2, 40)
+    )
+    (tmp_path / "t.csv").write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30)))
+    for c in ("p", "q"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), np.uint8)).save(
+                tmp_path / "imgs" / c / f"{i}.png"
+            )
+    return [
+        ("digits", (1, 12, 12), "float32"),
+        ("digits", (64,), "float32"),
+        ("wine", (13,), "float32"),
+        ("text:stdlib", (16,), "int64"),
+        ("reverse", (8,), "int64"),
+        (str(tmp_path / "seq.npz"), (5, 3), "float32"),
+        (str(tmp_path / "u8.npz"), (1, 4, 4), "float32"),
+        (str(tmp_path / "t.csv"), (2,), "float32"),
+        (str(tmp_path / "imgs"), (3, 6, 6), "float32"),
+    ]
+
+
+def test_every_data_source_gives_a_valid_record_that_fits_its_input(tmp_path: Path) -> None:
+    """The data layer's ``Dataset.preprocess`` dicts (one writer) validate as they are, round-trip
+    through JSON unchanged, and fit the input shape they were made for."""
+    for source, shape, dtype in _sources(tmp_path):
+        ds = load_dataset(source, input_shape=shape, input_dtype=dtype, num_samples=60)
+        record = parse_preprocess(ds.preprocess, source)
+        assert record.kind == ds.preprocess["kind"]
+        assert preprocess_json(record) == {k: v for k, v in ds.preprocess.items() if v is not None} | (
+            {"flatten": False} if record.kind == "image" and "flatten" not in ds.preprocess else {}
+        )
+        assert record.fits(shape) is None, (source, record.fits(shape))
+        assert parse_preprocess(json.loads(json.dumps(preprocess_json(record))), source) == record
+
+
+def test_raw_arrays_get_the_recorded_standardisation(tmp_path: Path) -> None:
+    """from_array applied to the raw values reproduces the data layer's training inputs exactly."""
+    from sklearn.datasets import load_wine
+
+    ds = load_dataset("wine", input_shape=(13,), input_dtype="float32", seed=5)
+    pre = parse_preprocess(ds.preprocess, "wine")
+    raw = load_wine().data.astype(np.float32)
+    out = pre.from_array(raw, (13,))
+    # every training sample is one standardised raw row
+    matches = [np.abs(out - row).max(axis=1).min() for row in ds.train.x[:20]]
+    assert max(matches) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            {"kind": "image", "mean": [0.5], "std": [0.2], "size": [50000, 50000]},
+            "less than or equal to 16384",
+        ),
+        (
+            {"kind": "image", "mean": [0.5], "std": [0.2], "size": [16000, 16000], "channels": 3},
+            "over the budget",
+        ),
+        ({"kind": "image", "mean": [0.5], "std": [0.0]}, "greater than 0"),
+        ({"kind": "features", "mean": [0.1, 0.2], "std": [1.0]}, "mean has 2 values but std 1"),
+        ({"kind": "features", "mean": [float("nan")], "std": [1.0]}, "finite number"),
+        ({"kind": "features", "mean": [1], "std": [1], "colour": "red"}, "Extra inputs are not permitted"),
+        ({"kind": "text", "vocab": ["", "a"], "pad": 7}, "pad 7 / unk 0 are not ids"),
+        ({"kind": "pixels", "mean": [0]}, "does not match any of the expected tags"),
+        ({"kind": "image", "mean": ["0.5"], "std": [1.0]}, "valid number"),
+    ],
+)
+def test_bad_records_are_refused_naming_the_field(record: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match="RUN/data.json is invalid") as exc:
+        parse_preprocess(record, "RUN/data.json")
+    assert message in str(exc.value)
+
+
+def test_fits_names_the_mismatch() -> None:
+    image = ImagePreprocess(mean=[0.5], std=[0.2], size=[28, 28], channels=1)
+    assert image.fits((1, 28, 28)) is None
+    assert "images of size [28, 28] do not fit the input shape (1, 12, 12)" == image.fits((1, 12, 12))
+    assert image.fits((3, 28, 28)) == "1-channel images do not fit the input shape (3, 28, 28)"
+    flat = ImagePreprocess(mean=[0.5], std=[0.2], size=[8, 8], channels=1, flatten=True)
+    assert flat.fits((64,)) is None and flat.fits((63,))
+    assert FeaturesPreprocess(mean=[0.0] * 4, std=[1.0] * 4).fits((5,))
+    assert TextPreprocess(vocab=["", "a"]).fits(("seq",)) is None
+
+
+def test_onnx_metadata_round_trips_and_names_a_bad_key() -> None:
+    meta = OnnxMetadata(
+        version="0.1.0",
+        spec_name="m",
+        spec_hash="a" * 64,
+        inputs=[TensorEntry(name="x", shape=["batch", 4], dtype="float32")],
+        outputs=[TensorEntry(name="y", shape=["batch", 3], dtype="float32")],
+        labels=["a", "b", "c"],
+        preprocess=FeaturesPreprocess(mean=[0.0] * 4, std=[1.0] * 4),
+        task="classification",
+    )
+    props = meta.to_props()
+    assert props["specc.spec_name"] == "m" and json.loads(props["specc.labels"]) == ["a", "b", "c"]
+    assert OnnxMetadata.from_props({**props, "other.tool": "kept elsewhere"}) == meta
+    assert OnnxMetadata.from_props({}) == OnnxMetadata()
+    with pytest.raises(UsageError, match="model metadata 'specc.task' is invalid"):
+        OnnxMetadata.from_props({**props, "specc.task": "painting"})
+    with pytest.raises(UsageError, match="model metadata 'specc.labels' is not valid JSON"):
+        OnnxMetadata.from_props({**props, "specc.labels": "[1,"})
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(UsageError, match="'specc.inputs' is nested too deeply"):
+        OnnxMetadata.from_props({**props, "specc.inputs": deep})
