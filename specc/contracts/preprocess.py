@@ -22,6 +22,7 @@ Numpy and (for images) Pillow only; no torch.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,9 @@ from specc.errors import UsageError
 MAX_IMAGE_SIDE = 16384
 #: Largest ``channels * height * width`` of one preprocessed image (256 MB of float32).
 MAX_IMAGE_ELEMENTS = 1 << 26
-#: Largest image a file may decode to (pixels), checked from its header before decoding.
-MAX_DECODE_PIXELS = 1 << 27
+#: Largest image a file may decode to (pixels), checked from its header before decoding (Pillow's own
+#: decompression-bomb warning threshold, as the training data layer uses).
+MAX_DECODE_PIXELS = 89_478_485
 #: Longest list (mean/std per feature, vocabulary) a preprocessing record may hold.
 MAX_VALUES = 1 << 21
 
@@ -222,7 +224,10 @@ class ImagePreprocess(_Kind):
         if c not in (1, 3):
             raise UsageError(f"image files give 1 (grey) or 3 (RGB) channels; the model takes {c}")
         try:
-            with Image.open(path) as raw:
+            with warnings.catch_warnings():  # the budget below is ours; Pillow's warning adds nothing
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                raw = Image.open(path)
+            with raw:
                 if raw.width * raw.height > MAX_DECODE_PIXELS:
                     raise UsageError(
                         f"image '{path}' is {raw.width}x{raw.height} pixels, over the budget of "

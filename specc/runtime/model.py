@@ -247,9 +247,11 @@ class Model:
     Every problem is a :class:`~specc.errors.UsageError` saying what the model expects.
     """
 
-    def __init__(self, session: Any, props: Mapping[str, str], path: Path) -> None:
+    def __init__(
+        self, session: Any, props: Mapping[str, str], path: Path, info: OnnxMetadata | None = None
+    ) -> None:
         self._session = session
-        self._info = OnnxMetadata.from_props(props)
+        self._info = info if info is not None else OnnxMetadata.from_props(props)
         self._metadata = _parse_metadata(props)
         self._path = path
         self._inputs = self._specs(session.get_inputs(), KEY_INPUTS, self._info.inputs)
@@ -489,7 +491,7 @@ def load(
     if listed is not None:
         check_manifest_covers(model_path, listed, external)
     props = _props(proto)
-    OnnxMetadata.from_props(props)  # an invalid specc.* entry is refused before a session exists
+    info = OnnxMetadata.from_props(props)  # an invalid specc.* entry is refused before a session exists
     del proto
     if intra_op_threads is not None and (
         not isinstance(intra_op_threads, int) or isinstance(intra_op_threads, bool) or intra_op_threads < 0
@@ -502,4 +504,4 @@ def load(
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
     except Exception as e:
         raise UsageError(f"onnxruntime cannot load '{model_path}': {e}") from e
-    return Model(session, props, model_path)
+    return Model(session, props, model_path, info)

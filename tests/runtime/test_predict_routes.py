@@ -135,9 +135,21 @@ def test_flattened_image_model_runs_on_an_image_file(tmp_path: Path) -> None:
         model.predict_file(tmp_path / "wrong.npy")
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels (and holds none)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 def test_image_folder_bulk_and_forged_sizes(tmp_path: Path) -> None:
-    """A folder of images is predicted in batches into a CSV; a model whose metadata claims an
-    enormous preprocess size is refused at load, before any allocation."""
+    """A folder of images is predicted in batches into a CSV; an image claiming 10^8 pixels is not
+    decoded; a model whose metadata claims an enormous preprocess size is refused at load."""
     from PIL import Image
 
     from specc.export.metadata import get_metadata
@@ -163,6 +175,9 @@ def test_image_folder_bulk_and_forged_sizes(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [r_["id"] for r_ in rows] == [f"{c}/{i}.png" for c in "ab" for i in range(6)]
     assert {r_["label"] for r_ in rows} <= {"a", "b"}
+    (tmp_path / "bomb.png").write_bytes(_png_header(10_000, 10_000))  # 10^8 pixels, 57 bytes
+    r = run_cli("predict", str(out), "--input", str(tmp_path / "bomb.png"))
+    assert r.code == 2 and "is 10000x10000 pixels, over the budget of 89,478,485; refusing to decode" in r.err
     proto = onnx.load(str(out))
     meta = get_metadata(proto)
     pre = json.loads(meta["specc.preprocess"])
