@@ -135,3 +135,38 @@ def test_onnx_metadata_round_trips_and_names_a_bad_key() -> None:
     deep = "[" * 100_000 + "]" * 100_000
     with pytest.raises(UsageError, match="'specc.inputs' is nested too deeply"):
         OnnxMetadata.from_props({**props, "specc.inputs": deep})
+
+
+def test_a_table_encoding_is_applied_to_csv_rows() -> None:
+    """The record a table's data layer writes (numeric columns with imputation, one-hot categories)
+    turns CSV rows into the features it trained on: columns by name, missing values imputed, a
+    missing or unseen category all zeros."""
+    from specc.contracts.preprocess import Table
+
+    record = {
+        "kind": "features",
+        "mean": [1.0, 10.0],
+        "std": [2.0, 5.0],
+        "feature_names": ["a", "b", "color=blue", "color=red"],
+        "columns": ["a", "b"],
+        "label_column": "y",
+        "impute": [0.5, 12.0],
+        "categories": {"color": ["blue", "red"]},
+    }
+    pre = parse_preprocess(record, "data.json")
+    assert isinstance(pre, FeaturesPreprocess) and pre.width == 4 and pre.fits((4,)) is None
+    table = Table(
+        ["color", "y", "b", "a"],
+        [["red", "1", "20", "3"], ["", "0", "NA", "1"], ["green", "1", "5", ""]],
+        "t.csv",
+    )
+    x = pre.from_table(table, (4,))
+    np.testing.assert_allclose(
+        x, [[1.0, 2.0, 0.0, 1.0], [0.0, 0.4, 0.0, 0.0], [-0.25, -1.0, 0.0, 0.0]], rtol=1e-6
+    )
+    raw = np.array([[3.0, 20.0, 0.0, 1.0]], np.float32)  # raw arrays: numeric part standardised
+    np.testing.assert_allclose(pre.from_array(raw, (4,)), [[1.0, 2.0, 0.0, 1.0]])
+    with pytest.raises(UsageError, match="missing: color"):
+        pre.from_table(Table(["a", "b"], [["1", "2"]], "t.csv"), (4,))
+    with pytest.raises(UsageError, match="4 feature_names for 5 features"):
+        parse_preprocess({**record, "categories": {"color": ["blue", "red", "green"]}}, "data.json")

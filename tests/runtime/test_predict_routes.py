@@ -175,6 +175,11 @@ def test_image_folder_bulk_and_forged_sizes(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [r_["id"] for r_ in rows] == [f"{c}/{i}.png" for c in "ab" for i in range(6)]
     assert {r_["label"] for r_ in rows} <= {"a", "b"}
+    r = run_cli("eval", str(out), "--data", str(data), "--json")  # sub-folder names are the labels
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["samples"] == 12 and [c["support"] for c in report["per_class"]] == [6, 6]
+    assert report["accuracy"] == pytest.approx(np.mean([r_["label"] == r_["id"][0] for r_ in rows]))
     (tmp_path / "bomb.png").write_bytes(_png_header(10_000, 10_000))  # 10^8 pixels, 57 bytes
     r = run_cli("predict", str(out), "--input", str(tmp_path / "bomb.png"))
     assert r.code == 2 and "is 10000x10000 pixels, over the budget of 89,478,485; refusing to decode" in r.err
