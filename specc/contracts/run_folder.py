@@ -246,7 +246,8 @@ class RunFolder:
         if isinstance(raw, dict) and raw.get("format", FORMAT) != FORMAT:
             raise UsageError(
                 f"{self.path / DATA_FILE} is format {raw.get('format')!r} (an older specc, which did not "
-                f"record the seed and split fractions); this specc reads format {FORMAT}: train the run again"
+                f"record the seed and split fractions); this specc reads format {FORMAT}: train the run again "
+                f"(or give --weights {self.path / MODEL_FILE} alone: no labels or preprocessing then)"
             )
         return parse(DataRecord, raw, str(self.path / DATA_FILE))
 
