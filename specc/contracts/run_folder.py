@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -396,9 +395,3 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def record_json(record: Contract) -> dict[str, Any]:
-    """A record as plain JSON data (for reports)."""
-    out: dict[str, Any] = json.loads(record.model_dump_json())
-    return out

@@ -35,7 +35,6 @@ from specc.atomic import atomic_write_text
 from specc.contracts.onnx_metadata import TensorEntry
 from specc.contracts.preprocess import parse_preprocess
 from specc.contracts.run_folder import (
-    CHECKPOINTS_DIR,
     METRICS_JSON,
     MODEL_FILE,
     RUN_FILE,
@@ -54,7 +53,7 @@ from specc.contracts.run_folder import (
     now,
 )
 from specc.data import Dataset
-from specc.errors import OutputError, UsageError
+from specc.errors import OutputError, SpeccError, UsageError
 from specc.train import checkpoint as ckpt
 from specc.train.config import TrainConfig
 
@@ -268,9 +267,7 @@ def _spec_differences(run: Path, model: torch.nn.Module, latest: Path, spec_text
 def _setting_differences(folder: RunFolder, cfg: TrainConfig) -> list[str]:
     try:
         recorded = folder.read_train_config()
-    except (UsageError, ValueError) as exc:  # SpecError is a SpeccError, not a UsageError
-        return [f"{folder.path / TRAIN_FILE} cannot be read: {exc}"]
-    except Exception as exc:  # noqa: BLE001 - a parse error of the recorded file
+    except SpeccError as exc:  # a UsageError, or the ParseError of an edited file
         return [f"{folder.path / TRAIN_FILE} cannot be read: {exc}"]
     before, after = recorded.model_dump(mode="json"), cfg.model_dump(mode="json")
     out = []
@@ -331,7 +328,3 @@ def as_output_error(exc: BaseException, run: Path) -> OutputError | None:
     name = getattr(exc, "filename", None)
     where = Path(name) if name else run
     return OutputError(f"cannot write {where}: {why}")
-
-
-def holds_run(run: Path) -> bool:
-    return (run / CHECKPOINTS_DIR).exists() or (run / MODEL_FILE).exists()

@@ -290,7 +290,7 @@ def _fit(s: Session, report: RunReport, stop: StopRequest | None, *, finished: b
             if finished and trainer.state.step >= trainer.total_steps:
                 status = RunFolder(s.run).read_status() or "completed"
                 report.log(
-                    f"the run is finished ({status} at step {step}): nothing to train, nothing changed"
+                    f"the run is finished ({status} at step {step}): nothing to train, the weights stay as they are"
                 )
                 return Outcome(status, trainer.state.step, None)
         trainer.wrap()
