@@ -251,17 +251,20 @@ def _spec_differences(run: Path, model: torch.nn.Module, latest: Path, spec_text
     ]
     old = run / SPEC_FILE
     if not out and spec_text is not None and old.is_file():
-        before = old.read_text(encoding="utf-8").splitlines()
-        after = spec_text.splitlines()
+        before, after = _spec_lines(old.read_text(encoding="utf-8")), _spec_lines(spec_text)
         if before != after:
             line = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), None)
             line = min(len(before), len(after)) if line is None else line
             was = before[line].strip() if line < len(before) else "(end)"
             is_ = after[line].strip() if line < len(after) else "(end)"
-            out.append(
-                f"{SPEC_FILE} line {line + 1}: {was!r} in the run, {is_!r} now (the resolved spec differs)"
-            )
+            out.append(f"{SPEC_FILE}: {was!r} in the run, {is_!r} now (the resolved spec differs)")
     return out
+
+
+def _spec_lines(text: str) -> list[str]:
+    """A rendered spec's lines without whole-line comments (the header names the spec's path, which
+    may be given differently when a run is resumed)."""
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
 
 
 def _setting_differences(folder: RunFolder, cfg: TrainConfig) -> list[str]:

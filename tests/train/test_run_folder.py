@@ -124,6 +124,11 @@ def test_a_resume_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
     assert r.code == 2, r.err
     assert "0.weight: shape [16, 13] in the checkpoint, [24, 13] now" in r.err
     assert "internal error" not in r.err and _digest(run) == before
+    tanh = tmp_path / "tanh.yaml"
+    tanh.write_text(SMALL.replace("  - act\n", "  - {act: {fn: tanh}}\n"))
+    r = _train(tanh, run, "--resume")  # the same parameters, another network
+    assert r.code == 2 and "(the resolved spec differs)" in r.err and "tanh" in r.err
+    assert _digest(run) == before
     r = _train(spec, run, "--resume", "--set", "train.optimizer=sgd", "--set", "train.lr=0.1")
     assert r.code == 2, r.err
     assert "train.optimizer: 'adamw' in the run, 'sgd' now" in r.err
