@@ -2,8 +2,9 @@
 
 Everything here is small and free of onnxruntime: :class:`TensorSpec` describes one model input or
 output, :func:`check_input` turns a user value into the array the session gets (or refuses it with a
-:class:`~specc.errors.UsageError` saying what the model expects), and the ``load_*`` / ``encode_text``
-functions read ``.npy``/``.npz`` arrays, images and text files exactly as the metadata describes.
+:class:`~specc.errors.UsageError` saying what the model expects; NaN/inf included), and the readers
+take ``.npy`` (memory-mapped), ``.npz``, image, text and CSV files, checking every size a header
+claims before allocating it. The preprocessing itself is :mod:`specc.contracts.preprocess`'s.
 """
 
 from __future__ import annotations
