@@ -189,7 +189,10 @@ def evaluate(req: EvalRequest) -> dict[str, Any]:
         raise UsageError(f"the model's outputs on {what} are not finite (NaN/inf): nothing to measure")
     report: dict[str, Any] = {"model": str(req.target), "data": what, "task": task or "classification"}
     if report["task"] == "regression":
-        t = np.asarray(targets, np.float64)
+        try:
+            t = np.asarray(targets, np.float64)
+        except ValueError:
+            raise UsageError(f"{what}: regression targets must be numbers") from None
         report.update(regression_report(x, t))
         rows = [
             {"id": i, "true": a.tolist(), "predicted": b.tolist()}
