@@ -106,12 +106,8 @@ def _recorded(record: DataRecord, split: Split, input_name: str, batch: int) -> 
     part = getattr(ds, split)
     if len(part) == 0:
         raise UsageError(f"the {split} split of '{record.data.source}' is empty (fraction 0)")
-    if hasattr(part, "batches"):  # a split read on demand: batch by batch
-        pieces = part.batches(batch)
-    else:
-        pieces = ((part.x[i : i + batch], part.y[i : i + batch]) for i in range(0, len(part), batch))
     start = 0
-    for x, y in pieces:
+    for x, y in part.batches(batch):  # read batch by batch (lazy splits too)
         ids = [str(i) for i in range(start, start + len(x))]
         start += len(x)
         yield {input_name: np.asarray(x)}, ids, list(y)

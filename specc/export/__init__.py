@@ -171,7 +171,8 @@ def load_eval_data(
     input_name, name, ds = found
     if ds.task not in ("classification", "language_model") or len(ds.val) == 0:
         return None
-    return EvalData({input_name: ds.val.x[:limit]}, ds.val.y[:limit], name)
+    x, y = ds.val.arrays(limit)  # only the first ``limit`` samples are read (lazy splits too)
+    return EvalData({input_name: x}, y, name)
 
 
 def run_calibration(
@@ -182,6 +183,6 @@ def run_calibration(
     if found is None or len(found[2].train) == 0:
         return None
     input_name, name, ds = found
-    x = ds.train.x
-    idx = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
-    return Calibration({input_name: np.ascontiguousarray(x[idx])}, f"{name} (training split)")
+    idx = np.sort(np.random.default_rng(0).permutation(len(ds.train))[:limit])
+    x, _ = ds.train.take(idx)  # only these samples are read (lazy splits too)
+    return Calibration({input_name: np.ascontiguousarray(x)}, f"{name} (training split)")
