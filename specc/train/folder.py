@@ -59,7 +59,21 @@ from specc.train.config import TrainConfig
 
 #: Settings a resume may change: they do not alter the steps already taken.
 RESUMABLE = frozenset(
-    {"epochs", "max_steps", "log_every", "checkpoint_every", "keep_checkpoints", "compile", "fsdp"}
+    {
+        "epochs",
+        "max_steps",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "compile",
+        "fsdp",
+        # the data loader's workers and budgets: the same batches whatever they are (exact resume)
+        "num_workers",
+        "prefetch_factor",
+        "pin_memory",
+        "max_data_bytes",
+        "max_image_pixels",
+    }
 )
 #: Schedules whose shape depends on the total number of steps (so epochs/max_steps may not change).
 LENGTH_SCHEDULES = ("cosine", "onecycle")
