@@ -260,36 +260,12 @@ class RunFolder:
             return raw.get("status") if isinstance(raw, dict) and isinstance(raw.get("status"), str) else None
         return None
 
-    def spec_source(self) -> tuple[Path, tuple[str, ...], str | None]:
-        """``(spec file, --set, --scale)`` that build this run's model: ``spec.yaml`` when it loads as
-        a spec; else (``specc render`` output that is not yet a spec) the run's first recorded spec
-        with its ``--set``/``--scale``, provided it still renders to exactly ``spec.yaml``."""
-        from specc.api import check
-        from specc.errors import SpecError
-        from specc.summary import render
-
+    def spec_source(self) -> Path:
+        """The run's resolved spec (``spec.yaml``, a valid spec that checks to the run's graph)."""
         resolved = self.path / SPEC_FILE
         if not resolved.is_file():
             raise UsageError(f"{self.path} is not a complete run folder: {SPEC_FILE} is missing")
-        try:
-            check(resolved)
-            return resolved, (), None
-        except SpecError as exc:
-            problem = str(exc).splitlines()[0]
-        first = self.read_run().invocations[0]
-        original = Path(first.spec)
-        try:
-            same = original.is_file() and render(
-                check(original, first.sets, first.scale)
-            ) == resolved.read_text(encoding="utf-8")
-        except SpecError:
-            same = False
-        if not same:
-            raise UsageError(
-                f"{resolved} does not load as a spec ({problem}) and the run's original spec {original} "
-                "no longer renders to it"
-            )
-        return original, tuple(first.sets), first.scale
+        return resolved
 
     def read_train_config(self) -> TrainConfig:
         from specc.train.config import load_train_config

@@ -61,8 +61,7 @@ class TorchModel:
         from specc.export.source import load_source
         from specc.export.verify import torch_runner
 
-        spec, sets, scale = RunFolder(run).spec_source()
-        source = load_source(spec, weights=run, sets=sets, scale=scale)
+        source = load_source(RunFolder(run).spec_source(), weights=run)
         self.record = source.run.record
         graph = source.model.graph
         self.inputs = tuple(TensorSpec.from_json(e, "inputs") for e in input_entries(graph))

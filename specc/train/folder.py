@@ -265,20 +265,42 @@ def _spec_differences(run: Path, model: torch.nn.Module, latest: Path, spec_text
     ]
     old = run / SPEC_FILE
     if not out and spec_text is not None and old.is_file():
-        before, after = _spec_lines(old.read_text(encoding="utf-8")), _spec_lines(spec_text)
-        if before != after:
-            line = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), None)
-            line = min(len(before), len(after)) if line is None else line
-            was = before[line].strip() if line < len(before) else "(end)"
-            is_ = after[line].strip() if line < len(after) else "(end)"
-            out.append(f"{SPEC_FILE}: {was!r} in the run, {is_!r} now (the resolved spec differs)")
+        out += _tree_differences(_spec_tree(old.read_text(encoding="utf-8")), _spec_tree(spec_text))
     return out
 
 
-def _spec_lines(text: str) -> list[str]:
-    """A rendered spec's lines without whole-line comments (the header names the spec's path, which
-    may be given differently when a run is resumed)."""
-    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+def _spec_tree(text: str) -> Any:
+    """A rendered spec as data, without its ``train:`` section (the settings are compared on their
+    own, with the rules for what a resume may change) and without comments (the header names the
+    spec's path, which may be given another way when a run is resumed)."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(tree, dict):
+        tree.pop("train", None)
+    return tree
+
+
+def _tree_differences(before: Any, after: Any, path: str = "spec") -> list[str]:
+    """Where two rendered specs differ: the first differing entry of each differing key."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in [*before, *(k for k in after if k not in before)]:
+            if before.get(key) != after.get(key):
+                out += _tree_differences(before.get(key), after.get(key), f"{path}.{key}")
+        return out
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        first = next(i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b)
+        return _tree_differences(before[first], after[first], f"{path}[{first}]")
+    return [f"{path}: {_short(before)} in the run, {_short(after)} now (the resolved spec differs)"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _setting_differences(folder: RunFolder, cfg: TrainConfig) -> list[str]:

@@ -177,18 +177,17 @@ def from_run(req: TrainRequest) -> TrainRequest:
         raise UsageError(f"--from {folder.path}: not a specc run folder (no marker)")
     record = folder.read_data()
     first = folder.read_run().invocations[0]
-    spec, sets, scale = folder.spec_source()
+    spec = folder.spec_source()
     threads = first.threads
     if threads.torch_intra_op and threads.torch_intra_op != torch.get_num_threads():
         torch.set_num_threads(threads.torch_intra_op)
     return replace(
         req,
         spec=spec,
-        sets=(*sets, *req.sets),
         config=folder.file("train.yaml"),
         data=record.data.source,
         label=record.data.label if req.label is None else req.label,
-        scale=scale,
+        scale=None,
         init_from=Path(first.init_from) if first.init_from and req.init_from is None else req.init_from,
         freeze=tuple(first.freeze) if not req.freeze else req.freeze,
     )
