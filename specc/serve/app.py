@@ -99,14 +99,15 @@ class ServedModel:
     def metadata(self) -> dict[str, Any]:
         """The protocol's model metadata, with specc's metadata under ``parameters``."""
         m = self.model
-        meta = m.metadata
+        info = m.info  # the typed specc metadata (specc.contracts.onnx_metadata), validated at load
         parameters = {
             "labels": m.labels,
             "preprocess": m.preprocess,
-            "task": m.task,
-            "spec_name": meta.get("specc.spec_name"),
-            "spec_hash": meta.get("specc.spec_hash"),
-            "specc_version": meta.get("specc.version"),
+            "task": info.task,
+            "spec_name": info.spec_name,
+            "spec_hash": info.spec_hash,
+            "specc_version": info.version,
+            "variant": info.variant,
             "max_batch_size": self.batcher.max_batch,
         }
         return {

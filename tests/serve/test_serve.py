@@ -27,6 +27,7 @@ from PIL import Image
 from servers import HOST, Server, export, infer_body, read_outputs, serving, start, train_lenet
 from tritonclient.utils import InferenceServerException
 
+import specc
 from specc.runtime import Model, load
 
 pytestmark = pytest.mark.slow
@@ -95,6 +96,9 @@ def test_tritonclient_health_and_metadata(server: Server, runtime: dict[str, Mod
         assert params["labels"] == runtime["lenet"].labels == [str(i) for i in range(10)]
         assert params["preprocess"] == runtime["lenet"].preprocess and params["preprocess"]["kind"] == "image"
         assert params["task"] == "classification" and params["spec_name"] == "lenet"
+        info = runtime["lenet"].info  # the typed ONNX metadata contract, one reader for runtime and serve
+        assert params["spec_hash"] == info.spec_hash and len(params["spec_hash"]) == 64
+        assert params["specc_version"] == info.version == specc.__version__ and "variant" not in params
         enc = client.get_model_metadata("enc", "1")
         assert [(i["name"], i["datatype"], i["shape"]) for i in enc["inputs"]] == [
             ("tokens", "INT64", [-1, -1]),
