@@ -14,8 +14,11 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from specc.errors import OutputError
 
 __all__ = [
     "TEMP_PATTERN",
@@ -28,6 +31,8 @@ __all__ = [
     "pid_alive",
     "sha256_file",
     "temp_name",
+    "write_failure",
+    "writing",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,3 +211,34 @@ def clean_stale_temps(folder: str | os.PathLike[str], *, skip_live: bool = True)
     if removed:
         fsync_dir(root)
     return removed
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, if ``exc`` is an I/O failure: an OSError, or what safetensors and
+    ``torch.save`` raise instead (``SafetensorError: ... I/O error``, ``RuntimeError: [enforce fail
+    at inline_container.cc...] unexpected pos``, which is what a full disk gives); None otherwise."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and "I/O error" in text:
+        return text.split("I/O error: ", 1)[-1]
+    if isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        return "torch.save could not write the file (a full disk or a file size limit gives this)"
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an I/O failure inside the block into an :class:`~specc.errors.OutputError` naming ``path``
+    (and the free space left where the disk is nearly full); other errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        why = write_failure(exc)
+        if why is None:
+            raise
+        free = ""
+        with contextlib.suppress(OSError):
+            left = shutil.disk_usage(path.parent if path.parent.exists() else Path(".")).free
+            free = f"; {left:,} bytes free on its disk" if left < 64 * 1024 * 1024 else ""
+        raise OutputError(f"cannot write {path}: {why}{free}") from None

@@ -63,6 +63,23 @@ def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Files of this process may not grow over ``limit`` bytes (soft RLIMIT_FSIZE, restored after):
+    writes beyond fail with EFBIG, as they fail with ENOSPC on a full disk."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
 def sigkill_when_ready(script: str, *args: str, ready: str) -> int:
     """Run ``python -c script args`` with the repository importable, SIGKILL it as soon as it prints
     the line ``ready``, and return its exit status (``-SIGKILL`` when the kill landed)."""

@@ -27,16 +27,18 @@ from specc.export.onnx_export import (
     ExportReport,
     export_model,
     failed_path,
+    publish_export,
     report_path,
     static_sizes,
-    write_report,
 )
 from specc.export.quantize import CALIBRATION_SAMPLES, INT8_MODES, Calibration, Int8Mode, load_calibration
 from specc.export.samples import parity_sizes
 from specc.export.source import Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
 from specc.graph import Graph
+from specc.publish import Stage
 from specc.runtime.inputs import TensorSpec
+from specc.runtime.model import manifest_path
 
 __all__ = [
     "EXPORTERS",
@@ -101,24 +103,28 @@ def export_spec(
         task=source.run.task,
         weights=str(source.weights) if source.weights else None,
     )
-    report = export_model(source.model, graph, out, options, info)
-    if source.weights is None:
-        report.warnings.insert(0, "no weights given: the freshly initialised network was exported")
     target = Path(out)
-    failed_path(target).unlink(missing_ok=True)
-    report_path(failed_path(target)).unlink(missing_ok=True)
-    if variants:
-        eval_data = load_eval_data(source, dataset=dataset)
-        sizes = (
-            [static_sizes(graph)]
-            if options.static
-            else parity_sizes(graph, options.batches[:2], options.seq_lens)
-        )
-        for kind in variants:
-            report.variants[kind] = make_variant(kind, target, graph, sizes, eval_data, calib, int8_mode)
-    data = report.to_json()
-    write_report(target, data)
-    return data
+    if not target.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {target.parent}")
+    with Stage(target) as stage:  # model, variants, manifests and report appear together or not at all
+        report = export_model(source.model, graph, target, options, info, stage=stage)
+        if source.weights is None:
+            report.warnings.insert(0, "no weights given: the freshly initialised network was exported")
+        if variants:
+            eval_data = load_eval_data(source, dataset=dataset)
+            sizes = (
+                [static_sizes(graph)]
+                if options.static
+                else parity_sizes(graph, options.batches[:2], options.seq_lens)
+            )
+            staged = stage.path(target.name)
+            for kind in variants:
+                entry = make_variant(kind, staged, graph, sizes, eval_data, calib, int8_mode)
+                made = variant_path(staged, kind)
+                stage.add(made, manifest_path(made))
+                report.variants[kind] = {**entry, "file": str(variant_path(target, kind))}
+        publish_export(stage, report, variants)
+    return report.to_json()
 
 
 def input_specs(graph: Graph, options: ExportOptions) -> list[TensorSpec]:

@@ -3,7 +3,9 @@
 Steps (all in a hidden work folder next to the target, so a reader never sees a half-made file):
 eval-mode deep copy → ``torch.onnx.export`` with the chosen exporter and opset → metadata →
 ``onnx.checker.check_model(full_check=True)`` → parity in onnxruntime at several batch sizes (and
-sequence lengths) → rename into place, then ``M.onnx.sha256`` and ``M.onnx.json``. On a parity miss
+sequence lengths) → ``M.onnx.sha256`` → ``M.onnx.json``; then model, manifest, report (and the
+variants :func:`specc.export.export_spec` makes in the same folder) are published in one step by
+:class:`specc.publish.Stage`: a failure or Ctrl-C at any point leaves the previous export as it was. On a parity miss
 the model is kept as ``M.failed.onnx`` (for inspection; no manifest, never loaded by default) and
 :class:`~specc.errors.ExportVerificationError` (exit 3) is raised; when the exporter itself fails (or
 ``onnx.checker`` rejects its file) :class:`~specc.errors.ExportError` (exit 4) is raised with the
@@ -18,12 +20,11 @@ import ctypes
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from typing import Any, Literal
 import onnx
 import torch
 
-from specc.atomic import atomic_write_text, fsync_dir, sha256_file, temp_name
+from specc.atomic import atomic_write_text, sha256_file, write_failure
 from specc.contracts.preprocess import Preprocess
 from specc.errors import BuildError, ExportError, UsageError
 from specc.export.metadata import build_metadata, set_metadata, write_manifest
@@ -55,6 +56,7 @@ from specc.export.verify import (
     torch_runner,
 )
 from specc.graph import Graph
+from specc.publish import Stage
 
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
@@ -62,6 +64,8 @@ DEFAULT_OPSET: dict[str, int] = {"torchscript": 17, "dynamo": 18}
 # opsets each exporter can write with torch 2.13 (torch.onnx._constants: the TorchScript exporter's
 # maximum is 20; torch.export-based export starts at 18) and onnxruntime can run
 OPSET_RANGE: dict[str, tuple[int, int]] = {"torchscript": (7, 20), "dynamo": (18, 23)}
+#: The derived files an export can make next to ``M.onnx`` (``M.<kind>.onnx``, see :mod:`specc.export.variants`).
+VARIANTS: tuple[str, ...] = ("opt", "int8", "fp16")
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB limit, with headroom
 
 
@@ -268,6 +272,8 @@ def to_onnx(
                     **names,
                 )
     except Exception as e:  # the exporters raise many types; the first line is what matters
+        if write_failure(e) is not None:
+            raise  # a full disk or a read-only folder, not the exporter: the stage names the file
         if os.environ.get("SPECC_DEBUG") == "1":
             print("".join(captured), end="", file=sys.stderr)
         raise ExportError(
@@ -331,9 +337,15 @@ def export_model(
     out: str | os.PathLike[str],
     options: ExportOptions = ExportOptions(),
     info: ExportInfo | None = None,
+    *,
+    stage: Stage | None = None,
 ) -> ExportReport:
     """Export ``model`` (a :class:`~specc.nn.CompiledModel` or any module taking the graph's
-    inputs) to ``out``, verify it and publish it with its manifest and JSON report."""
+    inputs) to ``out``, verify it and publish it with its manifest and JSON report.
+
+    With ``stage`` (a :class:`specc.publish.Stage` for ``out``) the verified model and its manifest
+    are only made in the stage's work folder (and added to it); the caller adds more (variants,
+    the report) and publishes everything at once."""
     options.check()
     info = info or ExportInfo()
     target = Path(out)
@@ -351,24 +363,24 @@ def export_model(
         weights=info.weights,
     )
     report.dynamic_axes = {} if options.static else dynamic_axes(graph)
-    work = target.parent / temp_name(target.name)
-    work.mkdir()
-    try:
-        _export_in(work, model, graph, target, options, info, report)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if stage is not None:
+        _export_in(stage, model, graph, options, info, report)
+        return report
+    with Stage(target) as own:
+        _export_in(own, model, graph, options, info, report)
+        publish_export(own, report)
     return report
 
 
 def _export_in(
-    work: Path,
+    stage: Stage,
     model: torch.nn.Module,
     graph: Graph,
-    target: Path,
     options: ExportOptions,
     info: ExportInfo,
     report: ExportReport,
 ) -> None:
+    work, target = stage.work, stage.target
     start = time.perf_counter()
     net = copy.deepcopy(model).cpu().eval()
     raw = work / "raw.onnx"
@@ -413,7 +425,7 @@ def _export_in(
         raise_on_failure(
             report.parity, f"export of '{graph.name}' failed verification", options.atol, options.rtol
         )
-    _publish(staged, external, target, report)
+    _stage_model(stage, staged, external, report)
 
 
 def failed_path(target: Path) -> Path:
@@ -435,17 +447,27 @@ def _keep_failed(staged: Path, external: list[Path], target: Path, report: Expor
     atomic_write_text(report_path(failed), json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def _publish(staged: Path, external: list[Path], target: Path, report: ExportReport) -> None:
-    for data in external:
-        os.replace(data, target.parent / data.name)
-    os.replace(staged, target)
-    fsync_dir(target.parent)
-    finals = [target.parent / d.name for d in external]
-    write_manifest(target, finals)
-    report.sha256 = sha256_file(target)
-    report.size_bytes = target.stat().st_size + sum(f.stat().st_size for f in finals)
-    report.external_data = [f.name for f in finals]
-    write_report(target, report.to_json())
+def _stage_model(stage: Stage, staged: Path, external: list[Path], report: ExportReport) -> None:
+    """The verified model, its external data and its manifest, ready to publish."""
+    manifest = write_manifest(staged, external)
+    stage.add(staged, *external, manifest)
+    report.sha256 = sha256_file(staged)
+    report.size_bytes = staged.stat().st_size + sum(f.stat().st_size for f in external)
+    report.external_data = [f.name for f in external]
+
+
+def publish_export(stage: Stage, report: ExportReport, variants: Sequence[str] = ()) -> None:
+    """Write the report into the stage and publish everything at once; the files an older export
+    left that this one does not replace (its variants, its external data, a failed try) go."""
+    target = stage.target
+    data = report.to_json()
+    stage.add(write_report(stage.path(target.name), data))
+    older = [failed_path(target), report_path(failed_path(target)), target.with_name(target.name + ".data")]
+    for kind in VARIANTS:
+        if kind not in variants:
+            made = target.with_name(f"{target.stem}.{kind}.onnx")
+            older += [made, made.with_name(made.name + ".sha256")]
+    stage.publish(remove=[p.name for p in older])
 
 
 def write_report(target: Path, data: Mapping[str, Any]) -> Path:

@@ -22,7 +22,8 @@ import onnx
 from numpy.typing import NDArray
 
 from specc.atomic import atomic_path, sha256_file
-from specc.export.metadata import get_metadata, write_manifest
+from specc.contracts.onnx_metadata import OnnxMetadata
+from specc.export.metadata import get_metadata, set_metadata, write_manifest
 from specc.export.quantize import Calibration, Int8Mode, fixed_batch, quantize_int8
 from specc.export.samples import SampleSizes, make_inputs
 from specc.export.verify import ort_runner, ort_session
@@ -31,7 +32,6 @@ from specc.graph import Graph
 log = logging.getLogger(__name__)
 
 Variant = Literal["opt", "int8", "fp16"]
-KEY_VARIANT = "specc.variant"
 FUSED_OPS = (
     "Attention",
     "MultiHeadAttention",
@@ -142,12 +142,16 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ checks
 
 
-def _copy_metadata(src: Path, dst: Path, kind: str) -> None:
-    meta = get_metadata(onnx.load(str(src), load_external_data=False))
+def _copy_metadata(src: Path, dst: Path, kind: Variant) -> None:
+    """The fp32 model's metadata (typed, :class:`~specc.contracts.onnx_metadata.OnnxMetadata`) with
+    ``variant`` set; the converters' own entries are dropped."""
+    props = get_metadata(onnx.load(str(src), load_external_data=False))
+    meta = OnnxMetadata.from_props(props)
     model = onnx.load(str(dst))
     del model.metadata_props[:]
-    for key, value in {**meta, KEY_VARIANT: kind}.items():
+    for key, value in props.items():  # other tools' entries stay; set_metadata replaces specc's
         model.metadata_props.add(key=key, value=value)
+    set_metadata(model, meta.model_copy(update={"variant": kind}))
     with atomic_path(dst) as tmp:
         onnx.save_model(model, str(tmp))
 

@@ -1,7 +1,7 @@
 """Deployment runtime: load an exported specc ONNX model safely and run it with checked inputs.
 
 This module needs only numpy, onnx, onnxruntime, pydantic and Pillow (for images): it never imports
-torch nor any part of specc other than :mod:`specc.errors`, :mod:`specc.atomic` and the torch-free
+torch nor any part of specc other than :mod:`specc.errors`, :mod:`specc.atomic`, :mod:`specc.publish` and the torch-free
 contracts it reads (:mod:`specc.contracts.onnx_metadata`, :mod:`specc.contracts.preprocess`).
 
 Metadata contract
@@ -36,6 +36,7 @@ from specc.contracts.base import loads
 from specc.contracts.onnx_metadata import JSON_FREE, METADATA_KEYS, OnnxMetadata, key
 from specc.contracts.preprocess import TextPreprocess, preprocess_json
 from specc.errors import UsageError, did_you_mean
+from specc.publish import check_published
 from specc.runtime.inputs import (
     TensorSpec,
     check_file,
@@ -480,6 +481,7 @@ def load(
     model_path = Path(path)
     if not model_path.exists():
         raise UsageError(f"model file not found: {model_path}")
+    check_published(model_path)  # not a mix of two exports (a publish cut short by kill -9)
     listed = check_manifest(model_path) if verify_manifest else None
     if verify_manifest and listed is None:
         log.warning(
