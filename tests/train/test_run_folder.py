@@ -3,20 +3,16 @@ per folder, a resume changes nothing until validated, a full disk ends in `faile
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, WINE_SPEC, Result, run_cli, train_run
+from conftest import ROOT, WINE_SPEC, Result, file_size_limit, run_cli, train_run
 
 from specc.contracts.run_folder import LOCK_FILE, MARKER_FILE, RunFolder
 
@@ -144,20 +140,6 @@ def test_a_resume_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
     assert [i.resume for i in record.invocations] == [False, True]
 
 
-@contextlib.contextmanager
-def _file_size_limit(limit: int) -> Iterator[None]:
-    """Files of this process may not grow over ``limit`` bytes (soft RLIMIT_FSIZE, restored after):
-    writes beyond fail with EFBIG, as they fail with ENOSPC on a full disk."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def test_a_full_disk_during_a_checkpoint_is_exit_2_and_status_failed(tmp_path: Path) -> None:
     """The first checkpoint (a 64x64 layer: bigger than the limit) cannot be written: exit 2 naming
     it (it was `internal error: RuntimeError: [enforce fail at inline_container.cc:672]`), status
@@ -167,7 +149,7 @@ def test_a_full_disk_during_a_checkpoint_is_exit_2_and_status_failed(tmp_path: P
         "specc: 1\nname: big\ninputs: {x: {shape: [64]}}\nlayers: [linear: 64, act, linear: 10]\n"
         "train: {epochs: 1, batch_size: 256, checkpoint_every: 1}\n"
     )
-    with _file_size_limit(12_000):
+    with file_size_limit(12_000):
         r = run_cli("train", str(spec), "--data", "digits", "--out", str(tmp_path / "r"), "--quiet")
     assert r.code == 2, r.err
     assert f"error: cannot write {tmp_path / 'r' / 'checkpoints' / 'step-00000001'}: File too large" in r.err
@@ -176,6 +158,39 @@ def test_a_full_disk_during_a_checkpoint_is_exit_2_and_status_failed(tmp_path: P
     assert status.startswith("failed: cannot write ") and "File too large" in status
     assert not (tmp_path / "r" / "model.safetensors").exists()
     assert not list((tmp_path / "r" / "checkpoints").iterdir())  # no half checkpoint left
+
+
+def test_a_full_disk_at_a_later_checkpoint_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second checkpoint's weights cannot be written (ENOSPC): exit 2 naming it, the first
+    checkpoint stays valid (the run resumes from it) and no half second one is left."""
+    import specc.train.checkpoint as ckpt
+
+    calls: list[object] = []
+    real = ckpt.save_file
+
+    def full_at_the_second(tensors: object, path: object, metadata: object = None) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write(): no file named
+        real(tensors, path, metadata=metadata)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ckpt, "save_file", full_at_the_second)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SMALL.replace("epochs: 1,", "epochs: 1, checkpoint_every: 1,"))
+    run = tmp_path / "r"
+    r = _train(spec, run)
+    assert r.code == 2, r.err
+    assert (
+        f"error: cannot write {run / 'checkpoints' / 'step-00000002'}" in r.err and "No space left" in r.err
+    )
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+    assert ckpt.find_latest_checkpoint(run) == run / "checkpoints" / "step-00000001"
+    assert json.loads((run / "metrics.json").read_text())["status"].startswith("failed: cannot write")
+    monkeypatch.setattr(ckpt, "save_file", real)
+    r = _train(spec, run, "--resume")
+    assert r.code == 0, r.err
 
 
 def test_a_full_disk_at_the_final_weights_is_not_completed(
@@ -196,3 +211,36 @@ def test_a_full_disk_at_the_final_weights_is_not_completed(
     assert f"cannot write {tmp_path / 'r' / 'model.safetensors'}: No space left on device" in r.err
     status = json.loads((tmp_path / "r" / "metrics.json").read_text())["status"]
     assert status.startswith("failed: cannot write") and not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_a_data_error_during_training_ends_in_failed(tmp_path: Path) -> None:
+    """An image of the validation split that cannot be decoded (found only when the loop evaluates):
+    exit 2 naming the file, and metrics.json says `failed: ...` naming it too, never `running`."""
+    import numpy as np
+    from PIL import Image
+
+    from specc.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        for i in range(8):
+            path = root / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8), "RGB").save(path)
+    val = load_dataset(str(root), input_shape=(3, 8, 8), input_dtype="float32").val
+    bad = Path(val.read(0)[1])  # the run rebuilds the same split (same seed and fractions)
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated: the header still reads, the pixels do not
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "specc: 1\nname: s\ninputs: {image: {shape: [3, 8, 8]}}\nlayers: [flatten, linear: 2]\n"
+        "train: {epochs: 1, batch_size: 4}\n"
+    )
+    run = tmp_path / "r"
+    r = run_cli("train", str(spec), "--data", str(root), "--out", str(run), "--quiet")
+    assert r.code == 2, r.err
+    assert f"cannot read image '{bad}'" in r.err and "Traceback" not in r.err
+    status = json.loads((run / "metrics.json").read_text())["status"]
+    assert status.startswith("failed: ") and str(bad) in status
+    assert not (run / "model.safetensors").exists()
