@@ -7,8 +7,31 @@ Every user-facing spec error carries a :class:`Diagnostic` that renders as
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+# What must never reach a terminal raw: C0 controls but tab and newline (ESC starts CSI/OSC
+# sequences that clear the screen, retitle the window or hide links; CR overwrites a line), DEL, C1
+# controls (8-bit CSI/OSC), the bidirectional overrides/isolates and marks that reorder what is shown
+# (Trojan Source), line/paragraph separators, and lone surrogates (undecodable file-name bytes, which
+# a strict UTF-8 stream cannot even encode).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_LINE = re.compile(_UNSAFE.pattern[:-1] + "\t\n]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, newlines: bool = True) -> str:
+    """``text`` safe to write to a terminal: control, bidi and surrogate characters as ``\\xNN`` or
+    ``\\uNNNN`` escapes (visible, never interpreted). Every user-derived string that specc prints
+    (spec keys and values, file names, data labels, model metadata) passes through here where the
+    message is rendered. ``newlines=False`` escapes tab and newline too (one-line fields)."""
+    pattern = _UNSAFE if newlines else _UNSAFE_LINE
+    return pattern.sub(_escape, text) if pattern.search(text) else text
 
 
 @dataclass(frozen=True)
@@ -32,10 +55,10 @@ class Diagnostic:
     path: str = ""
 
     def __str__(self) -> str:
-        parts = [str(self.loc)] if self.loc else []
+        parts = [printable(str(self.loc), newlines=False)] if self.loc else []
         if self.path:
-            parts.append(self.path)
-        parts.append(self.message)
+            parts.append(printable(self.path, newlines=False))
+        parts.append(printable(self.message))
         return ": ".join(parts)
 
     def to_json(self) -> dict[str, object]:

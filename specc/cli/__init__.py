@@ -5,14 +5,17 @@ verification (parity mismatch), 4 exporter failure (and ``specc train``'s 128 + 
 from __future__ import annotations
 
 import contextvars
+import io
+import logging
 import os
 import sys
 import traceback
 from typing import Any
 
 import typer
+from typer.exceptions import Abort, TyperException
 
-from specc.errors import SpeccError, SpecError
+from specc.errors import SpeccError, SpecError, printable
 
 app = typer.Typer(
     name="specc",
@@ -24,24 +27,59 @@ app = typer.Typer(
 )
 
 
+def say(text: str, *, err: bool = False, end: str = "\n") -> None:
+    """Print one message of a command: user-derived text in it is escaped (:func:`printable`), so a
+    spec key, a file name or a model's label can never drive the terminal."""
+    print(printable(text), file=sys.stderr if err else sys.stdout, end=end)
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log records rendered like every other message: control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def log_to_stderr(level: int = logging.WARNING) -> None:
+    """Warnings of the library as ``warning: ...`` lines on stderr (once per process)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PrintableFormatter("warning: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(level)
+
+
 def fail(exc: BaseException) -> None:
     """Print an error the way users should see it and exit with its code."""
     if os.environ.get("SPECC_DEBUG") == "1":
         traceback.print_exception(exc)
     if isinstance(exc, SpecError):
         for d in exc.diagnostics:
-            print(f"error: {d}", file=sys.stderr)
+            say(f"error: {d}", err=True)
         n = len(exc.diagnostics)
-        print(f"{n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        say(f"{n} error{'s' if n != 1 else ''}", err=True)
         raise SystemExit(exc.exit_code)
     if isinstance(exc, SpeccError):
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         raise SystemExit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
+        say("interrupted", err=True)
         raise SystemExit(130)
-    print(f"internal error: {type(exc).__name__}: {exc} (SPECC_DEBUG=1 shows the traceback)", file=sys.stderr)
+    say(f"internal error: {type(exc).__name__}: {exc} (SPECC_DEBUG=1 shows the traceback)", err=True)
     raise SystemExit(1)
+
+
+def _usage_error(exc: TyperException) -> None:
+    """The parser's own messages (unknown option, bad value) echo what was typed: escape them too."""
+    buffer = io.StringIO()
+    show = getattr(exc, "show", None)
+    if show is not None:
+        show(file=buffer)
+    else:  # pragma: no cover - every parser error has show()
+        buffer.write(f"Error: {exc.format_message()}\n")
+    sys.stderr.write(printable(buffer.getvalue()))
+    raise SystemExit(exc.exit_code)
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -49,9 +87,15 @@ def main(argv: list[str] | None = None) -> Any:
     # command modules register themselves on `app`; none of them imports torch at module level
     from specc.cli import eval_cmd, export_cmds, graph_cmd, serve_cmd, spec_cmds, train_cmds  # noqa: F401
 
+    log_to_stderr()
     try:  # a fresh context per command: settings such as --include-root do not outlive it
-        return contextvars.copy_context().run(app, args=argv, standalone_mode=True)
+        code = contextvars.copy_context().run(app, args=argv, standalone_mode=False)
     except SystemExit:
         raise
+    except TyperException as exc:
+        _usage_error(exc)
+    except Abort as exc:  # the parser's name for Ctrl-C (or EOF at a prompt)
+        fail(exc.__cause__ if isinstance(exc.__cause__, KeyboardInterrupt) else KeyboardInterrupt())
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
         fail(exc)
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from specc.cli import app
-from specc.cli.spec_cmds import IncludeRootOpt, JsonOpt, ScaleOpt, SetOpt, use_include_roots
+from specc.cli import app, log_to_stderr, say
+from specc.cli.spec_cmds import (
+    IncludeRootOpt,
+    JsonOpt,
+    MaxParamsOpt,
+    ScaleOpt,
+    SetOpt,
+    use_include_roots,
+    use_max_params,
+)
 from specc.errors import UsageError
 
 ExporterOpt = Annotated[
     str, typer.Option("--exporter", help="torchscript (default: fast, opset 17) or dynamo (opset 18)")
 ]  # noqa: E501
-
-
-def _log_to_stderr() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
 
 
 @app.command("export")
@@ -68,12 +70,14 @@ def export_cmd(
     seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
     as_json: JsonOpt = False,
     include_root: IncludeRootOpt = None,
+    max_params: MaxParamsOpt = None,
 ) -> None:
     """Export to ONNX, verify parity with PyTorch in onnxruntime (exit 3 on a miss, 4 when the exporter
     fails), write metadata, the SHA-256 manifest M.onnx.sha256 and the report M.onnx.json. With --json
     stdout holds JSON whatever happens: the report, or {"ok": false, "exit_code", "error", "message"}."""
     try:
         use_include_roots(include_root)
+        use_max_params(max_params)
         report = _export(
             spec=spec,
             out=out,
@@ -99,7 +103,7 @@ def export_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    print(_summary(report))
+    say(_summary(report))
 
 
 def _error_json(exc: BaseException, out: Path) -> dict[str, object]:
@@ -144,9 +148,9 @@ def _export(
     from specc.export import ExportOptions, export_spec
     from specc.export.variants import Variant
 
-    _log_to_stderr()
-    if atol < 0 or rtol < 0:
-        raise UsageError("--atol and --rtol must be non-negative")
+    log_to_stderr()
+    if not (math.isfinite(atol) and math.isfinite(rtol) and atol >= 0 and rtol >= 0):
+        raise UsageError("--atol and --rtol must be finite and non-negative")
     if (int8_mode != "auto" or calibration is not None) and not int8:
         raise UsageError("--int8-mode and --calibration go with --int8")
     options = ExportOptions(exporter=exporter, opset=opset, static=static, atol=atol, rtol=rtol)  # type: ignore[arg-type]
@@ -224,7 +228,7 @@ def predict(
     from specc.runtime import load
     from specc.runtime.predict import Options, check_output, dumps, predict, write_predictions
 
-    _log_to_stderr()
+    log_to_stderr()
     if batch_size < 1:
         raise UsageError("--batch-size must be positive")
     if output is not None:
@@ -241,8 +245,8 @@ def predict(
 
         count = write_predictions(output, rows())
         for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        print(
+            say(f"warning: {w}", err=True)
+        say(
             dumps({"output": str(output), "predictions": count, "warnings": warnings})
             if as_json
             else f"wrote {count} prediction(s) to {output}"
@@ -250,7 +254,7 @@ def predict(
         return
     result = loaded.predict_file(input_file, top_k=top_k, preprocessed=preprocessed)
     for w in result.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
+        say(f"warning: {w}", err=True)
     if as_json:
         print(dumps(result))
         return
@@ -258,10 +262,10 @@ def predict(
         shown = ", ".join(
             f"{r['label']} {r['prob']:.4f}" if r["prob"] is not None else f"{r['label']} nan" for r in rows_
         )
-        print(f"sample {sample}: {shown}")
+        say(f"sample {sample}: {shown}")
     if "top_k" not in result:
         for name, value in result.get("outputs", {}).items():
-            print(f"{name}: {dumps(value)[:2000]}")
+            say(f"{name}: {dumps(value)[:2000]}")
 
 
 @app.command()
@@ -282,15 +286,19 @@ def bench(
     ] = 180.0,  # noqa: E501
     as_json: JsonOpt = False,
     include_root: IncludeRootOpt = None,
+    max_params: MaxParamsOpt = None,
 ) -> None:
     """Batch-1 latency (median, p90) and batch throughput: torch eager, torch.compile, onnxruntime
     fp32 and int8 (with an .onnx file: onnxruntime only)."""
     from specc.export.bench import BenchSettings, bench_onnx, bench_spec, table
 
-    _log_to_stderr()
+    log_to_stderr()
     use_include_roots(include_root)
+    use_max_params(max_params)
     if batch < 1 or iters < 1 or warmup < 0 or seq < 1:
         raise UsageError("--batch, --iters and --seq must be positive, --warmup non-negative")
+    if not (math.isfinite(compile_timeout) and compile_timeout > 0):
+        raise UsageError(f"--compile-timeout must be a positive number of seconds, got {compile_timeout}")
     s = BenchSettings(
         batch=batch,
         iters=iters,
@@ -307,4 +315,4 @@ def bench(
         result = bench_spec(
             target, s, sets=sets or [], scale=scale, weights=str(weights) if weights else None
         )
-    print(json.dumps(result, indent=2) if as_json else table(result))
+    say(json.dumps(result, indent=2) if as_json else table(result))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app, fail
+from specc.cli import app, fail, say
 from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 
 
@@ -29,11 +29,11 @@ def graph(
     try:
         text = render_graph(check_spec(spec, sets or [], scale), fmt, depth)
         if out is None:
-            print(text, end="")
+            say(text, end="")
             return
         from specc.atomic import atomic_write_text
 
         atomic_write_text(out, text)
     except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
         fail(exc)
-    print(f"wrote {fmt} diagram to {out}")
+    say(f"wrote {fmt} diagram to {out}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app
+from specc.cli import app, log_to_stderr
 from specc.errors import UsageError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -61,14 +61,12 @@ def serve(
 ) -> None:
     """Serve exported models over HTTP (KServe v2 / open inference protocol) with dynamic batching,
     Prometheus metrics at /metrics and a /v2/models/NAME/predict route for files. Runs until SIGTERM."""
-    import logging
 
     from specc.serve import Limits, ServeOptions, ServeSettings
     from specc.serve import serve as run
     from specc.serve.server import read_token
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    log_to_stderr()
     if max_batch < 1 or max_queue < 1 or max_elements < 1:
         raise UsageError("--max-batch, --max-queue and --max-elements must be positive")
     if not 0 <= max_delay_ms <= 10_000:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app, fail
+from specc.cli import app, fail, say
 from specc.errors import SpecError
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (repeatable)")]  # noqa: UP045
@@ -22,6 +21,21 @@ IncludeRootOpt = Annotated[
         help="a folder whose files specs may include, besides the spec's own folder and std: (repeatable)",
     ),
 ]
+MaxParamsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--max-params",
+        min=1,
+        help="refuse, before allocating, a network with more parameters (default 2,000,000,000)",
+    ),
+]
+
+
+def use_max_params(limit: int | None) -> None:
+    """Apply ``--max-params`` to every model the running command builds."""
+    from specc.nn.compiled import set_max_params
+
+    set_max_params(limit)
 
 
 def use_include_roots(folders: list[Path] | None) -> None:
@@ -55,22 +69,22 @@ def check(
             results.append({"file": str(path), "ok": False, "errors": [d.to_json() for d in exc.diagnostics]})
             if not as_json:
                 for d in exc.diagnostics:
-                    print(f"error: {d}", file=sys.stderr)
+                    say(f"error: {d}", err=True)
             continue
         notes = graph.notes()
         results.append(
             {"file": str(path), "ok": True, **graph_json(graph), "notes": [d.to_json() for d in notes]}
         )
         if not as_json:
-            print(f"{path}: ok  {summary_line(graph)}")
+            say(f"{path}: ok  {summary_line(graph)}")
             for d in notes:
-                print(f"note: {d}", file=sys.stderr)
+                say(f"note: {d}", err=True)
             if verbose:
-                print(node_table(graph))
+                say(node_table(graph))
     if as_json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     elif errors:
-        print(f"{errors} error{'s' if errors != 1 else ''}", file=sys.stderr)
+        say(f"{errors} error{'s' if errors != 1 else ''}", err=True)
     if errors:
         raise typer.Exit(2)
 
@@ -86,7 +100,7 @@ def render(
 
     use_include_roots(include_root)
     try:
-        print(render_graph(check_spec(spec, sets or [], scale)), end="")
+        say(render_graph(check_spec(spec, sets or [], scale)), end="")
     except SpecError as exc:
         fail(exc)
 
@@ -100,9 +114,7 @@ def build(
     save: Annotated[
         Path | None, typer.Option("--save", help="write the initialised weights (.safetensors)")
     ] = None,  # noqa: UP045
-    max_params: Annotated[
-        int, typer.Option("--max-params", help="refuse specs with more parameters")
-    ] = 2_000_000_000,
+    max_params: MaxParamsOpt = None,
     seed: Annotated[int, typer.Option(help="seed for initialisation")] = 0,
     include_root: IncludeRootOpt = None,
 ) -> None:
@@ -112,13 +124,14 @@ def build(
     from specc.summary import graph_json, node_table
 
     use_include_roots(include_root)
+    use_max_params(max_params)
     try:
         graph = check_spec(spec, sets or [], scale)
-        check_param_limit(graph, max_params)  # before torch is even imported
+        check_param_limit(graph)  # before any parameter is allocated
         from specc.nn import build as build_model
         from specc.nn import save_weights
 
-        model = build_model(graph, seed=seed, max_params=max_params)
+        model = build_model(graph, seed=seed)
         real = sum(p.numel() for p in model.parameters())
         if real != graph.params:
             raise AssertionError(f"static parameter count {graph.params} != built {real}")
@@ -133,9 +146,9 @@ def build(
             out["saved"] = str(save)
         print(json.dumps(out, indent=2))
         return
-    print(node_table(graph))
+    say(node_table(graph))
     if save is not None:
-        print(f"saved initialised weights to {save}")
+        say(f"saved initialised weights to {save}")
 
 
 @app.command()

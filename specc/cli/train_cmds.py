@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from specc.cli import app, fail
-from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
+from specc.cli.spec_cmds import (
+    IncludeRootOpt,
+    MaxParamsOpt,
+    ScaleOpt,
+    SetOpt,
+    use_include_roots,
+    use_max_params,
+)
 
 Opt = typer.Option
 
@@ -72,11 +79,13 @@ def train(
             "--init-from, --freeze and thread counts (bit-identical on CPU); --set still applies",
         ),
     ] = None,  # noqa: UP045
+    max_params: MaxParamsOpt = None,
 ) -> None:
     """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
     from specc.train import distributed
 
     use_include_roots(include_root)
+    use_max_params(max_params)
     try:
         spec_path, data_source = _what_to_train(spec, data, config, from_run)
     except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
@@ -88,6 +97,7 @@ def train(
     worker += ["--label", label] if label is not None else []
     worker += [arg for root in include_root or () for arg in ("--include-root", str(root))]
     worker += ["--from", str(from_run)] if from_run is not None else []
+    worker += ["--max-params", str(max_params)] if max_params is not None else []
     try:
         if nproc_per_node is not None and not distributed.in_launcher_env():
             opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)

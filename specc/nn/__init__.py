@@ -12,6 +12,7 @@ from specc.nn.compiled import (
     build,
     check_param_limit,
     save_weights,
+    set_max_params,
 )
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "apply_init",
     "build",
     "check_param_limit",
+    "set_max_params",
     "save_weights",
 ]

@@ -9,6 +9,7 @@ data-dependent control flow, so ``torch.compile`` and ONNX export see one clean 
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ from specc.graph import Graph
 from specc.ops.base import InitSpec
 
 DEFAULT_MAX_PARAMS = 2_000_000_000
+_MAX_PARAMS: ContextVar[int] = ContextVar("specc_max_params", default=DEFAULT_MAX_PARAMS)
+
+
+def set_max_params(limit: int | None) -> None:
+    """The parameter budget of every model built in this context (the CLI's ``--max-params``, given
+    to build, train, export and bench); ``None`` restores :data:`DEFAULT_MAX_PARAMS`."""
+    _MAX_PARAMS.set(DEFAULT_MAX_PARAMS if limit is None else limit)
 
 
 @dataclass(frozen=True)
@@ -131,8 +139,10 @@ def _plan(
     return steps
 
 
-def check_param_limit(graph: Graph, max_params: int = DEFAULT_MAX_PARAMS) -> None:
-    """Refuse, before allocating anything, a network whose static parameter count is over the limit."""
+def check_param_limit(graph: Graph, max_params: int | None = None) -> None:
+    """Refuse, before allocating anything, a network whose static parameter count is over the limit
+    (``None``: the context's budget, :func:`set_max_params`)."""
+    max_params = _MAX_PARAMS.get() if max_params is None else max_params
     params = graph.params
     if params > max_params:
         gib = params * 4 / 2**30
@@ -209,7 +219,7 @@ def build(
     sets: tuple[str, ...] = (),
     scale: str | None = None,
     seed: int | None = 0,
-    max_params: int = DEFAULT_MAX_PARAMS,
+    max_params: int | None = None,
     device: str | None = None,
 ) -> CompiledModel:
     """Compile a spec path, :class:`~specc.lang.SpecDocument` or inferred :class:`Graph` to a module."""
@@ -225,7 +235,16 @@ def build(
     check_param_limit(graph, max_params)
     if seed is not None:
         torch.manual_seed(seed)
-    model = CompiledModel(graph, device=device)
+    try:
+        model = CompiledModel(graph, device=device)
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator failing is a RuntimeError
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+            raise
+        gib = graph.params * 4 / 2**30
+        raise BuildError(
+            f"{graph.name}: cannot allocate {graph.params:,} parameters (~{gib:,.1f} GiB in fp32) on this "
+            "machine; lower --max-params to refuse such specs before allocating"
+        ) from None
     if device != "meta":
         apply_init(model)
     return model
@@ -242,8 +261,13 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     target = Path(path)
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
-    with atomic_path(target) as tmp:
-        save_model(
-            model, str(tmp), metadata={"format": "pt", **(metadata or {})}
-        )  # deterministic header bytes
+    try:
+        with atomic_path(target) as tmp:
+            save_model(
+                model, str(tmp), metadata={"format": "pt", **(metadata or {})}
+            )  # deterministic header bytes
+    except Exception as exc:  # noqa: BLE001 - OSError or safetensors' own I/O error (not an OSError)
+        if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":
+            raise
+        raise UsageError(f"cannot write {target}: {exc}") from None
     return target

@@ -327,6 +327,7 @@ def launcher_args(opts: LaunchOptions, worker_args: Sequence[str]) -> list[str]:
     """Arguments of ``torch.distributed.run`` that start ``python -m specc.cli WORKER_ARGS`` per process."""
     if opts.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be at least 1, got {opts.nproc_per_node}")
+    _check_launch_numbers(opts)
     single = opts.nnodes in ("1", "1:1") and opts.rdzv_endpoint is None
     endpoint = opts.rdzv_endpoint or f"127.0.0.1:{_free_port()}"
     if not single and opts.rdzv_endpoint is None:
@@ -344,6 +345,21 @@ def launcher_args(opts: LaunchOptions, worker_args: Sequence[str]) -> list[str]:
     if single or endpoint.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1"):
         args.append("--local-addr=127.0.0.1")  # every node on this machine (e.g. a simulated 2-node run)
     return [*args, "-m", "specc.cli", *worker_args]
+
+
+def _check_launch_numbers(opts: LaunchOptions) -> None:
+    """Node counts, ranks and the endpoint's port are checked here, before anything starts."""
+    if opts.node_rank < 0 or opts.max_restarts < 0:
+        raise UsageError("--node-rank and --max-restarts must be 0 or more")
+    parts = opts.nnodes.split(":")
+    if len(parts) > 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise UsageError(f"--nnodes must be a number of nodes or MIN:MAX, got {opts.nnodes!r}")
+    if opts.rdzv_endpoint is not None:
+        host, _, port = opts.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise UsageError(
+                f"--rdzv-endpoint must be HOST:PORT with a port 1-65535, got {opts.rdzv_endpoint!r}"
+            )
 
 
 def _free_port() -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from specc.atomic import atomic_write_text
+from specc.errors import printable
 
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
@@ -37,6 +38,7 @@ class RunReport:
     def log(self, line: str) -> None:
         if not self.write:
             return
+        line = printable(line)  # file names and data labels in it never drive the terminal
         if self._progress is not None:
             self._progress.console.print(line, markup=False, highlight=False)
         else:
