@@ -33,19 +33,23 @@ def say(text: str, *, err: bool = False, end: str = "\n") -> None:
     print(printable(text), file=sys.stderr if err else sys.stdout, end=end)
 
 
-class PrintableFormatter(logging.Formatter):
-    """Log records rendered like every other message: control characters escaped."""
+class _TerminalLog(logging.Handler):
+    """Log records as ``warning: ...`` lines on the current ``sys.stderr`` (looked up per record, so
+    a redirected stderr is honoured), rendered like every other message: control characters escaped."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(printable(self.format(record)) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 def log_to_stderr(level: int = logging.WARNING) -> None:
     """Warnings of the library as ``warning: ...`` lines on stderr (once per process)."""
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(PrintableFormatter("warning: %(message)s"))
+    if not any(isinstance(h, _TerminalLog) for h in root.handlers):
+        handler = _TerminalLog()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
         root.addHandler(handler)
         root.setLevel(level)
 

@@ -33,7 +33,7 @@ MaxParamsOpt = Annotated[
 
 def use_max_params(limit: int | None) -> None:
     """Apply ``--max-params`` to every model the running command builds."""
-    from specc.nn.compiled import set_max_params
+    from specc.graph.budget import set_max_params
 
     set_max_params(limit)
 
@@ -120,7 +120,7 @@ def build(
 ) -> None:
     """Compile to a torch nn.Module and print the per-layer table (path, op, output, params, MACs)."""
     from specc.api import check as check_spec
-    from specc.nn import check_param_limit
+    from specc.graph.budget import check_param_limit
     from specc.summary import graph_json, node_table
 
     use_include_roots(include_root)

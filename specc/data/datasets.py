@@ -813,6 +813,7 @@ MMAP_BYTES = 256 << 20  # .npy inputs larger than this are memory-mapped and rea
 
 
 def _load_array_file(path: Path, budget: DataBudget, mmap: bool = False) -> Array:
+    _npy_header(path)  # a file that is not a .npy array is named as such, not as "pickled" data
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError as e:
@@ -829,6 +830,9 @@ def _load_array_file(path: Path, budget: DataBudget, mmap: bool = False) -> Arra
 
 
 def _read_header(f: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    if f.read(6) != b"\x93NUMPY":
+        raise ValueError("not a .npy array (it does not start with the NumPy magic bytes)")
+    f.seek(0)
     version = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = read(f)
@@ -840,10 +844,17 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
     try:
         with path.open("rb") as f:
             shape, dtype = _read_header(f)
+            available = os.fstat(f.fileno()).st_size - f.tell()
     except FileNotFoundError as e:
         raise DataError(f"data file '{path}' does not exist") from e
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"cannot read '{path}' as a .npy array: {e}") from e
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > available:  # before np.load allocates or maps what the header claims
+        raise DataError(
+            f"'{path}': the header claims shape {shape} {dtype} ({claimed:,} bytes) but the file holds "
+            f"only {available:,} bytes of data (truncated or forged)"
+        )
     return shape, dtype
 
 
@@ -870,6 +881,8 @@ def _load_npy(o: _Opts, path: Path) -> Dataset:
 
 
 def _load_npz(o: _Opts, path: Path) -> Dataset:
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise DataError(f"'{path}' is not a .npz archive (not a zip file)")
     try:
         with np.load(path, allow_pickle=False) as z:
             for k in z.files:  # budget from each member's header before it is decompressed

@@ -4,15 +4,13 @@
 ``specc.nn.sequence_modules`` the torch modules that op builders return.
 """
 
+from specc.graph.budget import DEFAULT_MAX_PARAMS, check_param_limit, set_max_params
 from specc.nn.compiled import (
-    DEFAULT_MAX_PARAMS,
     CompiledModel,
     Step,
     apply_init,
     build,
-    check_param_limit,
     save_weights,
-    set_max_params,
 )
 
 __all__ = [

@@ -9,7 +9,6 @@ data-dependent control flow, so ``torch.compile`` and ONNX export see one clean 
 from __future__ import annotations
 
 import math
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,8 @@ import torch.nn as nn
 
 from specc.errors import BuildError
 from specc.graph import Graph
+from specc.graph.budget import check_param_limit
 from specc.ops.base import InitSpec
-
-DEFAULT_MAX_PARAMS = 2_000_000_000
-_MAX_PARAMS: ContextVar[int] = ContextVar("specc_max_params", default=DEFAULT_MAX_PARAMS)
-
-
-def set_max_params(limit: int | None) -> None:
-    """The parameter budget of every model built in this context (the CLI's ``--max-params``, given
-    to build, train, export and bench); ``None`` restores :data:`DEFAULT_MAX_PARAMS`."""
-    _MAX_PARAMS.set(DEFAULT_MAX_PARAMS if limit is None else limit)
 
 
 @dataclass(frozen=True)
@@ -137,19 +128,6 @@ def _plan(
         free = tuple(sorted({s for s in ins if last_use[s] == t and s not in keep}))
         steps.append(Step(module, ins, outs, free))
     return steps
-
-
-def check_param_limit(graph: Graph, max_params: int | None = None) -> None:
-    """Refuse, before allocating anything, a network whose static parameter count is over the limit
-    (``None``: the context's budget, :func:`set_max_params`)."""
-    max_params = _MAX_PARAMS.get() if max_params is None else max_params
-    params = graph.params
-    if params > max_params:
-        gib = params * 4 / 2**30
-        raise BuildError(
-            f"{graph.name}: the spec has {params:,} parameters (~{gib:,.1f} GiB in fp32), over the limit of "
-            f"{max_params:,}; raise it with --max-params if you mean it"
-        )
 
 
 def apply_init(model: CompiledModel, seed: int | None = None) -> None:
