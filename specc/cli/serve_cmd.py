@@ -75,6 +75,8 @@ def serve(
         raise UsageError("--max-body-mb must be more than 0 and at most 4096")
     if threads is not None and threads < 0:
         raise UsageError("--threads must be 0 (onnxruntime's choice) or more")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {port}")
     if graceful_timeout < 0:
         raise UsageError("--graceful-timeout must be non-negative")
     if log_level not in LOG_LEVELS:

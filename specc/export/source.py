@@ -125,7 +125,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         aliases = json.loads(header.get(_ALIASES_KEY, "{}"))
     except Exception as e:  # safetensors raises its own error types
         raise UsageError(f"cannot read weights {path}: {e}") from e
-    for alias, target in (aliases or {}).items():
+    if not isinstance(aliases, dict):
+        raise UsageError(f"cannot read weights {path}: a bad {_ALIASES_KEY} header")
+    for alias, target in aliases.items():
         if target in tensors:
             tensors[alias] = tensors[target]
     try:

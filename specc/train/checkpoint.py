@@ -342,7 +342,7 @@ def _remove_checkpoint(path: Path) -> None:
 def _has_complete_manifest(path: Path) -> bool:
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(manifest, dict) and manifest.get("complete") is True
 
@@ -456,7 +456,7 @@ def _validate(path: Path, *, verify_hashes: bool = True) -> dict[str, Any]:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise _Invalid(f"no {MANIFEST_FILE} (incomplete or not a checkpoint)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise _Invalid(f"unreadable {MANIFEST_FILE}: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         raise _Invalid(f"{MANIFEST_FILE} does not mark the checkpoint complete")
