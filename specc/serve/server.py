@@ -72,12 +72,16 @@ def load_models(
 
 def read_token(path: Path) -> str:
     """The bearer token in ``path`` (surrounding whitespace dropped); must be printable ASCII."""
-    try:
-        raw = path.read_bytes()[: MAX_TOKEN_BYTES + 1]
-    except OSError as e:
-        raise UsageError(f"cannot read the token file '{path}': {e}") from e
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise UsageError(f"the token file '{path}' is larger than {MAX_TOKEN_BYTES} bytes")
+    from specc.errors import LoadError
+    from specc.load.yaml_loader import read_capped
+
+    try:  # a regular file, read up to the cap (/dev/zero or a FIFO is refused, not read)
+        raw = read_capped(path, MAX_TOKEN_BYTES, "token file")
+    except LoadError as e:
+        message = e.diagnostics[0].message
+        if "larger than" in message:
+            raise UsageError(f"the token file '{path}' is larger than {MAX_TOKEN_BYTES} bytes") from None
+        raise UsageError(f"cannot read the token file '{path}': {message}") from None
     token = raw.strip()
     if not token or not all(33 <= b < 127 for b in token):
         raise UsageError(f"the token file '{path}' must hold one token of printable ASCII characters")

@@ -122,6 +122,19 @@ def test_files_of_the_wrong_kind_and_os_failures(tmp_path: Path, monkeypatch: py
     long_name = tmp_path / ("a" * 300 + ".yaml")
     result = run_cli("check", str(long_name))
     assert result.code == 2 and "File name too long" in result.err and "a" * 40 in result.err
+    for args in (  # paths that reach the OS outside the spec reader: the one fallback in fail()
+        ["predict", str(tmp_path / ("b" * 300 + ".onnx")), "-i", str(tmp_path / "x.npy")],
+        [
+            "train",
+            str(long_name),
+            "--data",
+            str(tmp_path / ("b" * 300 + ".npy")),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    ):
+        result = run_cli(*args)
+        assert result.code == 2 and "File name too long" in result.err and "b" * 40 in result.err, result.err
     (tmp_path / "sub").mkdir()
     result = run_cli("check", str(tmp_path / "sub"))
     assert result.code == 2 and "is a directory" in result.err
@@ -140,6 +153,13 @@ def test_files_of_the_wrong_kind_and_os_failures(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(os, "open", denied)
     result = run_cli("check", str(spec))
     assert result.code == 2 and f"cannot read {spec}: Permission denied" in result.err
+
+
+def test_token_file_from_a_device_is_refused_unread() -> None:
+    from specc.serve.server import read_token
+
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_token(Path("/dev/zero"))
 
 
 def test_deep_json_in_onnx_metadata(tmp_path: Path) -> None:
