@@ -122,11 +122,12 @@ def test_files_of_the_wrong_kind_and_os_failures(tmp_path: Path, monkeypatch: py
     long_name = tmp_path / ("a" * 300 + ".yaml")
     result = run_cli("check", str(long_name))
     assert result.code == 2 and "File name too long" in result.err and "a" * 40 in result.err
+    (tmp_path / "ok.yaml").write_text(HEAD + "layers: [relu]\n")
     for args in (  # paths that reach the OS outside the spec reader: the one fallback in fail()
         ["predict", str(tmp_path / ("b" * 300 + ".onnx")), "-i", str(tmp_path / "x.npy")],
         [
             "train",
-            str(long_name),
+            str(tmp_path / "ok.yaml"),
             "--data",
             str(tmp_path / ("b" * 300 + ".npy")),
             "--out",
