@@ -29,19 +29,21 @@ def _npy_bytes(descr: str, shape: tuple[int, ...], data: bytes = b"") -> bytes:
 def test_npy_header_claims_are_checked_before_reading(tmp_path: Path) -> None:
     huge = tmp_path / "huge.npy"
     huge.write_bytes(_npy_bytes("<f4", (10**6, 10**6)))  # 128 bytes claiming 10**12 floats
-    with pytest.raises(UsageError, match="above the input budget"):
+    with pytest.raises(UsageError, match="claims 4,000,000,000,000 bytes .* truncated or forged"):
         load_arrays(huge, ["x"])
     forged = tmp_path / "forged.npy"
     forged.write_bytes(_npy_bytes("<f4", (1000, 1000), b"\0" * 64))  # 4 MB claimed, 64 bytes present
-    with pytest.raises(UsageError, match=r"claims shape \(1000, 1000\) float32 .* holds only 64 bytes"):
+    with pytest.raises(
+        UsageError, match=r"claims 4,000,000 bytes of float32 \(1000, 1000\) but the file holds 64"
+    ):
         load_arrays(forged, ["x"])
     obj = tmp_path / "obj.npy"
     obj.write_bytes(_npy_bytes("|O", (2,), b"\x80\x04N."))
-    with pytest.raises(UsageError, match="holds Python objects"):
+    with pytest.raises(UsageError, match=r"object \(pickled\) arrays are refused"):
         load_arrays(obj, ["x"])
     text = tmp_path / "text.npy"
     text.write_text("hello world\n")
-    with pytest.raises(UsageError, match="is not a .npy array") as info:
+    with pytest.raises(UsageError, match="not a valid .npy array") as info:
         load_arrays(text, ["x"])
     assert "pickled" not in str(info.value)  # the old message called a text file "pickled data"
 
@@ -50,23 +52,23 @@ def test_npz_members_are_budgeted_from_their_headers(tmp_path: Path, monkeypatch
     forged = tmp_path / "forged.npz"
     with zipfile.ZipFile(forged, "w") as z:
         z.writestr("x.npy", _npy_bytes("<f4", (10**6, 10**6)))
-    with pytest.raises(UsageError, match="array 'x' of .* above the input budget"):
+    with pytest.raises(UsageError, match="x.npy': the header claims .* truncated or forged"):
         load_arrays(forged, ["x"])
     monkeypatch.setattr(inputs, "MAX_ARRAY_BYTES", 1 << 20)
     bomb = tmp_path / "bomb.npz"  # 4 MiB of zeros, compressed to a few KiB: the budget stops it
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("x.npy", _npy_bytes("<f4", (1024, 1024), bytes(4 << 20)))
     assert bomb.stat().st_size < 64 << 10
-    with pytest.raises(UsageError, match="above the input budget of 1,048,576 bytes"):
+    with pytest.raises(UsageError, match="over the budget of 1,048,576"):
         load_arrays(bomb, ["x"])
     objz = tmp_path / "obj.npz"
     with zipfile.ZipFile(objz, "w") as z:
         z.writestr("x.npy", _npy_bytes("|O", (2,), b"\x80\x04N."))
-    with pytest.raises(UsageError, match="holds Python objects"):
+    with pytest.raises(UsageError, match=r"object \(pickled\) arrays are refused"):
         load_arrays(objz, ["x"])
     text = tmp_path / "text.npz"
     text.write_text("hello")
-    with pytest.raises(UsageError, match="is not a .npz archive"):
+    with pytest.raises(UsageError, match="cannot read arrays from .*not a zip file"):
         load_arrays(text, ["x"])
     good = tmp_path / "good.npz"
     np.savez(good, x=np.arange(6, dtype=np.float32))
@@ -179,7 +181,7 @@ def test_deep_json_in_onnx_metadata(tmp_path: Path) -> None:
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.save(tmp_path / "x.npy", np.zeros((1, 2), np.float32))
     result = run_cli("predict", str(tmp_path / "m.onnx"), "-i", str(tmp_path / "x.npy"))
-    assert result.code == 2 and "model metadata 'specc.labels' is not valid JSON" in result.err
+    assert result.code == 2 and "model metadata 'specc.labels' is nested too deeply" in result.err
 
 
 def test_hostile_scalars_in_specs(tmp_path: Path) -> None:
