@@ -262,8 +262,9 @@ class Rotary(nn.Module):
 
 
 class DotProductAttention(nn.Module):
-    """Scaled dot-product attention (no parameters): ``q (B, Tq, d)``, ``k (B, Tk, d)``,
-    ``v (B, Tk, dv)`` [, key mask ``(B, Tk)``] → ``(B, Tq, dv)``; ``[x]`` or ``[q, kv]`` also work."""
+    """Scaled dot-product attention (no parameters): ``q (B, ..., Tq, d)``, ``k (B, ..., Tk, d)``,
+    ``v (B, ..., Tk, dv)`` [, key mask ``(B, Tk)`` without leading axes] → ``(B, ..., Tq, dv)``;
+    ``[x]`` or ``[q, kv]`` also work."""
 
     def __init__(self, scale: float, causal: bool, dropout: float, num_float: int, has_mask: bool) -> None:
         super().__init__()
@@ -272,7 +273,7 @@ class DotProductAttention(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         q, k, v, mask = split_qkv(inputs, self.num_float, self.has_mask)
-        keep = keep_mask(q.shape[1], k.shape[1], self.causal, mask, q.device)
+        keep = keep_mask(q.shape[-2], k.shape[-2], self.causal, mask, q.device)
         return attend(q, k, v, keep, self.scale, self.dropout)
 
 

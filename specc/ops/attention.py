@@ -35,9 +35,14 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
-def split_inputs(inputs: list[TensorType]) -> tuple[TensorType, TensorType, TensorType, TensorType | None]:
+def split_inputs(
+    inputs: list[TensorType], leading: bool = False
+) -> tuple[TensorType, TensorType, TensorType, TensorType | None]:
     """(query, key, value, mask) from ``[x] | [q, kv] | [q, k, v]``, an optional bool mask and an
-    optional int64 positions input (checked by :func:`positions_input`)."""
+    optional int64 positions input (checked by :func:`positions_input`).
+
+    With ``leading``, the sequences may carry leading axes ``(..., seq, features)`` (windows, heads),
+    the same for query, key and value; a key mask then needs plain ``(seq, features)`` inputs."""
     floats = [t for t in inputs if t.dtype == "float32"]
     masks = [t for t in inputs if t.dtype == "bool"]
     ints = [t for t in inputs if t.dtype == "int64"]
@@ -47,13 +52,20 @@ def split_inputs(inputs: list[TensorType]) -> tuple[TensorType, TensorType, Tens
             + (", then optional int64 positions" if ints else "")
         )
     for t in floats:
-        expect_rank(t, (2,), "(seq, features)")
+        if leading and t.rank < 2:
+            raise ShapeMismatch(f"expects (..., seq, features) inputs, got {t.rank}-d {t}")
+        if not leading:
+            expect_rank(t, (2,), "(seq, features)")
     q, k, v = (floats * 3)[:3] if len(floats) == 1 else (floats[0], floats[1], floats[-1])
-    if k.shape[0] != v.shape[0]:
+    if not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        raise ShapeMismatch(f"query {q}, key {k} and value {v} need the same leading axes (before seq)")
+    if k.shape[-2] != v.shape[-2]:
         raise ShapeMismatch(f"key {k} and value {v} need the same sequence length")
     mask = masks[0] if masks else None
-    if mask is not None and mask.shape != (k.shape[0],):
-        raise ShapeMismatch(f"the key mask must be ({k.shape[0]},) bool (one flag per key), got {mask}")
+    if mask is not None and q.rank > 2:
+        raise ShapeMismatch(f"a key mask needs (seq, features) inputs; the query {q} has leading axes")
+    if mask is not None and mask.shape != (k.shape[-2],):
+        raise ShapeMismatch(f"the key mask must be ({k.shape[-2]},) bool (one flag per key), got {mask}")
     return q, k, v, mask
 
 
@@ -74,12 +86,14 @@ class DotProductAttention(_Attention):
     """Scaled dot-product attention ``softmax(q kᵀ / sqrt(d)) v`` (no parameters).
 
     ``q (Tq, d)``, ``k (Tk, d)``, ``v (Tk, dv)`` → ``(Tq, dv)``; inputs and masks as in the module
-    notes.
+    notes. Leading axes are kept, the same for q, k and v: ``(windows, heads, T, d)`` attends within
+    each window and head (Swin-style window attention written by hand; no key mask then).
 
     Example::
 
         - dot_product_attention: {from: [queries, keys, values, mask]}
         - dot_product_attention: {causal: true}            # self-attention on the previous node
+        - dot_product_attention: {from: [q, k, v]}         # (windows, heads, 49, 32) each
     """
 
     op_name = "dot_product_attention"
@@ -87,18 +101,19 @@ class DotProductAttention(_Attention):
     scale: float | None = Field(None, gt=0, description="score factor (default 1/sqrt(d))")
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
-        q, k, v, _ = split_inputs(inputs)
-        d = expect_int(q.shape[1], "the query feature axis")
-        if k.shape[1] != d:
+        q, k, v, _ = split_inputs(inputs, leading=True)
+        d = expect_int(q.shape[-1], "the query feature axis")
+        if k.shape[-1] != d:
             raise ShapeMismatch(f"query {q} and key {k} need the same feature size")
-        dv = expect_int(v.shape[1], "the value feature axis")
-        tq, tk = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0])
-        return Inferred([TensorType((q.shape[0], dv))], [], tq * tk * (d + dv))
+        dv = expect_int(v.shape[-1], "the value feature axis")
+        tq, tk = ctx.nominal(q.shape[-2]), ctx.nominal(k.shape[-2])
+        groups = math.prod(ctx.nominal(n) for n in q.shape[:-2])
+        return Inferred([TensorType((*q.shape[:-1], dv))], [], groups * tq * tk * (d + dv))
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import DotProductAttention as Module
 
-        d = expect_int(inputs[0].shape[1], "the query feature axis")
+        d = expect_int(inputs[0].shape[-1], "the query feature axis")
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(d)
         return Module(scale, self.causal, self.dropout, *_arity(inputs))
 

@@ -62,6 +62,14 @@ def build(op: str, args: dict[str, Any], *types: TensorType) -> nn.Module:
             10 * 6 * 10,
         ),
         ("dot_product_attention", {"causal": True}, [T_(("seq", 4))], [("seq", 4)], 0, 10 * 10 * 8),
+        (  # leading axes (windows, heads) are kept: attention inside each
+            "dot_product_attention",
+            {"causal": True},
+            [T_((3, 2, "seq", 4))],
+            [(3, 2, "seq", 4)],
+            0,
+            6 * 10 * 10 * 8,
+        ),
         (
             "additive_attention",
             {"num_hiddens": 5},
@@ -136,6 +144,14 @@ def test_shape_rules(
         ("positional_encoding", {"max_len": 4}, [T_((5, 8))], "longer than max_len 4"),
         ("select", {"index": 5}, [T_((5, 8))], "index 5 is out of range"),
         ("dot_product_attention", {}, [T_(("seq", 4)), T_(("seq", 5))], "same feature size"),
+        ("dot_product_attention", {}, [T_((2, "seq", 4)), T_((3, "seq", 4))], "same leading axes"),
+        (
+            "dot_product_attention",
+            {},
+            [T_((2, "seq", 4)), T_(("seq",), BOOL)],
+            "key mask needs (seq, features)",
+        ),
+        ("dot_product_attention", {}, [T_((4,))], "(..., seq, features)"),
     ],
 )
 def test_shape_errors(op: str, args: dict[str, Any], types: list[TensorType], message: str) -> None:
@@ -279,6 +295,15 @@ def test_dot_product_attention_matches_reference() -> None:
     close(ours(q, k, v, keep), want)
 
 
+def test_dot_product_attention_keeps_leading_axes() -> None:
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 2, 4, 8), torch.randn(2, 3, 2, 6, 8), torch.randn(2, 3, 2, 6, 5)
+    ours = build("dot_product_attention", {}, T_((3, 2, "t", 8)), T_((3, 2, "s", 8)), T_((3, 2, "s", 5)))
+    close(ours(q, k, v), nn.functional.scaled_dot_product_attention(q, k, v))
+    causal = build("dot_product_attention", {"causal": True}, T_((3, 2, "t", 8)))
+    close(causal(q), nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
+
+
 def test_additive_attention_matches_d2l_formula() -> None:
     torch.manual_seed(0)
     ours = build("additive_attention", {"num_hiddens": 5}, T_(("t", 3)), T_(("s", 4)), T_(("s", 2)))
@@ -327,6 +352,7 @@ CASES: dict[str, tuple[str, dict[str, Any], list[tuple[tuple[Any, ...], str]]]] 
         [(("T", 3), F32), ((1, 5), F32), ((1, 5), F32)],
     ),
     "dot_causal": ("dot_product_attention", {"causal": True}, [(("T", 4), F32)]),
+    "dot_windows": ("dot_product_attention", {}, [((3, 2, "T", 4), F32)]),
     "dot_masked": (
         "dot_product_attention",
         {},
