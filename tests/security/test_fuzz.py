@@ -1,5 +1,5 @@
 """The bounded fuzz suite (issue 17, point 7): 10,000 generated hostile specs through ``specc check``
-in one subprocess capped at 768 MiB of address space, each example under a 2 s CPU deadline
+in one subprocess capped at 512 MiB of address space, each example under a 2 s CPU deadline
 (:mod:`fuzz_check`). Derandomized: the same examples every run."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-MEMORY = 768 << 20
+MEMORY = 512 << 20
 EXAMPLES = 10_000  # ~45 s of CPU on the 2-core CI machine under load (benchmarks/RESULTS.md)
 
 
