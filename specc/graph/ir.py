@@ -64,12 +64,32 @@ class Graph:
     vars: dict[str, Any] = field(default_factory=dict)
     ties: list[Tie] = field(default_factory=list)
     document: SpecDocument | None = None
-    _by_path: dict[str, Node] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _position: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def node(self, path: str) -> Node:
-        if len(self._by_path) != len(self.nodes) or path not in self._by_path:
-            self._by_path = {n.path: n for n in self.nodes}  # rebuilt only when nodes changed
-        return self._by_path[path]
+        """The node at ``path`` (``KeyError`` if none) in O(1), through a position index that
+        follows ``nodes``: appended nodes are added to it; a node list changed any other way
+        (shrunk, reordered, an entry replaced by one with another path) is re-indexed."""
+        nodes = self.nodes
+        if len(self._position) != len(nodes):
+            self._extend()
+        i = self._position.get(path)
+        if i is None or i >= len(nodes) or nodes[i].path != path:
+            self._position = {}
+            self._extend()
+            i = self._position[path]
+        return nodes[i]
+
+    def add_node(self, node: Node) -> None:
+        """Append ``node``; the index follows without a rebuild."""
+        self.nodes.append(node)
+        self._extend()
+
+    def _extend(self) -> None:
+        if len(self._position) > len(self.nodes):
+            self._position = {}
+        for i in range(len(self._position), len(self.nodes)):
+            self._position[self.nodes[i].path] = i
 
     def type_of(self, ref: Ref) -> TensorType:
         if ref.node in self.inputs:

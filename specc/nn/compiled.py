@@ -8,22 +8,23 @@ data-dependent control flow, so ``torch.compile`` and ONNX export see one clean 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from specc.errors import BuildError
 from specc.graph import Graph
 from specc.graph.budget import check_param_limit
-from specc.ops.base import InitSpec
+from specc.ops.base import Inferred, InitSpec, Op, TensorType
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One plan step: run ``module`` on slots ``inputs``, write its outputs to slots ``outputs``,
     then drop the tensors in slots ``free`` (no later step reads them)."""
 
@@ -46,22 +47,25 @@ class CompiledModel(nn.Module):
         slots: dict[tuple[str, int], int] = {(name, 0): i for i, name in enumerate(graph.inputs)}
         modules: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
         next_slot = len(slots)
-        with torch.device(device or "cpu"):
+        target = torch.device(device or "cpu")
+        # torch.device(...) as a context routes every torch call through Python: only when needed
+        same = target == torch.get_default_device()
+        with contextlib.nullcontext() if same else target:
             for node in graph.nodes:
                 assert node.inferred is not None, f"node {node.path} was not inferred"
                 ins = [graph.type_of(r) for r in node.inputs]
-                module = node.op.build(ins, node.inferred)
+                module = construct(node.op, ins, node.inferred, target)
                 self._attach(node.path, module)
-                in_slots = tuple(slots[(r.node, r.index)] for r in node.inputs)
-                if getattr(module, "passthrough", False):
+                in_slots = tuple([slots[r.node, r.index] for r in node.inputs])
+                # looked up on the class: a missing attribute on a Module instance costs an exception
+                if getattr(type(module), "passthrough", None) is not None and module.passthrough:
                     slots[(node.path, 0)] = in_slots[0]  # identity: alias the input, no plan step
                     continue
-                out_slots = []
-                for k in range(len(node.outputs)):
-                    slots[(node.path, k)] = next_slot
-                    next_slot += 1
-                    out_slots.append(slots[(node.path, k)])
-                modules.append((module, in_slots, tuple(out_slots)))
+                out_slots = tuple(range(next_slot, next_slot + len(node.inferred.outputs)))
+                for k, slot in enumerate(out_slots):
+                    slots[(node.path, k)] = slot
+                next_slot += len(out_slots)
+                modules.append((module, in_slots, out_slots))
         for tie in graph.ties:
             self._tie(tie.node, tie.param, tie.owner)
         self._num_slots = next_slot
@@ -130,34 +134,130 @@ def _plan(
     return steps
 
 
-def apply_init(model: CompiledModel, seed: int | None = None) -> None:
-    """Initialise every node's parameters as its ``init``/``bias_init`` say (``default`` keeps torch's).
+def sets_init(spec: str | InitSpec | None) -> bool:
+    """Whether an ``init``/``bias_init`` value asks for something other than torch's default."""
+    if spec is None or spec == "default":
+        return False
+    return not (isinstance(spec, InitSpec) and spec.kind == "default")
+
+
+def param_init(name: str, param: torch.Tensor, op: Op) -> str | InitSpec | None:
+    """The spec init of a module parameter, ``None`` (the module's own start) wherever the spec keeps
+    the default.
 
     ``init`` sets the ``weight`` tensors of rank >= 2 (kernels, matrices, tables), and every ``weight``
     of ops with ``init_any_rank`` (``parameter``, ``scale``: only their own ``init``, never
-    ``defaults.init``, and never a fan-based kind; both checked when the spec is lowered);
-    ``bias_init`` sets the ``bias`` tensors.
-    A tied (shared) parameter is initialised once, by the first node in graph order that holds it.
+    ``defaults.init``, and never a fan-based kind; both checked when the spec is lowered); norm scales
+    (1-d weights of other ops) keep torch's ones; ``bias_init`` sets the ``bias`` tensors.
+    """
+    leaf = name.rsplit(".", 1)[-1]
+    any_rank = type(op).init_any_rank
+    if "weight" in leaf and (any_rank or param.dim() >= 2):
+        spec = op.init
+    elif "bias" in leaf:
+        spec = op.bias_init
+    else:
+        return None
+    return spec if sets_init(spec) else None
+
+
+def construct(op: Op, inputs: list[TensorType], inferred: Inferred, device: torch.device) -> nn.Module:
+    """Build an op's module with every parameter initialised once.
+
+    Where the spec leaves the initialisation to torch (``init: default``), the module is built as
+    it always was, so the random draws are torch's own in torch's order. Where the spec sets an
+    init, the module is built on the meta device (no memory, no draws), materialised with
+    ``to_empty``, and then each parameter gets either torch's default (the owning module's
+    ``reset_parameters``, run with the spec-initialised parameters held out) or the spec's init,
+    never both. Tied parameters (replaced by another node's) get neither. A module this cannot
+    handle (buffers computed by its constructor other than a batch norm's running statistics, no
+    ``reset_parameters``) is built as before and its spec-initialised parameters drawn again.
+    """
+    if device.type == "meta" or not (sets_init(op.init) or sets_init(op.bias_init)):
+        return op.build(inputs, inferred)
+    if not inferred.param_shapes and not op.tied():
+        return op.build(inputs, inferred)  # nothing to initialise
+    with torch.device("meta"):
+        module = op.build(inputs, inferred)
+    by_spec = {n: s for n, p in module.named_parameters() if (s := param_init(n, p, op)) is not None}
+    resets = _default_resets(module, set(by_spec))
+    if resets is None:
+        module = op.build(inputs, inferred)
+        _init_params(module, op, skip=set())
+        return module
+    module.to_empty(device=device)
+    for sub, held in resets:
+        with _held_out(sub, held):
+            sub.reset_parameters()  # type: ignore[operator]
+    _init_params(module, op, skip=set(op.tied()))
+    return module
+
+
+def _default_resets(module: nn.Module, by_spec: set[str]) -> list[tuple[nn.Module, list[str]]] | None:
+    """The sub-modules whose own parameters keep (some of) torch's default init, with the names of
+    their parameters the spec sets instead; ``None`` when a default cannot be re-created.
+
+    Buffers are re-created only for torch's batch/instance norms, whose ``reset_parameters`` also
+    resets the running statistics; any other module with buffers is built as before.
+    """
+    out = []
+    for prefix, sub in module.named_modules():
+        own = [n for n, p in sub._parameters.items() if p is not None]
+        held = [n for n in own if (f"{prefix}.{n}" if prefix else n) in by_spec]
+        has_buffers = any(b is not None for b in sub._buffers.values())
+        if has_buffers and not isinstance(sub, _NormBase):
+            return None
+        if len(held) == len(own) and not has_buffers:
+            continue
+        if not callable(getattr(sub, "reset_parameters", None)):
+            return None
+        out.append((sub, held))
+    return out
+
+
+@contextlib.contextmanager
+def _held_out(module: nn.Module, names: list[str]) -> Iterator[None]:
+    """Swap parameters ``names`` of ``module`` for meta tensors, so its ``reset_parameters`` skips
+    them (an init function on a meta tensor computes nothing and draws no random numbers)."""
+    kept = {n: module._parameters[n] for n in names}
+    for n, p in kept.items():
+        assert p is not None
+        module._parameters[n] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    try:
+        yield
+    finally:
+        module._parameters.update(kept)
+
+
+def _init_params(module: nn.Module, op: Op, skip: set[str]) -> None:
+    """Apply the spec's init to the module's parameters it covers (names in ``skip`` excepted)."""
+    for name, param in module.named_parameters():
+        spec = param_init(name, param, op)
+        if spec is None or name in skip:
+            continue
+        _init_tensor(param, spec)
+        owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+        if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
+            with torch.no_grad():  # as nn.Embedding's own init: the padding vector starts at zero
+                param[owner.padding_idx].zero_()
+
+
+def apply_init(model: CompiledModel, seed: int | None = None) -> None:
+    """Re-draw every parameter the spec initialises (``init``/``bias_init`` other than ``default``).
+
+    :class:`CompiledModel` already initialises each parameter once while it is built; this draws
+    the spec-initialised ones again (e.g. with another ``seed``). A tied (shared) parameter is
+    initialised once, by the first node in graph order that holds it.
     """
     if seed is not None:
         torch.manual_seed(seed)
     seen: set[int] = set()
     for node in model.graph.nodes:
         module = model.get_submodule(node.path)
-        min_rank = 0 if type(node.op).init_any_rank else 2  # norm scales (1-d weights) keep torch's ones
-        for name, param in module.named_parameters():
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            leaf = name.rsplit(".", 1)[-1]
-            if param.dim() >= min_rank and "weight" in leaf:
-                _init_tensor(param, node.op.init)
-                owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-                if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
-                    with torch.no_grad():  # as nn.Embedding's own init: the padding vector starts at zero
-                        param[owner.padding_idx].zero_()
-            elif "bias" in leaf:
-                _init_tensor(param, node.op.bias_init)
+        shared = {n for n, p in module.named_parameters() if id(p) in seen}
+        seen.update(id(p) for p in module.parameters())
+        if sets_init(node.op.init) or sets_init(node.op.bias_init):
+            _init_params(module, node.op, skip=shared)
 
 
 def _init_tensor(t: torch.Tensor, spec: str | InitSpec | None) -> None:
@@ -223,8 +323,6 @@ def build(
             f"{graph.name}: cannot allocate {graph.params:,} parameters (~{gib:,.1f} GiB in fp32) on this "
             "machine; lower --max-params to refuse such specs before allocating"
         ) from None
-    if device != "meta":
-        apply_init(model)
     return model
 
 
