@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from specc.cli import app, fail, say
 from specc.errors import SpecError
+
+if TYPE_CHECKING:
+    from specc.graph import Graph
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (repeatable)")]  # noqa: UP045
 ScaleOpt = Annotated[Optional[str], typer.Option("--scale", help="named scale from the spec's scales:")]  # noqa: UP045
@@ -53,12 +57,29 @@ def check(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="per-node table")] = False,
     as_json: JsonOpt = False,
     include_root: IncludeRootOpt = None,
+    memory: Annotated[
+        bool, typer.Option("--memory", help="estimate the memory of one training step (no torch)")
+    ] = False,
+    batch: Annotated[int, typer.Option("--batch", help="--memory: batch size")] = 1,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="--memory: adamw, adam, sgd (momentum) or none")
+    ] = "adamw",
+    amp: Annotated[str, typer.Option("--amp", help="--memory: autocast dtype none, bf16 or fp16")] = "none",
+    device: Annotated[str, typer.Option("--device", help="--memory: cuda (default) or cpu")] = "cuda",
+    fits: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--fits", help="--memory: the largest batch whose peak fits this size (80GiB, 24GB)"),
+    ] = None,
 ) -> None:
-    """Validate specs and infer every shape (never imports torch). Exit 2 on spec errors."""
+    """Validate specs and infer every shape (never imports torch). Exit 2 on spec errors.
+
+    With --memory, also estimate what one training step holds at its peak (parameters, gradients,
+    optimizer state, activations kept for backward), and with --fits the largest batch that fits."""
     from specc.api import check as check_spec
     from specc.summary import graph_json, node_table, summary_line
 
     use_include_roots(include_root)
+    estimate = _memory_options(memory, batch, optimizer, amp, device, fits)
     results: list[dict[str, object]] = []
     errors = 0
     for path in specs:
@@ -75,18 +96,46 @@ def check(
         results.append(
             {"file": str(path), "ok": True, **graph_json(graph), "notes": [d.to_json() for d in notes]}
         )
+        lines = estimate(graph, results[-1]) if estimate else []
         if not as_json:
             say(f"{path}: ok  {summary_line(graph)}")
             for d in notes:
                 say(f"note: {d}", err=True)
             if verbose:
                 say(node_table(graph))
+            for line in lines:
+                say(line)
     if as_json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     elif errors:
         say(f"{errors} error{'s' if errors != 1 else ''}", err=True)
     if errors:
         raise typer.Exit(2)
+
+
+def _memory_options(
+    memory: bool, batch: int, optimizer: str, amp: str, device: str, fits: str | None
+) -> Callable[[Graph, dict[str, object]], list[str]] | None:
+    """Check the --memory options; returns what adds the estimate to one spec's result and text."""
+    from specc.errors import UsageError
+    from specc.graph.memory import memory_report, parse_bytes
+
+    if not memory:
+        if fits is not None or batch != 1 or optimizer != "adamw" or amp != "none" or device != "cuda":
+            fail(UsageError("--batch, --optimizer, --amp, --device and --fits go with --memory"))
+        return None
+    try:
+        budget = parse_bytes(fits) if fits is not None else None
+        memory_report(None, batch, optimizer, amp, device, budget)  # checks the options once
+    except UsageError as exc:
+        fail(exc)
+
+    def add(graph: Graph, result: dict[str, object]) -> list[str]:
+        report, lines = memory_report(graph, batch, optimizer, amp, device, budget)
+        result["memory"] = report
+        return lines
+
+    return add
 
 
 @app.command()

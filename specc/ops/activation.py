@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from specc.ops.base import InferContext, Inferred, Op, TensorType
+from specc.ops.base import InferContext, Inferred, MemoryContext, Op, OpMemory, TensorType
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ ActName = Literal[
     "identity",
 ]
 ACTIVATIONS: tuple[str, ...] = ActName.__args__  # type: ignore[attr-defined]
+
+_KEEPS_RESULT = frozenset({"relu", "sigmoid", "tanh", "softmax"})
 
 # which extra argument each function takes (all others are rejected)
 _ARGS: dict[str, str] = {
@@ -72,6 +74,14 @@ class _Activation(Op):
 
             raise ShapeMismatch(f"softmax dim {self.dim} is out of range for a {x.rank}-d input {x}")
         return Inferred([x], [], 0)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        fn = self.function
+        if fn == "identity":
+            return OpMemory(view=True)
+        if fn in _KEEPS_RESULT:  # their derivative is a function of the result
+            return OpMemory(keeps_outputs=(0,), amp="fp32" if fn == "softmax" else "follow")
+        return OpMemory(keeps_inputs=(0,))
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn

@@ -28,7 +28,17 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int, expect_rank
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+    expect_rank,
+)
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -74,6 +84,26 @@ def _arity(inputs: list[TensorType]) -> tuple[int, bool]:
     return sum(t.dtype == "float32" for t in inputs), inputs[-1].dtype == "bool"
 
 
+def _floats(inputs: list[TensorType]) -> tuple[int, ...]:
+    return tuple(i for i, t in enumerate(inputs) if t.dtype == "float32")
+
+
+def probabilities_memory(scores: int, dropout: float, ctx: MemoryContext) -> tuple[int, int]:
+    """(elements, bytes) kept for ``scores`` attention weights: the softmax result; with dropout
+    also the dropped-out weights and the mask (CUDA: bool; CPU: the scaled noise itself).
+    Under CUDA autocast the softmax runs in fp32 and the second matmul keeps a half copy."""
+    kept, kept_bytes = scores, 0
+    if dropout > 0:
+        kept += scores
+        if ctx.device == "cuda":
+            kept_bytes += scores
+        else:
+            kept += scores
+    if ctx.amp != "none" and ctx.device == "cuda":
+        kept_bytes += scores * (6 if dropout > 0 else 4)
+    return kept, kept_bytes
+
+
 class _Attention(Op):
     category = "attention"
     max_inputs = 4
@@ -110,6 +140,13 @@ class DotProductAttention(_Attention):
         groups = math.prod(ctx.nominal(n) for n in q.shape[:-2])
         return Inferred([TensorType((*q.shape[:-1], dv))], [], groups * tq * tk * (d + dv))
 
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        q, k, _, _ = split_inputs(inputs)
+        scores = ctx.nominal(q.shape[0]) * ctx.nominal(k.shape[0])
+        kept, kept_bytes = probabilities_memory(scores, self.dropout, ctx)
+        # the matmuls keep q, k and v themselves; the score buffers are temporaries
+        return OpMemory(_floats(inputs), (), kept, kept_bytes, 2 * scores, 2 * scores, amp="low")
+
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import DotProductAttention as Module
 
@@ -145,6 +182,16 @@ class AdditiveAttention(_Attention):
         tq, tk = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0])
         macs = tq * dq * h + tk * dk * h + tq * tk * (h + dv)
         return Inferred([TensorType((q.shape[0], dv))], [(h, dk), (h, dq), (1, h)], macs)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        q, k, _, _ = split_inputs(inputs)
+        tq, tk, h = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0]), self.num_hiddens
+        kept, kept_bytes = probabilities_memory(tq * tk, self.dropout, ctx)
+        # tanh keeps its (Tq, Tk, h) result, which w_v reads; the sum before it is a temporary;
+        # masked_fill keeps the negated key mask
+        work = tq * tk * h + (tq + tk) * h
+        kept_bytes += tk if inputs[-1].dtype == "bool" else 0
+        return OpMemory(_floats(inputs), (), kept + tq * tk * h, kept_bytes, work, work, amp="low")
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import AdditiveAttention as Module
@@ -292,6 +339,19 @@ class MultiheadAttention(_Attention):
         if self.rope is not None:
             macs += 2 * (tq * qo + tk * kvo)  # q·cos + rotate_half(q)·sin, and the same for k
         return Inferred([TensorType((q.shape[0], e))], shapes, macs)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        e, _, _ = self.dims(inputs)
+        q, k, _, _ = split_inputs(inputs)
+        tq, tk = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0])
+        scores = self.num_heads * tq * tk
+        kept, kept_bytes = probabilities_memory(scores, self.dropout, ctx)
+        # the projections keep their inputs; the head-split q, kᵀ, v and the merged output are
+        # contiguous copies the matmuls and out_proj keep
+        copies = 2 * tq * e + 2 * tk * e
+        work = (tq + 2 * tk) * e + tq * e + scores  # q/k/v projections, the merged heads, a score buffer
+        back = (tq + 2 * tk) * e + 2 * scores  # q/k/v gradients, two score-sized gradients
+        return OpMemory(_floats(inputs), (), kept + copies, kept_bytes, work, back, amp="low")
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import MultiheadAttention as Module

@@ -91,6 +91,44 @@ class InferContext:
         return math.prod(self.nominal(d) for d in shape)
 
 
+@dataclass
+class MemoryContext(InferContext):
+    """What :meth:`Op.memory` may know: nominal dims, the device kind and the autocast dtype."""
+
+    device: Literal["cpu", "cuda"] = "cuda"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+
+
+@dataclass(frozen=True)
+class OpMemory:
+    """What one op holds while training, per sample (the batch multiplies it).
+
+    Element counts are in the op's activation dtype (4 bytes in fp32, 2 under bf16/fp16 autocast);
+    ``*_bytes`` fields have a fixed width (bool masks, int64 indices, fp32 statistics).
+    Tensors an op keeps that are its own inputs or outputs are named by index, so a tensor kept by
+    several ops (a residual input, a ReLU output read by the next conv) is counted once.
+    """
+
+    keeps_inputs: tuple[int, ...] = ()
+    """Inputs kept for backward (e.g. linear/conv: the input, for the weight gradient)."""
+    keeps_outputs: tuple[int, ...] = ()
+    """Outputs kept for backward (ReLU, sigmoid, tanh and softmax differentiate through their result)."""
+    kept: float = 0.0
+    """Elements of new tensors kept for backward (attention probabilities, head-split copies)."""
+    kept_bytes: float = 0.0
+    """Bytes of new fixed-width tensors kept for backward (dropout masks, pooling indices, norm stats)."""
+    workspace: float = 0.0
+    """Elements alive only while the forward runs, besides the outputs (intermediate results)."""
+    backward_workspace: float = 0.0
+    """Elements alive only while the backward runs, besides the input and parameter gradients."""
+    view: bool = False
+    """Output 0 shares input 0's memory (reshape, select, identity); its gradient is passed through."""
+    amp: Literal["low", "fp32", "follow"] = "follow"
+    """Under autocast: ``low`` computes in bf16/fp16 (matmul, conv; keeps low-precision copies of
+    its inputs and weights), ``fp32`` in float32 on CUDA (layer/group/RMS norms, softmax),
+    ``follow`` in its input's dtype."""
+
+
 def _dollarise(expr: str) -> str:
     import re
 
@@ -189,6 +227,16 @@ class Op(BaseModel):
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         """The torch module computing this op; ``forward`` takes the inputs positionally."""
         raise NotImplementedError
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        """What the op keeps for backward and needs while it runs (see :class:`OpMemory`).
+
+        The default keeps every float input, what most ops need (the input of a weighted op for
+        its weight gradient, the argument of a nonlinear function for its derivative), so an op
+        without its own rule is estimated on the safe side of ops like ``add`` that keep nothing.
+        Ops that keep their output, less, or intermediate tensors override it.
+        """
+        return OpMemory(keeps_inputs=tuple(i for i, t in enumerate(inputs) if t.dtype == "float32"))
 
     def tied(self) -> dict[str, str]:
         """Parameters shared with another node: ``{parameter name: node name}``.

@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int, expect_rank
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+    expect_rank,
+)
 from specc.ops.registry import register
 from specc.ops.shapes import tuple_n, window_dim
 
@@ -65,6 +75,9 @@ class _ConvNd(Op):
         shapes = [w] + ([(self.out_channels,)] if self.bias else [])
         macs = ctx.numel(out.shape) * (cin // self.groups) * math.prod(k)
         return Inferred([out], shapes, macs)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(keeps_inputs=(0,), amp="low")  # the input, for the weight gradient
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn

@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int, expect_rank
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+    expect_rank,
+)
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -52,6 +62,10 @@ class Embedding(Op):
         out = TensorType((*ids.shape, self.embedding_dim))
         return Inferred([out], [(self.num_embeddings, self.embedding_dim)], 0)
 
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        # keeps its ids (the data); with a scale the lookup is a temporary before the product
+        return OpMemory(keeps_inputs=(0,), workspace=ctx.numel(outputs[0].shape) if self.scale else 0)
+
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import Embedding as EmbeddingModule
 
@@ -93,6 +107,9 @@ class PositionalEncoding(Op):
             )
         shapes: list[tuple[int, ...]] = [(self.max_len, dim)] if self.kind == "learned" else []
         return Inferred([x], shapes, ctx.numel(x.shape))
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory()  # x + table[:T]: a sum keeps nothing (the table lookup is one sample's size)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import LearnedPositions, SinusoidalPositions

@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+)
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -48,6 +57,9 @@ class Linear(Op):
         out = TensorType((*x.shape[:-1], self.out_features))
         macs = ctx.numel(x.shape[:-1]) * fin * self.out_features
         return Inferred([out], shapes, macs)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(keeps_inputs=(0,), amp="low")  # the input, for the weight gradient
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
-from specc.ops.base import Dim, InferContext, Inferred, Op, ShapeMismatch, TensorType
+from specc.ops.base import Dim, InferContext, Inferred, MemoryContext, Op, OpMemory, ShapeMismatch, TensorType
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -36,6 +36,11 @@ class _Elementwise(Op):
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         shape = broadcast([t.shape for t in inputs])
         return Inferred([TensorType(shape, inputs[0].dtype)], [], ctx.numel(shape) * (len(inputs) - 1))
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        if self.fn == "add":
+            return OpMemory()  # a sum's gradient needs no operand
+        return super().memory(inputs, outputs, ctx)  # a product keeps every factor
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.modules import Elementwise
@@ -105,6 +110,9 @@ class Concat(Op):
         total: Dim = sum(sizes) if all(isinstance(s, int) for s in sizes) else "+".join(map(str, sizes))  # type: ignore[arg-type]
         shape = (*inputs[0].shape[:axis], total, *inputs[0].shape[axis + 1 :])
         return Inferred([TensorType(shape, inputs[0].dtype)])
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory()  # the gradient is split by sizes only
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.modules import Concat as ConcatModule

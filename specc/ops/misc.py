@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from specc.ops.base import Dim, InferContext, Inferred, Op, ShapeMismatch, TensorType
+from specc.ops.base import Dim, InferContext, Inferred, MemoryContext, Op, OpMemory, ShapeMismatch, TensorType
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -30,6 +30,14 @@ class Dropout(Op):
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         return Inferred([inputs[0]])
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        if self.p == 0:
+            return OpMemory(view=True)  # torch returns its input
+        numel = ctx.numel(inputs[0].shape)
+        if ctx.device == "cuda":  # fused kernel: a bool mask
+            return OpMemory(kept_bytes=numel)
+        return OpMemory(kept=numel)  # CPU: input * (bernoulli / (1 - p)) keeps the scaled noise
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
@@ -59,6 +67,9 @@ class Flatten(Op):
         tail = x.shape[self.start_dim :]
         size: Dim = math.prod(tail) if all(isinstance(d, int) for d in tail) else "*".join(map(str, tail))  # type: ignore[arg-type,unused-ignore]
         return Inferred([TensorType((*x.shape[: self.start_dim], size), x.dtype)])
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(view=True)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
@@ -120,6 +131,9 @@ class Reshape(Op):
         fill: Dim = size if not rest else "*".join(rest + ([str(size)] if size != 1 else []))
         target[target.index(-1)] = fill
         return target, taken
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(view=True)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.modules import Reshape as ReshapeModule

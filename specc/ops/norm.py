@@ -27,12 +27,23 @@ ConvNeXt's ``LayerNorm2d`` is ``layer(channels)``: two ``(C,)`` tensors, any res
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from specc.ops.base import Dim, InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int
+from specc.ops.base import (
+    Dim,
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+)
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -110,6 +121,27 @@ def norm_param_shapes(word: str, shape: tuple[Dim, ...], affine: bool = True) ->
     return [ns] if word.startswith("rms") else [ns, ns]
 
 
+def norm_memory(word: str, x: TensorType, ctx: MemoryContext, affine: bool = True) -> OpMemory:
+    """What a norm keeps for backward: its input and fp32 statistics (mean and 1/std) per group it
+    normalises; RMS norm also keeps its normalised input, instance norm its per-sample copy of the
+    affine weight (it runs as a batch norm over batch x channels)."""
+    kind = word.split("(")[0]
+    if kind == "none":
+        return OpMemory(view=True)
+    numel = ctx.numel(x.shape)
+    if kind in ("layer", "rms"):
+        rows = numel // max(1, math.prod(normalized_shape(word, x.shape)))
+        extra = numel if kind == "rms" else 0
+        return OpMemory(
+            keeps_inputs=(0,), kept=extra, kept_bytes=4 * rows * (1 if kind == "rms" else 2), amp="fp32"
+        )
+    if kind == "group":
+        return OpMemory(keeps_inputs=(0,), kept_bytes=8 * _groups(word, ctx.nominal(x.shape[0])), amp="fp32")
+    if kind == "instance":
+        return OpMemory(keeps_inputs=(0,), kept_bytes=(12 if affine else 8) * ctx.nominal(x.shape[0]))
+    return OpMemory(keeps_inputs=(0,))  # batch: per-channel statistics, shared by the batch
+
+
 def make_norm(
     word: str,
     shape: tuple[Dim, ...],
@@ -185,6 +217,9 @@ class Norm(Op):
         shapes = norm_param_shapes(word, x.shape, self.affine)
         macs = ctx.numel(x.shape) * (2 if word != "none" else 0)
         return Inferred([x], shapes, macs, notes=norm_notes(word, x.shape))
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return norm_memory(self.kind or "batch", inputs[0], ctx, self.affine)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         return make_norm(self.kind or "batch", inputs[0].shape, self.eps, self.momentum, self.affine)

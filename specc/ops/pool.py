@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import NonNegativeInt, PositiveInt
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_rank
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_rank,
+)
 from specc.ops.registry import register
 from specc.ops.shapes import tuple_n, window_dim
 
@@ -14,6 +23,11 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 IntOrList = PositiveInt | list[PositiveInt]
+
+
+def _pool_memory(kind: str, out: TensorType, ctx: MemoryContext) -> OpMemory:
+    """Pooling keeps its input; max pooling also the int64 index of every maximum."""
+    return OpMemory(keeps_inputs=(0,), kept_bytes=8 * ctx.numel(out.shape) if kind == "max" else 0)
 
 
 class _Pool(Op):
@@ -40,6 +54,9 @@ class _Pool(Op):
         )
         out = TensorType((x.shape[0], *spatial))
         return Inferred([out], [], 0)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return _pool_memory(self.kind, outputs[0], ctx)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
@@ -121,6 +138,11 @@ class _Adaptive(Op):
         out = TensorType((x.shape[0], *size))
         return Inferred([out], [], 0)
 
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        if self.kind == "avg" and all(d == 1 for d in tuple_n(self.output_size, self.nd, "")):
+            return OpMemory()  # a mean: the backward needs sizes only
+        return _pool_memory(self.kind, outputs[0], ctx)
+
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
 
@@ -180,6 +202,11 @@ class _Global(Op):
         if x.rank < 2:
             raise ShapeMismatch(f"expects a (C, ...) input with spatial axes, got {x}")
         return Inferred([TensorType((x.shape[0],))], [], 0)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        if self.kind == "avg":
+            return OpMemory()  # a mean: the backward needs sizes only
+        return OpMemory(keeps_inputs=(0,), keeps_outputs=(0,))  # amax: where the maxima were
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.modules import GlobalPool

@@ -6,8 +6,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int
-from specc.ops.norm import NORM_WORDS, check_norm_word, make_norm, norm_param_shapes
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+)
+from specc.ops.norm import NORM_WORDS, check_norm_word, make_norm, norm_memory, norm_param_shapes
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -62,6 +71,15 @@ class Projection(Op):
             fin, fout = expect_int(x.shape[-1], "features"), expect_int(target.shape[-1], "features")
             return Inferred([target], [(fout, fin), (fout,)], ctx.numel(target.shape) * fin)
         raise ShapeMismatch(f"cannot project {x} to {target}: give the residual an explicit shortcut")
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        x, target = inputs
+        if x.shape == target.shape:
+            return OpMemory(view=True)
+        if x.rank == 3:  # conv keeps x, the norm keeps the conv's output (a new tensor) and its stats
+            stats = norm_memory(self.norm or "batch", target, ctx).kept_bytes
+            return OpMemory(keeps_inputs=(0,), kept=ctx.numel(target.shape), kept_bytes=stats, amp="low")
+        return OpMemory(keeps_inputs=(0,), amp="low")
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn

@@ -13,11 +13,25 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int, expect_rank
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+    expect_rank,
+)
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
     import torch.nn as nn
+
+
+def _float_inputs(inputs: list[TensorType]) -> tuple[int, ...]:
+    return tuple(i for i, t in enumerate(inputs) if t.dtype == "float32")
 
 
 class _Recurrent(Op):
@@ -59,6 +73,15 @@ class _Recurrent(Op):
         seq = TensorType((x.shape[0], self.directions * h))
         outputs = {"sequence": [seq], "state": [state], "both": [seq, state]}[self.output]
         return Inferred(outputs, shapes, macs * ctx.nominal(x.shape[0]))
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        # every layer, direction and step keeps its gate activations and states (cuDNN's and
+        # oneDNN's reserve spaces hold about this); an approximation, not checked step by step
+        steps = ctx.nominal(inputs[0].shape[0])
+        per_step = self.num_layers * self.directions * (self.gates + 2) * self.hidden_size
+        return OpMemory(
+            _float_inputs(inputs), (), steps * per_step, 0, steps * per_step, steps * per_step, amp="low"
+        )
 
     def _kwargs(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from specc.ops.base import InferContext, Inferred, Op, ShapeMismatch, TensorType
+from specc.ops.base import InferContext, Inferred, MemoryContext, Op, OpMemory, ShapeMismatch, TensorType
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ class Select(Op):
             raise ShapeMismatch(f"index {self.index} is out of range for axis {axis} of size {size}")
         return Inferred([TensorType(x.shape[:axis] + x.shape[axis + 1 :], x.dtype)])
 
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(view=True)  # a view of its input; the backward needs sizes only
+
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import Select as SelectModule
 
@@ -77,6 +80,9 @@ class Broadcast(Op):
         if axis >= like.rank:
             raise ShapeMismatch(f"input 1 {like} has no axis {axis} to take the length from")
         return Inferred([TensorType((*x.shape[:axis], like.shape[axis], *x.shape[axis:]), x.dtype)])
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(view=True)  # a view of its input; the backward needs sizes only
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import Broadcast as BroadcastModule
