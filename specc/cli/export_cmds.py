@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -272,9 +272,18 @@ def predict(
 def bench(
     target: Annotated[Path, typer.Argument(help="a spec, or an exported .onnx file")],
     batch: Annotated[int, typer.Option("--batch", help="batch size of the throughput test")] = 32,
-    iters: Annotated[int, typer.Option("--iters", help="timed batch-1 calls per engine")] = 50,
+    iters: Annotated[
+        int, typer.Option("--iters", help="timed calls per engine and batch size, over all rounds")
+    ] = 50,
+    rounds: Annotated[
+        int, typer.Option("--rounds", help="interleaved rounds (one block per engine each)")
+    ] = 10,
     warmup: Annotated[int, typer.Option("--warmup", help="untimed calls first")] = 5,
     seq: Annotated[int, typer.Option("--seq", help="size of symbolic axes (sequence length)")] = 128,
+    threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--threads", help="intra-op threads of torch and onnxruntime (default: theirs)"),
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option("--weights", "-w", help=".safetensors or run folder")
     ] = None,  # noqa: UP045
@@ -288,24 +297,29 @@ def bench(
     include_root: IncludeRootOpt = None,
     max_params: MaxParamsOpt = None,
 ) -> None:
-    """Batch-1 latency (median, p90) and batch throughput: torch eager, torch.compile, onnxruntime
-    fp32 and int8 (with an .onnx file: onnxruntime only)."""
+    """Batch-1 latency and batch throughput of torch eager, torch.compile, onnxruntime fp32 and
+    int8 (with an .onnx file: onnxruntime only), timed in interleaved rounds with paired
+    speed-ups (median, p10-p90); the machine, threads and versions go with the figures."""
     from specc.export.bench import BenchSettings, bench_onnx, bench_spec, table
 
     log_to_stderr()
     use_include_roots(include_root)
     use_max_params(max_params)
-    if batch < 1 or iters < 1 or warmup < 0 or seq < 1:
-        raise UsageError("--batch, --iters and --seq must be positive, --warmup non-negative")
+    if batch < 1 or iters < 1 or rounds < 1 or warmup < 0 or seq < 1 or (threads is not None and threads < 1):
+        raise UsageError(
+            "--batch, --iters, --rounds, --seq and --threads must be positive, --warmup non-negative"
+        )
     if not (math.isfinite(compile_timeout) and compile_timeout > 0):
         raise UsageError(f"--compile-timeout must be a positive number of seconds, got {compile_timeout}")
     s = BenchSettings(
         batch=batch,
         iters=iters,
+        rounds=rounds,
         warmup=warmup,
         seq=seq,
         compile=not no_compile,
         compile_timeout_s=compile_timeout,
+        threads=threads,
     )
     if not target.is_file():
         raise UsageError(f"file not found: {target}")

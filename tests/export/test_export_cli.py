@@ -209,7 +209,10 @@ def test_dynamo_exporter_and_static(tmp_path: Path) -> None:
 def test_bench_json_keys(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC)
-    r = run_cli("bench", str(spec), "--json", "--iters", "3", "--warmup", "1", "--batch", "4", "--no-compile")
+    r = run_cli(
+        "bench", str(spec), "--json", "--iters", "3", "--rounds", "3", "--warmup", "1", "--batch", "4",
+        "--no-compile", "--threads", "1",
+    )  # fmt: skip
     assert r.code == 0, r.err
     result = json.loads(r.out)
     assert [row["engine"] for row in result["rows"]] == [
@@ -218,9 +221,11 @@ def test_bench_json_keys(tmp_path: Path) -> None:
         "onnxruntime int8",
     ]
     for row in result["rows"]:
-        assert set(row) == {"engine", "latency_ms", "throughput_per_s", "note"}
-        assert set(row["latency_ms"]) == {"median", "p90"} and row["throughput_per_s"] > 0
-    assert result["settings"]["batch"] == 4
+        assert set(row) == {"engine", "latency_ms", "throughput_per_s", "speedup", "calls_per_block", "note"}
+        for figure in ("latency_ms", "throughput_per_s", "speedup"):
+            assert set(row[figure]) == {"p10", "p50", "p90"} and row[figure]["p50"] > 0
+    assert result["rows"][0]["speedup"]["p50"] == 1.0  # torch eager is the baseline
+    assert result["settings"]["batch"] == 4 and result["machine"]["threads"]["torch"] == 1
 
 
 def test_optimize_fuses_specc_attention_with_exact_mask_semantics(tmp_path: Path) -> None:
