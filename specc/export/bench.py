@@ -124,20 +124,30 @@ def calls_per_block(engine: Engine, kind: Kind, s: BenchSettings) -> int:
 
 def rounds(
     engines: Sequence[Engine], s: BenchSettings
-) -> tuple[dict[str, Samples], dict[str, dict[str, int]]]:
-    """Time every engine in interleaved rounds (order rotating each round)."""
-    number: dict[str, dict[str, int]] = {
-        e.name: {k: calls_per_block(e, k, s) for k in KINDS} for e in engines
-    }
-    samples = {e.name: Samples() for e in engines}
+) -> tuple[dict[str, Samples], dict[str, dict[str, int]], dict[str, str]]:
+    """Time every engine in interleaved rounds (order rotating each round). An engine that fails
+    (a compile child that died or hung) leaves the rounds; its note says why."""
+    number: dict[str, dict[str, int]] = {}
+    failed: dict[str, str] = {}
+    for e in engines:
+        try:
+            number[e.name] = {k: calls_per_block(e, k, s) for k in KINDS}
+        except Exception as exc:  # noqa: BLE001 - reported in the engine's row
+            failed[e.name] = f"failed: {type(exc).__name__}: {exc}"
+    running = [e for e in engines if e.name not in failed]
+    samples = {e.name: Samples() for e in running}
     for r in range(s.rounds):
-        shift = r % len(engines)
-        order = [*engines[shift:], *engines[:shift]]
+        shift = r % max(1, len(running))
         for kind in KINDS:
-            for e in order:
+            for e in [*running[shift:], *running[:shift]]:
+                if e.name in failed:
+                    continue
                 n = number[e.name][kind]
-                getattr(samples[e.name], kind).append(e.block(kind, n) / n)
-    return samples, number
+                try:
+                    getattr(samples[e.name], kind).append(e.block(kind, n) / n)
+                except Exception as exc:  # noqa: BLE001 - reported in the engine's row
+                    failed[e.name] = f"failed in round {r + 1}: {type(exc).__name__}: {exc}"
+    return {k: v for k, v in samples.items() if k not in failed}, number, failed
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -196,11 +206,12 @@ def run_engines(engines: Sequence[Engine | Skipped], s: BenchSettings, batch: in
     """Time the engines that run, summarise all of them, close them."""
     live = [e for e in engines if not isinstance(e, Skipped)]
     try:
-        samples, number = rounds(live, s) if live else ({}, {})
+        samples, number, failed = rounds(live, s)
     finally:
         for e in live:
             e.close()
-    rows, warnings = summarize(engines, samples, number, batch)
+    shown = [Skipped(e.name, failed[e.name]) if e.name in failed else e for e in engines]
+    rows, warnings = summarize(shown, samples, number, batch)
     return {"rows": rows, "warnings": warnings}
 
 

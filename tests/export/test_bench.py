@@ -73,7 +73,8 @@ def fakes(
 def test_rounds_interleave_every_engine_in_a_rotating_order() -> None:
     s = BenchSettings(batch=8, iters=6, rounds=3, warmup=1)
     engines, log = fakes([1.0] * 3, s, 0.02, 0.01, 0.04)
-    samples, number = rounds(engines, s)
+    samples, number, failed = rounds(engines, s)
+    assert failed == {}
     timed = log[-3 * 2 * 3 :]  # after warm-up and probes: rounds x kinds x engines
     for r in range(3):
         block = timed[6 * r : 6 * r + 6]
@@ -182,3 +183,23 @@ def test_a_compile_over_its_time_cap_becomes_a_skipped_row(tmp_path: Path) -> No
     assert rows["torch.compile"]["latency_ms"] is None
     assert rows["torch.compile"]["note"] == "skipped: did not finish within 0.2 s"
     assert rows["onnxruntime fp32"]["speedup"]["p50"] > 0
+
+
+def test_an_engine_failing_midway_leaves_the_rounds_with_its_reason() -> None:
+    s = BenchSettings(batch=4, iters=2, rounds=4, warmup=0)
+    log: list[tuple[str, Kind, int]] = []
+    machine = Machine([1.0] * 8, 3, untimed=3 * 2)
+
+    class Dies(Fake):
+        def block(self, kind: Kind, number: int) -> float:
+            if len([x for x in log if x[0] == self.name]) >= 4:
+                raise EOFError("child exited")
+            return super().block(kind, number)
+
+    base, fast = Fake("e0", 0.02, log, machine), Fake("e1", 0.01, log, machine)
+    dying = Dies("compile", 0.01, log, machine)
+    result = run_engines([base, dying, fast], s, batch=4)
+    rows = {r["engine"]: r for r in result["rows"]}
+    assert rows["compile"]["latency_ms"] is None and rows["compile"]["note"].startswith("failed in round")
+    assert "EOFError: child exited" in rows["compile"]["note"]
+    assert rows["e1"]["speedup"]["p50"] == pytest.approx(2.0) and dying.closed
