@@ -341,17 +341,42 @@ class MultiheadAttention(_Attention):
         return Inferred([TensorType((q.shape[0], e))], shapes, macs)
 
     def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
-        e, _, _ = self.dims(inputs)
-        q, k, _, _ = split_inputs(inputs)
+        """The projections keep their inputs and ``out_proj`` the merged heads; then either
+
+        * dropout on (training, the matmul/softmax form): contiguous copies of q, kᵀ and v (k and v
+          at the query heads' count: grouped heads are broadcast) and the attention weights
+          (:func:`probabilities_memory`);
+        * dropout off (``scaled_dot_product_attention``): q, k and v as projected (the whole fused
+          projection when q/k/v are views of it; rotated copies with rope), the log-sum-exp per
+          query and head (fp32), and the additive mask when one is built.
+        """
+        e, _, _, hd = self.dims(inputs)
+        q, k, _, mask = split_inputs(inputs)
         tq, tk = ctx.nominal(q.shape[0]), ctx.nominal(k.shape[0])
+        qo, kvo = self.num_heads * hd, self.kv_heads * hd
         scores = self.num_heads * tq * tk
-        kept, kept_bytes = probabilities_memory(scores, self.dropout, ctx)
-        # the projections keep their inputs; the head-split q, kᵀ, v and the merged output are
-        # contiguous copies the matmuls and out_proj keep
-        copies = 2 * tq * e + 2 * tk * e
-        work = (tq + 2 * tk) * e + tq * e + scores  # q/k/v projections, the merged heads, a score buffer
-        back = (tq + 2 * tk) * e + 2 * scores  # q/k/v gradients, two score-sized gradients
-        return OpMemory(_floats(inputs), (), kept + copies, kept_bytes, work, back, amp="low")
+        projected = tq * qo + 2 * tk * kvo
+        if self.dropout > 0:
+            kept, kept_bytes = probabilities_memory(scores, self.dropout, ctx)
+            kept += 2 * tq * qo + 2 * tk * qo
+            work = projected + tq * qo + scores  # projections, the merged heads, a score buffer
+            back = projected + 2 * scores  # q/k/v gradients, two score-sized gradients
+            return OpMemory(_floats(inputs), (), kept, kept_bytes, work, back, amp="low")
+        kept = tq * qo + projected
+        if self.rope is not None and self.qkv == "fused":
+            kept += tq * qo + tk * kvo  # rotated q and k, next to the projection v is a view of
+        if mask is not None:  # the additive mask: (B, 1, Tq, Tk) with causal, else (B, 1, 1, Tk)
+            kept += tq * tk if self.causal else tk
+        rope_work = projected if self.rope is not None else 0  # projections before the rotation
+        return OpMemory(
+            _floats(inputs),
+            (),
+            kept,
+            4 * self.num_heads * tq,
+            rope_work + tq * qo,
+            projected + tq * qo,
+            amp="low",
+        )
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import MultiheadAttention as Module

@@ -145,9 +145,31 @@ def kept_per_sample(op: Op, shapes: list[tuple[tuple[int, ...], str]]) -> tuple[
     return (saved(4) - saved(2)) // 2, estimate
 
 
-@pytest.mark.parametrize("op_name", sorted(EXAMPLES))
+F, B, I = "float32", "bool", "int64"
+ROPE = {"theta": 10000.0}
+# the attention variants whose memory differs: dropout (matmul/softmax form) or not (SDPA), masks,
+# grouped-query heads, rotary embeddings, layouts, cross-attention
+MORE: dict[str, list[Any]] = {
+    "multihead_attention": [
+        ({"num_heads": 2, "causal": True}, [((5, 8), F)]),
+        ({"num_heads": 2, "qkv": "separate"}, [((5, 8), F), ((5,), B)]),
+        ({"num_heads": 2, "causal": True, "rope": ROPE}, [((5, 8), F), ((5,), B)]),
+        ({"num_heads": 4, "num_kv_heads": 2, "qkv": "llama", "bias": False, "causal": True, "rope": ROPE},
+         [((5, 8), F), ((5,), B)]),
+        ({"num_heads": 4, "num_kv_heads": 2, "qkv": "llama", "causal": True, "rope": ROPE}, [((5, 8), F)]),
+        ({"num_heads": 2, "causal": True, "dropout": 0.1}, [((5, 8), F)]),
+        ({"num_heads": 4, "num_kv_heads": 2, "qkv": "llama", "causal": True, "dropout": 0.1}, [((5, 8), F)]),
+        ({"num_heads": 2, "qkv": "llama", "causal": True, "dropout": 0.1, "rope": ROPE}, [((5, 8), F)]),
+        ({"num_heads": 2, "dropout": 0.2}, [((5, 8), F), ((7, 8), F), ((7,), B)]),
+    ],
+    "dot_product_attention": [({"dropout": 0.1}, [((5, 8), F), ((7, 8), F), ((7, 6), F), ((7,), B)])],
+    "dropout": [({"p": 0.0}, [((6,), F)])],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("op_name", sorted(set(EXAMPLES) | set(MORE)))
 def test_op_memory_rule_matches_what_autograd_keeps(op_name: str) -> None:
-    for args, shapes in EXAMPLES[op_name]:
+    for args, shapes in EXAMPLES.get(op_name, []) + MORE.get(op_name, []):
         measured, estimated = kept_per_sample(OPS[op_name].model_validate(args), shapes)
         where = f"{op_name} {args} on {shapes}"
         if op_name in APPROXIMATE:

@@ -161,7 +161,7 @@ def default_inits_forbidden(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("name", ["bert_base", "gpt2_small"])
+@pytest.mark.parametrize("name", ["bert_base", "gpt2_small", "llama"])
 def test_spec_init_runs_once_without_torch_defaults(name: str, default_inits_forbidden: list[str]) -> None:
     graph = graph_of(SPECS / f"{name}.yaml")
     draws: list[tuple[int, ...]] = []
