@@ -38,6 +38,7 @@ from specc.ops.base import (
     TensorType,
     expect_int,
     expect_rank,
+    float_inputs,
 )
 from specc.ops.registry import register
 
@@ -82,10 +83,6 @@ def split_inputs(
 def _arity(inputs: list[TensorType]) -> tuple[int, bool]:
     """How many float inputs come first, and whether a mask follows."""
     return sum(t.dtype == "float32" for t in inputs), inputs[-1].dtype == "bool"
-
-
-def _floats(inputs: list[TensorType]) -> tuple[int, ...]:
-    return tuple(i for i, t in enumerate(inputs) if t.dtype == "float32")
 
 
 def probabilities_memory(scores: int, dropout: float, ctx: MemoryContext) -> tuple[int, int]:
@@ -145,7 +142,7 @@ class DotProductAttention(_Attention):
         scores = ctx.nominal(q.shape[0]) * ctx.nominal(k.shape[0])
         kept, kept_bytes = probabilities_memory(scores, self.dropout, ctx)
         # the matmuls keep q, k and v themselves; the score buffers are temporaries
-        return OpMemory(_floats(inputs), (), kept, kept_bytes, 2 * scores, 2 * scores, amp="low")
+        return OpMemory(float_inputs(inputs), (), kept, kept_bytes, 2 * scores, 2 * scores, amp="low")
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import DotProductAttention as Module
@@ -191,7 +188,7 @@ class AdditiveAttention(_Attention):
         # masked_fill keeps the negated key mask
         work = tq * tk * h + (tq + tk) * h
         kept_bytes += tk if inputs[-1].dtype == "bool" else 0
-        return OpMemory(_floats(inputs), (), kept + tq * tk * h, kept_bytes, work, work, amp="low")
+        return OpMemory(float_inputs(inputs), (), kept + tq * tk * h, kept_bytes, work, work, amp="low")
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import AdditiveAttention as Module
@@ -361,7 +358,7 @@ class MultiheadAttention(_Attention):
             kept += 2 * tq * qo + 2 * tk * qo
             work = projected + tq * qo + scores  # projections, the merged heads, a score buffer
             back = projected + 2 * scores  # q/k/v gradients, two score-sized gradients
-            return OpMemory(_floats(inputs), (), kept, kept_bytes, work, back, amp="low")
+            return OpMemory(float_inputs(inputs), (), kept, kept_bytes, work, back, amp="low")
         kept = tq * qo + projected
         if self.rope is not None and self.qkv == "fused":
             kept += tq * qo + tk * kvo  # rotated q and k, next to the projection v is a view of
@@ -369,7 +366,7 @@ class MultiheadAttention(_Attention):
             kept += tq * tk if self.causal else tk
         rope_work = projected if self.rope is not None else 0  # projections before the rotation
         return OpMemory(
-            _floats(inputs),
+            float_inputs(inputs),
             (),
             kept,
             4 * self.num_heads * tq,

@@ -236,7 +236,7 @@ class Op(BaseModel):
         without its own rule is estimated on the safe side of ops like ``add`` that keep nothing.
         Ops that keep their output, less, or intermediate tensors override it.
         """
-        return OpMemory(keeps_inputs=tuple(i for i, t in enumerate(inputs) if t.dtype == "float32"))
+        return OpMemory(keeps_inputs=float_inputs(inputs))
 
     def tied(self) -> dict[str, str]:
         """Parameters shared with another node: ``{parameter name: node name}``.
@@ -256,6 +256,11 @@ class Op(BaseModel):
         common = {"name", "from_", "init", "bias_init"}
         # unset optional arguments (None: "not used by this function" or "torch's default") are left out
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in common and v is not None}
+
+
+def float_inputs(inputs: list[TensorType]) -> tuple[int, ...]:
+    """Indices of the float inputs (the ones that carry gradients)."""
+    return tuple(i for i, t in enumerate(inputs) if t.dtype == "float32")
 
 
 def expect_rank(t: TensorType, ranks: tuple[int, ...], what: str) -> None:

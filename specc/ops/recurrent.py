@@ -23,6 +23,7 @@ from specc.ops.base import (
     TensorType,
     expect_int,
     expect_rank,
+    float_inputs,
 )
 from specc.ops.registry import register
 
@@ -30,12 +31,9 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
-def _float_inputs(inputs: list[TensorType]) -> tuple[int, ...]:
-    return tuple(i for i, t in enumerate(inputs) if t.dtype == "float32")
-
-
 class _Recurrent(Op):
     gates: ClassVar[int] = 1
+    cpu_floats_per_step: ClassVar[int] = 1
     category = "recurrent"
     max_inputs = 2
     num_outputs = 2
@@ -75,13 +73,14 @@ class _Recurrent(Op):
         return Inferred(outputs, shapes, macs * ctx.nominal(x.shape[0]))
 
     def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
-        # every layer, direction and step keeps its gate activations and states (cuDNN's and
-        # oneDNN's reserve spaces hold about this); an approximation, not checked step by step
+        # every layer, direction and step keeps gate activations and states: measured on the CPU
+        # (oneDNN's LSTM workspace ~17 H per step, GRU ~7 H, RNN ~H), gates + 2 states on CUDA
+        # (cuDNN's reserve space); an approximation, not derived op by op
         steps = ctx.nominal(inputs[0].shape[0])
-        per_step = self.num_layers * self.directions * (self.gates + 2) * self.hidden_size
-        return OpMemory(
-            _float_inputs(inputs), (), steps * per_step, 0, steps * per_step, steps * per_step, amp="low"
-        )
+        per_h = self.cpu_floats_per_step if ctx.device == "cpu" else self.gates + 2
+        kept = steps * self.num_layers * self.directions * per_h * self.hidden_size
+        work = steps * self.num_layers * self.directions * (self.gates + 2) * self.hidden_size
+        return OpMemory(float_inputs(inputs), (), kept, 0, work, work, amp="low")
 
     def _kwargs(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {
@@ -127,6 +126,7 @@ class GRU(_Recurrent):
 
     op_name = "gru"
     gates = 3
+    cpu_floats_per_step = 7
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.sequence_modules import GRU as GRUModule
@@ -147,6 +147,7 @@ class LSTM(_Recurrent):
 
     op_name = "lstm"
     gates = 4
+    cpu_floats_per_step = 17
     max_inputs = 3
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
