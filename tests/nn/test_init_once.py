@@ -240,3 +240,28 @@ def test_partial_spec_init_keeps_torch_defaults_for_the_rest(default_inits_forbi
     # were drawn by torch (uniform_), plus BatchNorm's own ones/zeros
     assert "kaiming_uniform_" not in default_inits_forbidden
     assert default_inits_forbidden.count("uniform_") == 2
+
+
+def test_build_leaves_the_garbage_collector_as_it_found_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import specc.nn.compiled as compiled
+
+    assert gc.isenabled()
+    build(check_text(MIXED))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build(check_text(MIXED))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    def fails(*args: object) -> None:
+        assert not gc.isenabled()  # paused while modules are created
+        raise RuntimeError("module construction failed")
+
+    monkeypatch.setattr(compiled, "construct", fails)
+    with pytest.raises(RuntimeError, match="construction failed"):
+        build(check_text(MIXED))
+    assert gc.isenabled()
