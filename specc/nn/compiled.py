@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+from torch.nn.modules import module as _torch_module
 from torch.nn.modules.batchnorm import _NormBase
 
 from specc.errors import BuildError
@@ -46,6 +47,7 @@ class CompiledModel(nn.Module):
         self.input_names = list(graph.inputs)
         self.output_names = list(graph.outputs)
         slots: dict[tuple[str, int], int] = {(name, 0): i for i, name in enumerate(graph.inputs)}
+        types = {(name, 0): t for name, t in graph.inputs.items()}  # each edge's type, as built
         modules: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
         next_slot = len(slots)
         target = torch.device(device or "cpu")
@@ -53,16 +55,18 @@ class CompiledModel(nn.Module):
         same = target == torch.get_default_device()
         with _gc_paused(), contextlib.nullcontext() if same else target:
             for node in graph.nodes:
-                assert node.inferred is not None, f"node {node.path} was not inferred"
-                ins = [graph.type_of(r) for r in node.inputs]
-                module = construct(node.op, ins, node.inferred, target)
+                inferred = node.inferred
+                assert inferred is not None, f"node {node.path} was not inferred"
+                module = construct(node.op, [types[r.node, r.index] for r in node.inputs], inferred, target)
+                for k, t in enumerate(inferred.outputs):
+                    types[node.path, k] = t
                 self._attach(node.path, module)
                 in_slots = tuple([slots[r.node, r.index] for r in node.inputs])
                 # looked up on the class: a missing attribute on a Module instance costs an exception
                 if getattr(type(module), "passthrough", None) is not None and module.passthrough:
                     slots[(node.path, 0)] = in_slots[0]  # identity: alias the input, no plan step
                     continue
-                out_slots = tuple(range(next_slot, next_slot + len(node.inferred.outputs)))
+                out_slots = tuple(range(next_slot, next_slot + len(inferred.outputs)))
                 for k, slot in enumerate(out_slots):
                     slots[(node.path, k)] = slot
                 next_slot += len(out_slots)
@@ -80,9 +84,9 @@ class CompiledModel(nn.Module):
             child = parent._modules.get(part)
             if child is None:
                 child = nn.ModuleDict()
-                parent.add_module(part, child)
+                _add_module(parent, part, child)
             parent = child
-        parent.add_module(leaf, module)
+        _add_module(parent, leaf, module)
 
     def _tie(self, path: str, param: str, owner: str) -> None:
         """Make node ``path`` use node ``owner``'s parameter ``param`` (weight tying)."""
@@ -121,6 +125,23 @@ class CompiledModel(nn.Module):
         return tuple(env[i] for i in self._result)
 
 
+def _add_module(parent: nn.Module, name: str, module: nn.Module) -> None:
+    """``parent.add_module(name, module)`` for a new, free name without its ``hasattr`` probe (an
+    exception inside ``Module.__getattr__`` per module: a tenth of a large build). Anything else (a
+    name taken by an attribute, registration hooks) goes through ``add_module`` and its checks."""
+    free = not (
+        name in parent.__dict__
+        or hasattr(type(parent), name)
+        or name in parent._parameters
+        or name in parent._buffers
+        or name in parent._modules
+    )
+    if free and name and "." not in name and not _torch_module._global_module_registration_hooks:
+        parent._modules[name] = module
+    else:
+        parent.add_module(name, module)
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic garbage collector while the modules are created.
@@ -146,9 +167,10 @@ def _plan(
     for t, (_, ins, _) in enumerate(modules):
         for slot in ins:
             last_use[slot] = t
+    kept = set(keep)
     steps = []
     for t, (module, ins, outs) in enumerate(modules):
-        free = tuple(sorted({s for s in ins if last_use[s] == t and s not in keep}))
+        free = tuple(sorted({s for s in ins if last_use[s] == t} - kept))
         steps.append(Step(module, ins, outs, free))
     return steps
 
