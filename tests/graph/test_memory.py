@@ -145,7 +145,7 @@ def kept_per_sample(op: Op, shapes: list[tuple[tuple[int, ...], str]]) -> tuple[
     return (saved(4) - saved(2)) // 2, estimate
 
 
-F, B, I = "float32", "bool", "int64"
+F, B = "float32", "bool"
 ROPE = {"theta": 10000.0}
 # the attention variants whose memory differs: dropout (matmul/softmax form) or not (SDPA), masks,
 # grouped-query heads, rotary embeddings, layouts, cross-attention
