@@ -12,8 +12,9 @@ import contextlib
 import gc
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,8 @@ from specc.graph.budget import check_param_limit
 from specc.ops.base import Inferred, InitSpec, Op, TensorType
 
 
-class Step(NamedTuple):
+@dataclass(frozen=True)
+class Step:
     """One plan step: run ``module`` on slots ``inputs``, write its outputs to slots ``outputs``,
     then drop the tensors in slots ``free`` (no later step reads them)."""
 
