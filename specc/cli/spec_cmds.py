@@ -79,7 +79,7 @@ def check(
     from specc.summary import graph_json, node_table, summary_line
 
     use_include_roots(include_root)
-    estimate = _memory_options(memory, batch, optimizer, amp, device, fits)
+    estimate = _memory_options(memory, batch, optimizer, amp, device, fits, 10 if verbose else 0)
     results: list[dict[str, object]] = []
     errors = 0
     for path in specs:
@@ -114,7 +114,7 @@ def check(
 
 
 def _memory_options(
-    memory: bool, batch: int, optimizer: str, amp: str, device: str, fits: str | None
+    memory: bool, batch: int, optimizer: str, amp: str, device: str, fits: str | None, top: int
 ) -> Callable[[Graph, dict[str, object]], list[str]] | None:
     """Check the --memory options; returns what adds the estimate to one spec's result and text."""
     from specc.errors import UsageError
@@ -131,7 +131,7 @@ def _memory_options(
         fail(exc)
 
     def add(graph: Graph, result: dict[str, object]) -> list[str]:
-        report, lines = memory_report(graph, batch, optimizer, amp, device, budget)
+        report, lines = memory_report(graph, batch, optimizer, amp, device, budget, top)
         result["memory"] = report
         return lines
 

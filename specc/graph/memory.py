@@ -432,15 +432,23 @@ def _width(t: TensorType, float_width: int) -> int:
 
 
 def memory_report(
-    graph: Graph | None, batch: int, optimizer: str, amp: str, device: str, budget: int | None = None
+    graph: Graph | None,
+    batch: int,
+    optimizer: str,
+    amp: str,
+    device: str,
+    budget: int | None = None,
+    top: int = 0,
 ) -> tuple[dict[str, Any], list[str]]:
-    """The estimate (and with ``budget`` the largest batch that fits) as JSON and as text lines.
-    With ``graph=None`` only the options are checked."""
+    """The estimate (per node too; with ``budget`` the largest batch that fits) as JSON and as text
+    lines, ``top`` nodes keeping the most listed. With ``graph=None`` only the options are checked."""
     _check(batch, optimizer, amp, device)
     if graph is None:
         return {}, []
     est = estimate_memory(graph, batch, optimizer, amp, device)
-    report, lines = est.to_json(), [memory_table(est)]
+    report, lines = est.to_json(nodes=True), [memory_table(est)]
+    if top:
+        lines.append(node_memory_table(est, top))
     if budget is not None:
         best = largest_batch(graph, budget, optimizer, amp, device)
         report["fits"] = {
@@ -451,6 +459,18 @@ def memory_report(
         found = f"{best.batch} (peak {human_bytes(best.peak)})" if best else "none: batch 1 does not fit"
         lines.append(f"largest batch that fits {human_bytes(budget)}: {found}")
     return report, lines
+
+
+def node_memory_table(est: MemoryEstimate, top: int) -> str:
+    """The ``top`` nodes by the new tensors they keep for backward, with their outputs' size."""
+    rows = sorted(est.nodes, key=lambda n: n.kept_bytes, reverse=True)[:top]
+    width = max((len(n.path) for n in rows), default=4)
+    lines = [f"  {'node':<{width}}  {'op':<20} {'keeps (new)':>12} {'outputs':>12}"]
+    lines += [
+        f"  {n.path:<{width}}  {n.op:<20} {human_bytes(n.kept_bytes):>12} {human_bytes(n.output_bytes):>12}"
+        for n in rows
+    ]
+    return "\n".join(lines)
 
 
 def memory_table(est: MemoryEstimate) -> str:
@@ -478,5 +498,6 @@ __all__: Sequence[str] = [
     "largest_batch",
     "memory_report",
     "memory_table",
+    "node_memory_table",
     "parse_bytes",
 ]

@@ -247,11 +247,15 @@ def test_check_memory_json_and_text(tmp_path: Path) -> None:
     assert memory["batch"] == 8 and memory["optimizer"] == "sgd"
     assert memory["bytes"]["optimizer_state"] == memory["bytes"]["params"]
     assert memory["bytes"]["peak"] == estimate_memory(check_text(CHAIN), 8, "sgd").peak
+    assert [n["path"] for n in memory["nodes"]] == ["0", "1", "2", "3"]
+    assert memory["nodes"][0]["output_bytes"] == 8 * 16 * 4
     text = run_cli("check", str(spec), "--memory", "--fits", "1MiB", "--amp", "bf16")
     assert text.code == 0, text.err
     best = largest_batch(check_text(CHAIN), 2**20, amp="bf16")
     assert best is not None
     assert "peak during the step" in text.out
+    verbose = run_cli("check", str(spec), "--memory", "-v")
+    assert "keeps (new)" in verbose.out and "linear" in verbose.out
     assert f"largest batch that fits 1.00 MiB: {best.batch} (peak" in text.out
 
 
