@@ -53,6 +53,13 @@ MODELS: list[tuple[str, Callable[[], Graph], tuple[int, int]]] = [
     ("bert_base", lambda: check(ROOT / "specs/bert_base.yaml", ["dims.seq=128"]), (4, 16)),
     ("gpt2_small", lambda: check(ROOT / "specs/gpt2_small.yaml", ["dims.seq=256"]), (2, 8)),
     ("llama", lambda: check(ROOT / "specs/llama.yaml", LLAMA_SETS), (2, 8)),
+    # vision specs with today's ops: upsample/conv_transpose/concat (U-Net), permute, layer(channels),
+    # scale (ConvNeXt), parameter, slice (ViT), depthwise convs and SE blocks (MobileNetV2, EfficientNet)
+    ("unet", lambda: check(ROOT / "specs/unet.yaml", ["res=128"]), (2, 8)),
+    ("convnext_tiny", lambda: check(ROOT / "specs/convnext_tiny.yaml"), (2, 8)),
+    ("vit_b_16", lambda: check(ROOT / "specs/vit_b_16.yaml"), (2, 8)),
+    ("mobilenet_v2", lambda: check(ROOT / "specs/mobilenet_v2.yaml"), (4, 16)),
+    ("efficientnet_b0", lambda: check(ROOT / "specs/efficientnet_b0.yaml"), (4, 16)),
 ]
 
 

@@ -288,8 +288,10 @@ class _Step:
             grads_in = grads_in or any(self.needs_grad[_key(r)] for r in node.inputs)
             out_bytes = 0
             for k, t in enumerate(node.inferred.outputs):
-                view = mem.view and k == 0 and bool(node.inputs)
+                view = mem.view and (k == 0 or mem.view_all) and bool(node.inputs)
                 src = self.storage[_key(node.inputs[0])] if view else None
+                if mem.param_view and k == 0:
+                    src = (node.path, -1)  # the parameter's own memory, counted with the parameters
                 width = w if t.dtype == "float32" else _width(t, w)
                 new = self.edge((node.path, k), t, width, src, grads_in and t.dtype == "float32")
                 if new:
@@ -370,7 +372,7 @@ class _Step:
             transient = 0
             for j, r in enumerate(node.inputs):
                 key = _key(r)
-                if not self.needs_grad[key]:
+                if not self.needs_grad[key] or mem.param_view:
                     continue
                 size = self.numel(g.type_of(r)) * self.width[key]
                 if j == 0 and mem.view and size == grad.get(outs_i[0], -1):
@@ -408,7 +410,7 @@ class _Step:
         return param_grads
 
     def ties_of(self, path: str) -> list[tuple[str, str]]:
-        return [(param, owner) for p, param, owner in self.graph.meta.get("ties", ()) if p == path]
+        return [(t.param, t.owner) for t in self.graph.ties if t.node == path]
 
     def owner_weight(self, owner: str) -> int:
         """Bytes of a tied parameter (the owner's first, e.g. an embedding's table)."""

@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt, model_validator
 
-from specc.ops.base import Dim, InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int
+from specc.ops.base import (
+    Dim,
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+)
 from specc.ops.dims import add_dim, axis_index, ceil_div_dim
 from specc.ops.registry import register
 
@@ -26,6 +36,10 @@ MAX_PIECES = 1024
 class _AxisOp(Op):
     category = "shape"
     input_dtypes = ANY_DTYPE
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        # views of the input (strides changed); their backward needs the sizes only
+        return OpMemory(view=True, view_all=len(outputs) > 1)
 
 
 @register

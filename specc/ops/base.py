@@ -123,6 +123,11 @@ class OpMemory:
     """Elements alive only while the backward runs, besides the input and parameter gradients."""
     view: bool = False
     """Output 0 shares input 0's memory (reshape, select, identity); its gradient is passed through."""
+    view_all: bool = False
+    """With ``view``: every output shares input 0's memory (split, chunk)."""
+    param_view: bool = False
+    """Output 0 is a view of the op's own parameter (``parameter``'s expanded tensor): no new memory,
+    and its input (read for the batch size only) gets no gradient."""
     amp: Literal["low", "fp32", "follow"] = "follow"
     """Under autocast: ``low`` computes in bf16/fp16 (matmul, conv; keeps low-precision copies of
     its inputs and weights), ``fp32`` in float32 on CUDA (layer/group/RMS norms, softmax),

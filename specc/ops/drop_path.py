@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from specc.ops.base import InferContext, Inferred, Op, TensorType
+from specc.ops.base import InferContext, Inferred, MemoryContext, Op, OpMemory, TensorType
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -34,6 +34,11 @@ class DropPath(Op):
 
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         return Inferred([inputs[0]])
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        if self.p == 0:
+            return OpMemory(view=True)  # the module returns its input
+        return OpMemory(kept=1)  # x * mask: the scaled per-sample mask (one element per sample)
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.modules import DropPath as DropPathModule

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt, field_validator
 
-from specc.ops.base import InferContext, Inferred, InitSpec, Op, TensorType, expect_int
+from specc.ops.base import (
+    InferContext,
+    Inferred,
+    InitSpec,
+    MemoryContext,
+    Op,
+    OpMemory,
+    TensorType,
+    expect_int,
+)
 from specc.ops.dims import axis_index
 from specc.ops.registry import register
 
@@ -71,6 +80,9 @@ class Parameter(LearnedOp):
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         stored = (1, *self.shape) if self.batched else tuple(self.shape)
         return Inferred([TensorType(tuple(self.shape))], [stored], 0)
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory(param_view=True)  # weight.expand(batch, ...): no memory of its own
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.vision_modules import LearnedTensor

@@ -123,7 +123,7 @@ def norm_param_shapes(word: str, shape: tuple[Dim, ...], affine: bool = True) ->
 
 def norm_memory(word: str, x: TensorType, ctx: MemoryContext, affine: bool = True) -> OpMemory:
     """What a norm keeps for backward: its input and fp32 statistics (mean and 1/std) per group it
-    normalises; RMS norm also keeps its normalised input, instance norm its per-sample copy of the
+    normalises; RMS norm with a weight also keeps its normalised input, instance norm its per-sample copy of the
     affine weight (it runs as a batch norm over batch x channels)."""
     kind = word.split("(")[0]
     if kind == "none":
@@ -131,7 +131,7 @@ def norm_memory(word: str, x: TensorType, ctx: MemoryContext, affine: bool = Tru
     numel = ctx.numel(x.shape)
     if kind in ("layer", "rms"):
         rows = numel // max(1, math.prod(normalized_shape(word, x.shape)))
-        extra = numel if kind == "rms" else 0
+        extra = numel if kind == "rms" and affine else 0  # the normalised input, for weight's grad
         return OpMemory(
             keeps_inputs=(0,), kept=extra, kept_bytes=4 * rows * (1 if kind == "rms" else 2), amp="fp32"
         )

@@ -7,7 +7,18 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from specc.ops.base import Dim, InferContext, Inferred, Op, ShapeMismatch, TensorType, expect_int, expect_rank
+from specc.ops.base import (
+    Dim,
+    InferContext,
+    Inferred,
+    MemoryContext,
+    Op,
+    OpMemory,
+    ShapeMismatch,
+    TensorType,
+    expect_int,
+    expect_rank,
+)
 from specc.ops.dims import div_dim, mul_dim
 from specc.ops.registry import register
 
@@ -89,6 +100,9 @@ class Upsample(Op):
         out = TensorType((x.shape[0], *spatial))
         return Inferred([out], [], ctx.numel(out.shape) * _MACS_PER_OUTPUT[self.mode])
 
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory()  # a new output; the backward needs the sizes only
+
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         from specc.nn.vision_modules import Upsample as UpsampleModule
 
@@ -121,6 +135,9 @@ class PixelShuffle(Op):
         c = div_dim(expect_int(x.shape[0], "the channel axis"), r * r, "channels")
         return Inferred([TensorType((c, mul_dim(x.shape[1], r), mul_dim(x.shape[2], r)), x.dtype)])
 
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory()  # a new output; the backward needs the sizes only
+
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn
 
@@ -149,6 +166,9 @@ class PixelUnshuffle(Op):
         c = expect_int(x.shape[0], "the channel axis") * r * r
         h, w = (div_dim(d, r, "spatial size") for d in x.shape[1:])
         return Inferred([TensorType((c, h, w), x.dtype)])
+
+    def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
+        return OpMemory()  # a new output; the backward needs the sizes only
 
     def build(self, inputs: list[TensorType], inferred: Inferred) -> nn.Module:
         import torch.nn as nn

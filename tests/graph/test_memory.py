@@ -195,6 +195,11 @@ TINY_GPT = ["--scale", "tiny"]
         ("lenet_bn.yaml", [], None, 32),
         ("gpt2_small.yaml", ["dims.seq=32"], "tiny", 8),
         ("bert_base.yaml", ["dims.seq=32"], "tiny", 8),
+        # today's vision ops: upsample, conv_transpose, concat (U-Net); parameter, slice (ViT).
+        # ConvNeXt is not here: at its tiny scale (1.6 MB) a constant ~3 MB oneDNN buffer in the
+        # backward of its 7x7 depthwise conv dominates; full size is within 5 % (RESULTS.md)
+        ("unet.yaml", [], "tiny", 4),
+        ("vit_b_16.yaml", [], "tiny", 8),
     ],
 )
 def test_estimate_is_within_15_percent_of_a_measured_step(
