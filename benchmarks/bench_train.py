@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -190,7 +191,85 @@ def _interleave(a: Callable[[], None], b: Callable[[], None], rounds: int) -> tu
     return float(np.median(ta)), float(np.median(tb))
 
 
-TASKS = {"lenet": lenet, "resnet": resnet, "lstm": lstm, "seq2seq": seq2seq, "overhead": overhead}
+def _child(cmd: list[str], out: Path) -> tuple[float, float]:
+    """Run one training process on one thread; returns (wall s, CPU s of the child)."""
+    import shutil
+    import subprocess
+
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def endtoend(epochs: int = 5, rounds: int = 3) -> str:
+    """``specc train`` as a user runs it (a new process: imports, data, build, epochs with
+    validation, checkpoints and metrics, test, final weights, curves) against the same job written by
+    hand (``benchmarks/hand_train.py``), one thread each, alternating ABBA; paired ratios per round."""
+    python = sys.executable
+    sets = [
+        f"train.epochs={epochs}",
+        "train.batch_size=64",
+        "train.optimizer=adamw",
+        "train.lr=0.001",
+        "train.schedule=none",
+        "train.warmup_steps=0",
+        "train.augment=none",
+    ]
+    specc_cmd = [python, "-m", "specc.cli", "train", str(SPECS / "lenet.yaml"), "--data", "digits", "--quiet"]
+    specc_cmd += ["--device", "cpu", "--out", str(ROOT / "runs" / "bench-e2e-specc")]
+    for s in sets:
+        specc_cmd += ["--set", s]
+    hand_cmd = [python, str(ROOT / "benchmarks" / "hand_train.py"), "--epochs", str(epochs)]
+    hand_cmd += ["--out", str(ROOT / "runs" / "bench-e2e-hand")]
+    runs = {
+        "specc": (specc_cmd, ROOT / "runs" / "bench-e2e-specc"),
+        "hand": (hand_cmd, ROOT / "runs" / "bench-e2e-hand"),
+    }
+    for cmd, out in runs.values():
+        _child(cmd, out)  # warm-up: page cache, .pyc files
+    walls: dict[str, list[float]] = {"specc": [], "hand": []}
+    cpus: dict[str, list[float]] = {"specc": [], "hand": []}
+    for r in range(rounds):
+        order = ["specc", "hand", "hand", "specc"] if r % 2 == 0 else ["hand", "specc", "specc", "hand"]
+        got: dict[str, list[tuple[float, float]]] = {"specc": [], "hand": []}
+        for name in order:
+            got[name].append(_child(*runs[name]))
+        for name in got:
+            walls[name].append(sum(w for w, _ in got[name]) / 2)
+            cpus[name].append(sum(c for _, c in got[name]) / 2)
+    wall_ratio = [a / b for a, b in zip(walls["specc"], walls["hand"], strict=True)]
+    cpu_ratio = [a / b for a, b in zip(cpus["specc"], cpus["hand"], strict=True)]
+    load = os.getloadavg()
+
+    def spread(v: list[float]) -> str:
+        q = np.percentile(v, [10, 50, 90])
+        return f"{q[1]:.3f} (p10 {q[0]:.3f}, p90 {q[2]:.3f})"
+
+    return (
+        f"| end to end, LeNet on digits, {epochs} epochs, batch 64, AdamW, validation + checkpoint + metrics "
+        f"every epoch, test + curves at the end; {rounds} ABBA rounds, 1 thread, load {load[0]:.1f} | "
+        f"specc {np.median(walls['specc']):.2f} s wall / {np.median(cpus['specc']):.2f} s CPU, hand-written "
+        f"{np.median(walls['hand']):.2f} s / {np.median(cpus['hand']):.2f} s; paired specc/hand: wall "
+        f"{spread(wall_ratio)}, CPU {spread(cpu_ratio)} (target ≤ 1.05) | |"
+    )
+
+
+TASKS = {
+    "lenet": lenet,
+    "resnet": resnet,
+    "lstm": lstm,
+    "seq2seq": seq2seq,
+    "overhead": overhead,
+    "endtoend": endtoend,
+}
 
 
 def main(names: list[str]) -> None:

@@ -444,7 +444,7 @@ class Trainer:
             f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "step", "lr", "samples_per_s")
         )
         self.report.log(f"epoch {row['epoch']} step {st.step}: {shown} ({rate:,.0f} samples/s)")
-        self.report.write_metrics(st.history, None, "running")
+        self.report.write_metrics(st.history, None, "running", curves=False)  # curves: at the end
         self._save()
 
     def _early_stopping(self, row: dict[str, Any]) -> None:

@@ -86,8 +86,13 @@ class RunReport:
 
     # ---------------------------------------------------------------------------------- metrics
 
-    def write_metrics(self, history: list[dict[str, Any]], final: dict[str, Any] | None, status: str) -> None:
-        """``metrics.csv`` (one row per epoch), ``metrics.json`` (epochs + final), ``curves.png``."""
+    def write_metrics(
+        self, history: list[dict[str, Any]], final: dict[str, Any] | None, status: str, *, curves: bool = True
+    ) -> None:
+        """``metrics.csv`` (one row per epoch), ``metrics.json`` (epochs + final) and, with ``curves``,
+        ``curves.png``. The trainer writes the metrics after every epoch and the curves once, when the
+        run ends (completed, interrupted or failed): matplotlib's import and a redraw per epoch cost
+        more than a small model's whole epoch."""
         if not self.write:
             return
         keys: list[str] = []
@@ -100,7 +105,7 @@ class RunReport:
         atomic_write_text(self.run / METRICS_CSV, buf.getvalue())
         doc = {"status": status, "epochs": history, "final": final}
         atomic_write_text(self.run / METRICS_JSON, json.dumps(_finite(doc), indent=2) + "\n")
-        if history:
+        if history and curves:
             write_curves(self.run / CURVES_PNG, history)
         self._tensorboard(history[-1] if history else None)
 
