@@ -228,9 +228,11 @@ def test_bad_calibration_is_a_usage_error(
 # activations to ~1e-11 in eval mode (BatchNorm with fresh running statistics), and ViT's head starts at
 # zeros. For them the test checks that the quantiser handles their op patterns, not the error.
 DEGENERATE_AT_INIT = {"mobilenet_v2", "efficientnet_b0", "vit_b_16"}
-# Static per-tensor int8 with random calibration misses the 5 % bound on ConvNeXt (6.2 %: LayerNorm over
-# channels after every depthwise conv, GELU MLPs); a known limit of the quantiser's settings, not a spec bug.
-INT8_ABOVE_5_PERCENT = {"convnext_tiny"}
+# Specs whose static per-tensor int8 error with random calibration is above the 5 % bound (a strict
+# xfail). ConvNeXt was (6.2 %) with the previous builder's weights (torch's init drawn, then the spec's);
+# with every weight drawn once it is 3.3 % at seed 0 (4.7 % and 4.2 % at seeds 1 and 2): close to the
+# bound (LayerNorm over channels after every depthwise conv, GELU MLPs), within it.
+INT8_ABOVE_5_PERCENT: set[str] = set()
 
 
 def _conv_specs() -> list[object]:
