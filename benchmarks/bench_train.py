@@ -1,10 +1,12 @@
 """Training benchmarks (issue 5): accuracy targets and the overhead of ``specc train``'s step.
 
-    .venv/bin/python benchmarks/bench_train.py [lenet resnet lstm seq2seq overhead]
+    .venv/bin/python benchmarks/bench_train.py [lenet resnet lstm seq2seq overhead endtoend]
 
 Each task runs ``specc train`` in-process into ``runs/bench-*`` and prints a table row. ``overhead``
 times the trainer's step against a minimal hand-written loop on the same model and batches,
-interleaved in one process (ratios measured side by side).
+interleaved in one process (ratios measured side by side). ``endtoend`` (issue 14) times whole
+``specc train`` processes against ``benchmarks/hand_train.py`` doing the same job, one thread each,
+in ABBA rounds (paired wall and CPU ratios).
 """
 
 from __future__ import annotations
