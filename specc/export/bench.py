@@ -319,8 +319,8 @@ def existing_int8(fp32: Path) -> tuple[Path | None, str]:
     """``M.int8.onnx`` next to ``M.onnx`` if its manifest verifies it and its metadata make it the
     int8 variant of the same spec; else ``None`` and why not."""
     from specc.errors import UsageError
-    from specc.export.variants import KEY_VARIANT, variant_path
-    from specc.runtime.model import check_manifest, read_metadata
+    from specc.export.variants import variant_path
+    from specc.runtime.model import check_manifest, read_info
 
     path = variant_path(fp32, "int8")
     if not path.is_file():
@@ -328,10 +328,10 @@ def existing_int8(fp32: Path) -> tuple[Path | None, str]:
     try:
         if check_manifest(path) is None:
             return None, f"{path.name} has no manifest ({path.name}.sha256)"
-        meta, own = read_metadata(path), read_metadata(fp32)
+        meta, own = read_info(path), read_info(fp32)
     except UsageError as e:
         return None, str(e)
-    if meta.get(KEY_VARIANT) != "int8" or meta.get("specc.spec_hash") != own.get("specc.spec_hash"):
+    if meta.variant != "int8" or meta.spec_hash != own.spec_hash:
         return None, f"{path.name} is not the int8 variant of {fp32.name} (metadata differ)"
     return path, f"{path.name} (specc export --int8; manifest verified)"
 
