@@ -138,8 +138,9 @@ class DotProductAttention(_Attention):
         return Inferred([TensorType((*q.shape[:-1], dv))], [], groups * tq * tk * (d + dv))
 
     def memory(self, inputs: list[TensorType], outputs: list[TensorType], ctx: MemoryContext) -> OpMemory:
-        q, k, _, _ = split_inputs(inputs)
-        scores = ctx.nominal(q.shape[0]) * ctx.nominal(k.shape[0])
+        q, k, _, _ = split_inputs(inputs, leading=True)
+        groups = math.prod(ctx.nominal(n) for n in q.shape[:-2])  # windows, heads
+        scores = groups * ctx.nominal(q.shape[-2]) * ctx.nominal(k.shape[-2])
         kept, kept_bytes = probabilities_memory(scores, self.dropout, ctx)
         # the matmuls keep q, k and v themselves; the score buffers are temporaries
         return OpMemory(float_inputs(inputs), (), kept, kept_bytes, 2 * scores, 2 * scores, amp="low")

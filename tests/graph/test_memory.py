@@ -162,7 +162,11 @@ MORE: dict[str, list[Any]] = {
         ({"num_heads": 2, "qkv": "llama", "causal": True, "dropout": 0.1, "rope": ROPE}, [((5, 8), F)]),
         ({"num_heads": 2, "dropout": 0.2}, [((5, 8), F), ((7, 8), F), ((7,), B)]),
     ],
-    "dot_product_attention": [({"dropout": 0.1}, [((5, 8), F), ((7, 8), F), ((7, 6), F), ((7,), B)])],
+    "dot_product_attention": [
+        ({"dropout": 0.1}, [((5, 8), F), ((7, 8), F), ((7, 6), F), ((7,), B)]),
+        ({"dropout": 0.1}, [((3, 2, 5, 8), F)]),  # leading axes: windows, heads
+        ({"causal": True}, [((3, 2, 5, 8), F)]),
+    ],
     "dropout": [({"p": 0.0}, [((6,), F)])],
     # recurrent layers at realistic sizes (tiny ones are dominated by oneDNN's block padding)
     "lstm": [({"hidden_size": 256}, [((32, 64), F)]), ({"hidden_size": 128, "bidirectional": True}, [((32, 64), F)])],
