@@ -40,7 +40,10 @@ def test_every_building_command_takes_max_params(spec: Path, tmp_path: Path) -> 
     ("args", "message"),
     [
         (["build", "{spec}", "--max-params", "0"], "Invalid value for '--max-params'"),
-        (["bench", "{spec}", "--batch", "-1"], "--batch, --iters and --seq must be positive"),
+        (
+            ["bench", "{spec}", "--batch", "-1"],
+            "--batch, --iters, --rounds, --seq and --threads must be positive",
+        ),
         (["bench", "{spec}", "--compile-timeout", "nan"], "--compile-timeout must be a positive number"),
         (["export", "{spec}", "-o", "m.onnx", "--atol", "nan"], "--atol and --rtol must be finite"),
         (["export", "{spec}", "-o", "m.onnx", "--rtol", "-1"], "--atol and --rtol must be finite"),
