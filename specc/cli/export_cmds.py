@@ -67,6 +67,20 @@ def export_cmd(
         ),
     ] = None,  # noqa: UP045, E501
     fp16: Annotated[bool, typer.Option("--fp16", help="also write M.fp16.onnx and check it")] = False,
+    kv_cache: Annotated[
+        bool,
+        typer.Option(
+            "--kv-cache",
+            help="causal language models: export for step-by-step decoding (past_*/present_* cache "
+            "inputs/outputs), verified against the uncached model",
+        ),
+    ] = False,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer", help="a Hugging Face tokenizer.json stored in the metadata for specc generate"
+        ),
+    ] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option(help="seed for initialisation without --weights")] = 0,
     as_json: JsonOpt = False,
     include_root: IncludeRootOpt = None,
@@ -94,6 +108,8 @@ def export_cmd(
             int8_mode=int8_mode,
             calibration=calibration,
             fp16=fp16,
+            kv_cache=kv_cache,
+            tokenizer=tokenizer,
             seed=seed,
         )
     except BaseException as exc:
@@ -143,6 +159,8 @@ def _export(
     int8_mode: str,
     calibration: Path | None,
     fp16: bool,
+    kv_cache: bool,
+    tokenizer: Path | None,
     seed: int,
 ) -> dict[str, object]:
     from specc.export import ExportOptions, export_spec
@@ -168,6 +186,8 @@ def _export(
         variants=variants,
         calibration=calibration,
         int8_mode=int8_mode,  # type: ignore[arg-type]
+        kv_cache=kv_cache,
+        tokenizer=tokenizer,
     )
     return report
 

@@ -14,6 +14,10 @@ ONNX stores ``metadata_props`` as string pairs. Field ``f`` of :class:`OnnxMetad
 ``specc.preprocess``      JSON :mod:`specc.contracts.preprocess` record (optional)
 ``specc.task``            ``classification``, ``regression``, ``language_model`` or ``seq2seq``
 ``specc.variant``         ``opt``, ``int8`` or ``fp16`` for a derived file (optional)
+``specc.generation``      JSON :mod:`specc.contracts.generation` record: how to generate with a
+                          language or seq2seq model (optional)
+``specc.tokenizer``       a Hugging Face ``tokenizer.json`` text, verbatim (optional, with
+                          ``specc export --tokenizer``)
 ========================  =====================================================================
 
 Writer: :mod:`specc.export.metadata`; reader: :mod:`specc.runtime`. Other keys (another tool's)
@@ -29,6 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError
 
 from specc.contracts.base import Contract, explain, loads
+from specc.contracts.generation import GenerationInfo
 from specc.contracts.preprocess import Preprocess
 from specc.errors import UsageError
 
@@ -62,6 +67,8 @@ class OnnxMetadata(Contract):
     preprocess: Preprocess | None = None
     task: Task | None = None
     variant: Literal["opt", "int8", "fp16"] | None = None
+    generation: GenerationInfo | None = None
+    tokenizer: Annotated[str, Field(min_length=1)] | None = None
 
     def to_props(self) -> dict[str, str]:
         """``{"specc.<field>": text}`` for every field that is set, in field order."""
@@ -93,7 +100,7 @@ class OnnxMetadata(Contract):
 
 
 #: Fields stored as plain strings (the others are JSON).
-JSON_FREE = frozenset({"version", "spec_name", "spec_hash", "task", "variant"})
+JSON_FREE = frozenset({"version", "spec_name", "spec_hash", "task", "variant", "tokenizer"})
 
 
 def key(field: str) -> str:

@@ -19,6 +19,8 @@ import numpy as np
 
 from specc.contracts.preprocess import preprocess_json
 from specc.errors import DataError, UsageError
+from specc.export.cached import export_cached
+from specc.export.generation import generation_metadata
 from specc.export.metadata import input_entries
 from specc.export.onnx_export import (
     EXPORTERS,
@@ -27,6 +29,7 @@ from specc.export.onnx_export import (
     ExportReport,
     export_model,
     failed_path,
+    output_path,
     publish_export,
     report_path,
     static_sizes,
@@ -36,9 +39,11 @@ from specc.export.samples import parity_sizes
 from specc.export.source import Source, load_source
 from specc.export.variants import EvalData, Variant, make_variant, variant_path
 from specc.graph import Graph
+from specc.nn.decode import DecodeModel
 from specc.publish import Stage
 from specc.runtime.inputs import TensorSpec
 from specc.runtime.model import manifest_path
+from specc.runtime.tokenize import read_tokenizer_file
 
 __all__ = [
     "EXPORTERS",
@@ -70,14 +75,21 @@ def export_spec(
     variants: Sequence[Variant] = (),
     calibration: str | Path | None = None,
     int8_mode: Int8Mode = "auto",
+    kv_cache: bool = False,
+    tokenizer: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build ``spec`` (with ``weights``: a .safetensors file or a run folder), export, verify, and write
     the requested variants; returns the JSON report (also written to ``out + ".json"``).
 
     ``calibration`` (a .npy/.npz file or a folder of images) feeds static int8 quantisation; without
     it the training split of the run folder's data set is used where known (see
-    :mod:`specc.export.quantize`)."""
+    :mod:`specc.export.quantize`). ``kv_cache`` exports a causal language model for step-by-step
+    decoding (:mod:`specc.export.cached`); ``tokenizer`` (a ``tokenizer.json``) is stored in the
+    metadata of a language model for ``specc generate``."""
     options.check()
+    if kv_cache and variants:
+        raise UsageError("--kv-cache cannot be combined with --optimize, --int8 or --fp16")
+    tok = read_tokenizer_file(tokenizer) if tokenizer is not None else None
     if int8_mode not in INT8_MODES:
         raise UsageError(f"unknown int8 mode '{int8_mode}'; choose one of {', '.join(INT8_MODES)}")
     if calibration is not None and not Path(calibration).exists():
@@ -97,17 +109,24 @@ def export_spec(
             "static int8 quantisation needs calibration data: pass --calibration FILE|FOLDER "
             "(.npy/.npz arrays or a folder of images) or a run folder whose data set is known"
         )
+    cached = DecodeModel(source.model).signature if kv_cache else None
+    generation = generation_metadata(
+        source.model, preprocess=source.run.preprocess, task=source.run.task, cached=cached, tokenizer=tok
+    )
     info = ExportInfo(
         labels=source.run.class_names,
         preprocess=source.run.preprocess,
         task=source.run.task,
         weights=str(source.weights) if source.weights else None,
+        generation=generation,
+        tokenizer=tok.text if tok is not None and generation is not None else None,
     )
-    target = Path(out)
-    if not target.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {target.parent}")
+    target = output_path(out)
     with Stage(target) as stage:  # model, variants, manifests and report appear together or not at all
-        report = export_model(source.model, graph, target, options, info, stage=stage)
+        if kv_cache:
+            report, _ = export_cached(source.model, target, options, info, stage=stage)
+        else:
+            report = export_model(source.model, graph, target, options, info, stage=stage)
         if source.weights is None:
             report.warnings.insert(0, "no weights given: the freshly initialised network was exported")
         if variants:

@@ -15,6 +15,7 @@ import onnx
 
 import specc
 from specc.atomic import atomic_write_text, sha256_file
+from specc.contracts.generation import GenerationInfo
 from specc.contracts.onnx_metadata import METADATA_KEYS, TASKS, OnnxMetadata, TensorEntry
 from specc.contracts.preprocess import Preprocess
 from specc.export.samples import BATCH, input_dims
@@ -36,11 +37,16 @@ def build_metadata(
     preprocess: Preprocess | None = None,
     task: str | None = None,
     static: Mapping[str, int] | None = None,
+    generation: GenerationInfo | None = None,
+    tokenizer: str | None = None,
+    signature: tuple[Sequence[TensorEntry], Sequence[TensorEntry]] | None = None,
 ) -> OnnxMetadata:
     """The metadata of an exported graph.
 
     ``static`` fixes the batch axis and symbols (``--static``); shapes then hold only ints. The
-    spec's ``labels:`` win over the data's class names.
+    spec's ``labels:`` win over the data's class names. ``generation`` and ``tokenizer`` describe a
+    language model (:mod:`specc.export.generation`); ``signature`` (inputs, outputs) replaces the
+    graph's own for a file with other inputs and outputs (``--kv-cache``).
     """
     outputs = []
     for name, t in graph.output_types().items():
@@ -48,16 +54,21 @@ def build_metadata(
         if static is not None:
             dims = [static.get(d, d) if isinstance(d, str) else d for d in dims]
         outputs.append(TensorEntry(name=name, shape=list(dims), dtype=t.dtype))
+    inputs = [TensorEntry.model_validate(e) for e in input_entries(graph, static)]
+    if signature is not None:
+        inputs, outputs = list(signature[0]), list(signature[1])
     chosen_labels = list(graph.labels) if graph.labels else (list(labels) if labels else None)
     return OnnxMetadata(
         version=specc.__version__,
         spec_name=graph.name,
         spec_hash=graph.spec_sha256 or None,
-        inputs=[TensorEntry.model_validate(e) for e in input_entries(graph, static)],
+        inputs=inputs,
         outputs=outputs,
         labels=chosen_labels,
         preprocess=preprocess,
         task=task if task in TASKS else ("classification" if chosen_labels else None),  # type: ignore[arg-type]
+        generation=generation,
+        tokenizer=tokenizer,
     )
 
 

@@ -33,6 +33,8 @@ import onnx
 import torch
 
 from specc.atomic import atomic_write_text, sha256_file, write_failure
+from specc.contracts.generation import GenerationInfo
+from specc.contracts.onnx_metadata import OnnxMetadata
 from specc.contracts.preprocess import Preprocess
 from specc.errors import BuildError, ExportError, UsageError
 from specc.export.metadata import build_metadata, set_metadata, write_manifest
@@ -105,6 +107,10 @@ class ExportInfo:
     preprocess: Preprocess | None = None
     task: str | None = None
     weights: str | None = None
+    generation: GenerationInfo | None = None
+    """how to generate with a language model (:mod:`specc.export.generation`)"""
+    tokenizer: str | None = None
+    """the ``tokenizer.json`` text stored with it (``--tokenizer``)"""
 
 
 @dataclass
@@ -127,6 +133,8 @@ class ExportReport:
     node_names: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
+    kv_cache: bool = False
+    """a ``--kv-cache`` export (:mod:`specc.export.cached`)"""
 
     @property
     def ok(self) -> bool:
@@ -153,6 +161,7 @@ class ExportReport:
             "node_names": self.node_names,
             "warnings": self.warnings,
             "variants": self.variants,
+            "kv_cache": self.kv_cache,
         }
 
 
@@ -348,11 +357,7 @@ def export_model(
     the report) and publishes everything at once."""
     options.check()
     info = info or ExportInfo()
-    target = Path(out)
-    if not target.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {target.parent}")
-    if target.suffix != ".onnx":
-        raise UsageError(f"the output must end in .onnx, got '{target.name}'")
+    target = output_path(out)
     report = ExportReport(
         str(target),
         graph.name,
@@ -388,7 +393,6 @@ def _export_in(
     report.timings_s["export"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    proto = onnx.load(str(raw))
     static = static_sizes(graph) if options.static else None
     meta = build_metadata(
         graph,
@@ -396,16 +400,10 @@ def _export_in(
         preprocess=info.preprocess,
         task=info.task,
         static=static.to_json() if static else None,
+        generation=info.generation,
+        tokenizer=info.tokenizer,
     )
-    set_metadata(proto, meta)
-    report.node_names = node_name_stats(proto)
-    staged = work / target.name
-    external = save_model(proto, staged)
-    del proto
-    try:
-        onnx.checker.check_model(str(staged), full_check=True)
-    except Exception as e:  # onnx raises ValidationError / InferenceError
-        raise ExportError(f"onnx.checker rejected the exported file: {_first_line(e)}") from e
+    staged, external = save_checked(raw, meta, target, report)
     report.timings_s["check"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -426,6 +424,34 @@ def _export_in(
             report.parity, f"export of '{graph.name}' failed verification", options.atol, options.rtol
         )
     _stage_model(stage, staged, external, report)
+
+
+def output_path(out: str | os.PathLike[str]) -> Path:
+    """The ``.onnx`` file to write, in a folder that exists."""
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {target.parent}")
+    if target.suffix != ".onnx":
+        raise UsageError(f"the output must end in .onnx, got '{target.name}'")
+    return target
+
+
+def save_checked(
+    raw: Path, meta: OnnxMetadata, target: Path, report: ExportReport
+) -> tuple[Path, list[Path]]:
+    """Write the metadata into the exported file, save it next to ``raw`` under the target's name and
+    run ``onnx.checker``; returns it and its external data."""
+    proto = onnx.load(str(raw))
+    set_metadata(proto, meta)
+    report.node_names = node_name_stats(proto)
+    staged = raw.parent / target.name
+    external = save_model(proto, staged)
+    del proto
+    try:
+        onnx.checker.check_model(str(staged), full_check=True)
+    except Exception as e:  # onnx raises ValidationError / InferenceError
+        raise ExportError(f"onnx.checker rejected the exported file: {_first_line(e)}") from e
+    return staged, external
 
 
 def failed_path(target: Path) -> Path:

@@ -111,6 +111,16 @@ class CompiledModel(nn.Module):
     def plan(self) -> list[Step]:
         return list(self._plan)
 
+    @property
+    def num_slots(self) -> int:
+        """Size of the forward plan's tensor environment (inputs first, in order)."""
+        return self._num_slots
+
+    @property
+    def result_slots(self) -> tuple[int, ...]:
+        """The environment slots of the outputs, in the spec's order."""
+        return self._result
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         env: list[Any] = list(inputs) + [None] * (self._num_slots - len(inputs))
         for step in self._plan:

@@ -15,6 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from specc.nn.cache import BATCH, PAST, CacheTensor, DecodeSpec, DecodeUnsupported
+
+Cached = tuple[torch.Tensor | tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+"""What ``forward_cached`` returns: the usual output(s) and the tensors carried to the next step."""
+
 
 class Embedding(nn.Embedding):
     """``nn.Embedding`` with an optional constant factor (``sqrt(dim)`` in the Transformer paper).
@@ -54,6 +59,16 @@ class SinusoidalPositions(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pe[: x.shape[1]]
 
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        return DecodeSpec(uses_offset=True, max_positions=int(self.pe.shape[0]))
+
+    def forward_cached(
+        self, inputs: tuple[torch.Tensor, ...], past: tuple[torch.Tensor, ...], offset: torch.Tensor | int
+    ) -> Cached:
+        """``x + P[offset : offset + T]``: the new tokens' rows of the table."""
+        (x,) = inputs
+        return x + self.pe[offset : offset + x.shape[1]], ()
+
 
 class LearnedPositions(nn.Embedding):
     """``x + E[0..T-1]`` with a learned table ``E`` of ``max_len`` rows. ``(B, T, D)`` → ``(B, T, D)``."""
@@ -61,6 +76,17 @@ class LearnedPositions(nn.Embedding):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
         return x + super().forward(positions)
+
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        return DecodeSpec(uses_offset=True, max_positions=self.num_embeddings)
+
+    def forward_cached(
+        self, inputs: tuple[torch.Tensor, ...], past: tuple[torch.Tensor, ...], offset: torch.Tensor | int
+    ) -> Cached:
+        """``x + E[offset .. offset + T - 1]``."""
+        (x,) = inputs
+        positions = torch.arange(x.shape[1], device=x.device) + offset
+        return x + super().forward(positions), ()
 
 
 class Select(nn.Module):
@@ -112,6 +138,22 @@ def _initial(h0: torch.Tensor | None, x: torch.Tensor, layers: int, hidden: int)
     return x.new_zeros(layers, x.shape[0], hidden)
 
 
+def _recurrent_spec(module: nn.RNNBase, num_inputs: int, kinds: tuple[str, ...]) -> DecodeSpec:
+    """A unidirectional recurrent layer carries its final state(s) ``(B, layers, H)`` to the next step."""
+    if module.bidirectional:
+        raise DecodeUnsupported("a bidirectional recurrent layer reads the sequence backwards too")
+    if num_inputs > 1:
+        raise DecodeUnsupported(
+            "its initial state comes from the graph; step-by-step decoding carries the state itself"
+        )
+    shape = (BATCH, module.num_layers, module.hidden_size)
+    return DecodeSpec(tuple(CacheTensor(kind, shape) for kind in kinds))
+
+
+def _state(past: torch.Tensor) -> torch.Tensor:
+    return past.transpose(0, 1).contiguous()  # (B, layers, H) -> (layers, B, H)
+
+
 class _SingleState(nn.Module):
     """Shared by :class:`RNN` and :class:`GRU` (one state tensor); mixed in before the torch class."""
 
@@ -129,6 +171,16 @@ class _SingleState(nn.Module):
         layers = self.num_layers * (2 if self.bidirectional else 1)
         y, h = super().forward(x, _initial(h0, x, layers, self.hidden_size))
         return _recurrent_output(y, h, self.output)
+
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        return _recurrent_spec(self, num_inputs, ("hidden",))  # type: ignore[arg-type]
+
+    def forward_cached(
+        self, inputs: tuple[torch.Tensor, ...], past: tuple[torch.Tensor, ...], offset: torch.Tensor | int
+    ) -> Cached:
+        """One run over the new tokens from the carried state (zeros at the start, as ``forward``)."""
+        y, h = super().forward(inputs[0], _state(past[0]))
+        return _recurrent_output(y, h, self.output), (h.transpose(0, 1),)
 
 
 class RNN(_SingleState, nn.RNN):  # type: ignore[misc]
@@ -160,6 +212,16 @@ class LSTM(nn.LSTM):
         y, (hn, _) = super().forward(x, (h, c))
         return _recurrent_output(y, hn, self.output)
 
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        return _recurrent_spec(self, num_inputs, ("hidden", "cell"))
+
+    def forward_cached(
+        self, inputs: tuple[torch.Tensor, ...], past: tuple[torch.Tensor, ...], offset: torch.Tensor | int
+    ) -> Cached:
+        """One run over the new tokens from the carried hidden and cell states."""
+        y, (hn, cn) = super().forward(inputs[0], (_state(past[0]), _state(past[1])))
+        return _recurrent_output(y, hn, self.output), (hn.transpose(0, 1), cn.transpose(0, 1))
+
 
 def split_qkv(
     inputs: tuple[torch.Tensor, ...], num_float: int, has_mask: bool
@@ -177,13 +239,17 @@ def keep_mask(
     key_mask: torch.Tensor | None,
     device: torch.device,
     window: int | None = None,
+    offset: torch.Tensor | int | None = None,
 ) -> torch.Tensor | None:
     """Where a score takes part: ``(B, 1, Tk)``/``(Tq, Tk)``/``(B, Tq, Tk)`` bool, or None for all.
 
-    Causal: query ``t`` sees keys ``<= t``; with ``window`` also only keys ``> t - window``."""
+    Causal: query ``t`` sees keys ``<= t``; with ``window`` also only keys ``> t - window``. With
+    ``offset`` (a key/value cache: ``Tk = offset + Tq``) query ``t`` is at position ``offset + t``."""
     keep: torch.Tensor | None = None
     if causal:
         rows = torch.arange(tq, device=device)[:, None]
+        if offset is not None:
+            rows = rows + offset
         cols = torch.arange(tk, device=device)[None, :]
         keep = cols <= rows  # (Tq, Tk): position t sees positions <= t
         if window is not None:
@@ -266,15 +332,54 @@ class DotProductAttention(nn.Module):
     ``v (B, ..., Tk, dv)`` [, key mask ``(B, Tk)`` without leading axes] → ``(B, ..., Tq, dv)``;
     ``[x]`` or ``[q, kv]`` also work."""
 
-    def __init__(self, scale: float, causal: bool, dropout: float, num_float: int, has_mask: bool) -> None:
+    def __init__(
+        self,
+        scale: float,
+        causal: bool,
+        dropout: float,
+        num_float: int,
+        has_mask: bool,
+        features: int | None = None,
+    ) -> None:
         super().__init__()
         self.scale, self.causal, self.num_float, self.has_mask = scale, causal, num_float, has_mask
+        self.features = features
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         q, k, v, mask = split_qkv(inputs, self.num_float, self.has_mask)
         keep = keep_mask(q.shape[-2], k.shape[-2], self.causal, mask, q.device)
         return attend(q, k, v, keep, self.scale, self.dropout)
+
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        """Causal self-attention carries the past inputs (its keys and values) ``(B, past, d)``."""
+        if not _cached_self_attention(self.num_float, self.causal) or self.features is None:
+            return DecodeSpec()
+        return DecodeSpec((CacheTensor("key", (BATCH, PAST, self.features)),), _mask_slot(self))
+
+    def forward_cached(
+        self, inputs: tuple[torch.Tensor, ...], past: tuple[torch.Tensor, ...], offset: torch.Tensor | int
+    ) -> Cached:
+        if not past:
+            return self.forward(*inputs), ()
+        x, mask = inputs[0], inputs[1] if self.has_mask else None
+        kv = torch.cat((past[0], x), dim=1)  # (B, past + T, d)
+        start = past[0].shape[1]
+        keep = keep_mask(x.shape[1], kv.shape[1], self.causal, mask, x.device, offset=start)
+        return attend(x, kv, kv, keep, self.scale, self.dropout), (kv,)
+
+
+def _cached_self_attention(num_float: int, causal: bool) -> bool:
+    """Self-attention must be causal to be decoded one step at a time; cross-attention runs as it is
+    (its keys come from elsewhere, e.g. an encoder's memory)."""
+    if num_float == 1 and not causal:
+        raise DecodeUnsupported("non-causal self-attention lets every position see the later ones")
+    return num_float == 1
+
+
+def _mask_slot(module: DotProductAttention | MultiheadAttention) -> tuple[int, ...]:
+    """The key mask's input slot: it spans the past and the new keys."""
+    return (module.num_float,) if module.has_mask else ()
 
 
 class AdditiveAttention(nn.Module):
@@ -298,6 +403,10 @@ class AdditiveAttention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
         return torch.matmul(self.dropout(scores.softmax(dim=-1)), v)
+
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        _cached_self_attention(self.num_float, causal=False)  # no causal option: self-attention cannot step
+        return DecodeSpec()
 
 
 class MultiheadAttention(nn.Module):
@@ -397,6 +506,17 @@ class MultiheadAttention(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         xs = inputs[: self.num_float]
         mask = inputs[self.num_float] if self.has_mask else None
+        q, k, v = self._qkv(xs, inputs[-1] if self.has_positions else None, None)
+        return self._attend(q, k, v, mask, None)
+
+    def _qkv(
+        self,
+        xs: tuple[torch.Tensor, ...],
+        positions: torch.Tensor | None,
+        offset: torch.Tensor | int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected, split into heads ``(B, heads, T, d)`` and rotated (positions: the input, else
+        ``offset + 0 .. T-1``)."""
         pq, pk, pv = self._project(xs)
         q, k, v = (
             self._heads(pq, self.num_heads),
@@ -404,28 +524,76 @@ class MultiheadAttention(nn.Module):
             self._heads(pv, self.num_kv_heads),
         )
         if self.rotary is not None:
-            positions = inputs[-1] if self.has_positions else torch.arange(q.shape[2], device=q.device)
+            if positions is None:
+                positions = torch.arange(q.shape[2], device=q.device)
+                if offset is not None:
+                    positions = positions + offset
             cos, sin = self.rotary.tables(positions, q.dtype)
             if cos.dim() == 3:
                 cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, dim): the same rotation for every head
             q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+        return q, k, v
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        offset: torch.Tensor | int | None,
+    ) -> torch.Tensor:
         if self.dropout.p > 0 and self.training or torch.onnx.is_in_onnx_export():
-            out = self._attend_math(q, k, v, mask)
+            out = self._attend_math(q, k, v, mask, offset)
         else:
-            out = self._attend_sdpa(q, k, v, mask)
+            out = self._attend_sdpa(q, k, v, mask, offset)
         out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], self.q_out)  # (B, Tq, heads·d)
         return self._output(out)
 
-    def _keep(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-        keep = keep_mask(q.shape[-2], k.shape[-2], self.causal, mask, q.device, self.window)
+    def decode_spec(self, num_inputs: int) -> DecodeSpec:
+        """Causal self-attention carries its (rotated) keys and values ``(B, kv_heads, past, d)``."""
+        if not _cached_self_attention(self.num_float, self.causal):
+            return DecodeSpec()
+        shape = (BATCH, self.num_kv_heads, PAST, self.head_dim)
+        return DecodeSpec(
+            (CacheTensor("key", shape), CacheTensor("value", shape)),
+            _mask_slot(self),
+            (num_inputs - 1,) if self.has_positions else (),
+        )
+
+    def forward_cached(
+        self, inputs: tuple[torch.Tensor, ...], past: tuple[torch.Tensor, ...], offset: torch.Tensor | int
+    ) -> Cached:
+        """The new tokens attend to the past keys/values and themselves; query ``t`` is at position
+        ``past + t`` (causal mask, sliding window and default rotary positions alike)."""
+        if not past:
+            return self.forward(*inputs), ()
+        mask = inputs[self.num_float] if self.has_mask else None
+        start = past[0].shape[2]
+        q, k, v = self._qkv(inputs[:1], inputs[-1] if self.has_positions else None, start)
+        k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, kv_heads, past + T, d)
+        return self._attend(q, k, v, mask, start), (k, v)
+
+    def _keep(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        mask: torch.Tensor | None,
+        offset: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | None:
+        keep = keep_mask(q.shape[-2], k.shape[-2], self.causal, mask, q.device, self.window, offset)
         if keep is not None and keep.dim() == 3:
             keep = keep[:, None]  # (B, 1, Tq|1, Tk): the same mask for every head
         return keep
 
     def _attend_math(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        offset: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        keep = self._keep(q, k, mask)
+        keep = self._keep(q, k, mask, offset)
         if self.num_kv_heads == self.num_heads:
             return attend(q, k, v, keep, self.scale, self.dropout)  # (B, heads, Tq, d)
         b, _, tq, d = q.shape
@@ -438,10 +606,15 @@ class MultiheadAttention(nn.Module):
         return out.reshape(b, self.num_heads, tq, d)
 
     def _attend_sdpa(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        offset: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         simple_causal = self.causal and self.window is None and mask is None and q.shape[-2] == k.shape[-2]
-        keep = None if simple_causal else self._keep(q, k, mask)
+        keep = None if simple_causal else self._keep(q, k, mask, offset)
         return F.scaled_dot_product_attention(
             q,
             k,

@@ -150,7 +150,7 @@ class DotProductAttention(_Attention):
 
         d = expect_int(inputs[0].shape[-1], "the query feature axis")
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(d)
-        return Module(scale, self.causal, self.dropout, *_arity(inputs))
+        return Module(scale, self.causal, self.dropout, *_arity(inputs), features=d)
 
 
 @register

@@ -12,6 +12,9 @@ protocol has them):
 ``POST /v2/models/{name}[/versions/{v}]/infer`` inference: JSON tensors or binary tensor data
 ``POST /v2/models/{name}/predict``              a file (image, text, CSV, .npy) -> labels, with the
                                                 preprocessing of ``specc predict``
+``POST /v2/models/{name}/generate``             language models: text in, text out (Triton's
+``POST /v2/models/{name}/generate_stream``      generate extension; the stream is Server-Sent
+                                                Events), see :mod:`specc.serve.generation`
 ``GET  /metrics``                               Prometheus metrics
 ============================================  ==================================================
 
@@ -44,7 +47,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from specc import __version__
 from specc.errors import UsageError, did_you_mean
 from specc.runtime import Model
+from specc.runtime.generate import Generator
+from specc.serve import generation
 from specc.serve.batching import Batcher, QueueFull
+from specc.serve.generation import generator_for
 from specc.serve.metrics import Metrics
 from specc.serve.protocol import (
     HEADER_LENGTH,
@@ -95,6 +101,10 @@ class ServedModel:
     name: str
     model: Model
     batcher: Batcher
+    generator: Generator | UsageError = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = generator_for(self.model)
 
     def metadata(self) -> dict[str, Any]:
         """The protocol's model metadata, with specc's metadata under ``parameters``."""
@@ -109,6 +119,7 @@ class ServedModel:
             "specc_version": info.version,
             "variant": info.variant,
             "max_batch_size": self.batcher.max_batch,
+            "generation": None if isinstance(self.generator, UsageError) else self.generator.info.kind,
         }
         return {
             "name": self.name,
@@ -291,6 +302,24 @@ async def predict(request: Request, state: State) -> Response:
     return JSONResponse(result)
 
 
+async def _generation(request: Request, state: State, stream: bool) -> Response:
+    served = _served(request, state)
+    gen = served.generator
+    if isinstance(gen, UsageError):
+        raise ProtocolError(400, f"model '{served.name}': {gen}")
+    body = await read_body(request, state.settings.max_body_bytes)
+    run = generation.generate_stream if stream else generation.generate
+    return await run(gen, served.name, MODEL_VERSION, body, served.batcher.executor)
+
+
+async def generate(request: Request, state: State) -> Response:
+    return await _generation(request, state, stream=False)
+
+
+async def generate_stream(request: Request, state: State) -> Response:
+    return await _generation(request, state, stream=True)
+
+
 async def metrics(request: Request, state: State) -> Response:
     text, content_type = state.metrics.render()
     return Response(text, headers={"content-type": content_type})
@@ -384,6 +413,18 @@ def create_app(models: Sequence[tuple[str, Model]], settings: ServeSettings) -> 
         Route("/v2/models/{name}/infer", endpoint("infer", infer), methods=["POST"]),
         Route("/v2/models/{name}" + v + "/infer", endpoint("infer", infer), methods=["POST"]),
         Route("/v2/models/{name}/predict", endpoint("predict", predict), methods=["POST"]),
+        Route("/v2/models/{name}/generate", endpoint("generate", generate), methods=["POST"]),
+        Route("/v2/models/{name}" + v + "/generate", endpoint("generate", generate), methods=["POST"]),
+        Route(
+            "/v2/models/{name}/generate_stream",
+            endpoint("generate_stream", generate_stream),
+            methods=["POST"],
+        ),
+        Route(
+            "/v2/models/{name}" + v + "/generate_stream",
+            endpoint("generate_stream", generate_stream),
+            methods=["POST"],
+        ),
         Route("/metrics", endpoint("metrics", metrics)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
