@@ -29,7 +29,7 @@ def charlm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = root / "run"
     steps = [
         "train.epochs=null",
-        "train.max_steps=120",
+        "train.max_steps=60",
         "train.lr=0.02",
         "train.batch_size=32",
         "train.seq_len=20",
