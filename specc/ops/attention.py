@@ -150,7 +150,9 @@ class DotProductAttention(_Attention):
 
         d = expect_int(inputs[0].shape[-1], "the query feature axis")
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(d)
-        return Module(scale, self.causal, self.dropout, *_arity(inputs), features=d)
+        # a step-by-step cache (B, past, d) only for (seq, features) inputs, not with leading axes
+        features = d if inputs[0].rank == 2 else None
+        return Module(scale, self.causal, self.dropout, *_arity(inputs), features=features)
 
 
 @register
