@@ -95,7 +95,16 @@ def _usage_error(exc: TyperException) -> None:
 def _command() -> Any:
     """The parser built from ``app`` once per process (typer rebuilds it, ~15 ms, on every call)."""
     # command modules register themselves on `app`; none of them imports torch at module level
-    from specc.cli import eval_cmd, export_cmds, generate_cmd, graph_cmd, serve_cmd, spec_cmds, train_cmds  # noqa: F401
+    from specc.cli import (  # noqa: F401
+        eval_cmd,
+        export_cmds,
+        generate_cmd,
+        graph_cmd,
+        serve_cmd,
+        spec_cmds,
+        train_cmds,
+        weights_cmds,
+    )
 
     return typer.main.get_command(app)
 

@@ -50,6 +50,21 @@ def train(
     freeze: Annotated[
         list[str] | None, Opt("--freeze", help="glob of parameter names not to train (repeatable)")
     ] = None,  # noqa: UP045
+    init_strict: Annotated[
+        bool,
+        Opt(
+            "--init-strict/--no-init-strict",
+            help="every --init-from tensor must fit (default); --no-init-strict keeps the spec's init "
+            "where shapes differ or tensors are absent (a new head) and lists them",
+        ),
+    ] = True,
+    init_map: Annotated[
+        str | None, Opt("--init-map", help="name map of --init-from (see `specc weights import --help`)")
+    ] = None,  # noqa: UP045
+    update_frozen_norms: Annotated[
+        bool,
+        Opt("--update-frozen-norms", help="let frozen BatchNorm layers update their running statistics"),
+    ] = False,
     device: Annotated[str, Opt("--device", help="auto, cpu or cuda")] = "auto",
     quiet: Annotated[bool, Opt("--quiet", help="plain log lines instead of progress bars")] = False,
     nproc_per_node: Annotated[
@@ -95,6 +110,9 @@ def train(
     )
     worker += ["--fsdp"] if fsdp else []
     worker += ["--label", label] if label is not None else []
+    worker += [] if init_strict else ["--no-init-strict"]
+    worker += ["--init-map", init_map] if init_map is not None else []
+    worker += ["--update-frozen-norms"] if update_frozen_norms else []
     worker += [arg for root in include_root or () for arg in ("--include-root", str(root))]
     worker += ["--from", str(from_run)] if from_run is not None else []
     worker += ["--max-params", str(max_params)] if max_params is not None else []
@@ -122,6 +140,9 @@ def train(
                 fsdp,
                 label,
                 from_run,
+                init_strict,
+                init_map,
+                update_frozen_norms,
             )
         )
         if outcome.exit_code:

@@ -10,7 +10,6 @@ weight must be finite, before anything is exported.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,11 @@ from pathlib import Path
 import torch
 
 from specc.contracts.preprocess import Preprocess
-from specc.contracts.run_folder import DATA_FILE, MODEL_FILE, DataRecord, RunFolder
+from specc.contracts.run_folder import DATA_FILE, DataRecord, RunFolder
 from specc.errors import UsageError
 from specc.nn import CompiledModel, build
 
 log = logging.getLogger(__name__)
-
-_ALIASES_KEY = "specc.aliases"
 
 
 @dataclass
@@ -102,46 +99,20 @@ def check_preprocess_fits(record: DataRecord, model: CompiledModel, run: Path) -
 
 def find_weights(run: Path) -> Path:
     """``RUN/model.safetensors``, else the newest valid checkpoint's weights."""
-    direct = run / MODEL_FILE
-    if direct.is_file():
-        return direct
-    from specc.train.checkpoint import find_latest_checkpoint
+    from specc.weights.run import find_run_weights
 
-    latest = find_latest_checkpoint(run)
-    if latest is None:
-        raise UsageError(f"run folder {run} has no {MODEL_FILE} and no valid checkpoint")
-    return latest / MODEL_FILE
+    return find_run_weights(run)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors state_dict (tied tensors may be stored once) strictly; never ``torch.load``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Load a safetensors state dict (tied tensors may be stored once) strictly; never ``torch.load``."""
+    from specc.weights import complete_ties, load_state, read_state
 
+    tensors = complete_ties(model, read_state(path)[0])
     try:
-        tensors = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-        aliases = json.loads(header.get(_ALIASES_KEY, "{}"))
-    except Exception as e:  # safetensors raises its own error types
-        raise UsageError(f"cannot read weights {path}: {e}") from e
-    if not isinstance(aliases, dict):
-        raise UsageError(f"cannot read weights {path}: a bad {_ALIASES_KEY} header")
-    for alias, target in aliases.items():
-        if target in tensors:
-            tensors[alias] = tensors[target]
-    try:
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-    except RuntimeError as e:
-        raise UsageError(f"weights {path} do not fit the spec: {e}") from e
-    missing = [k for k in missing if not _tied_to_loaded(model, k, tensors)]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:8])}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:8])}")
-        raise UsageError(f"weights {path} do not fit the spec: {'; '.join(parts)}")
+        load_state(model, tensors, path)
+    except UsageError as exc:
+        raise UsageError(f"weights {path} do not fit the spec: {exc}") from None
     check_finite(model, path)
 
 
@@ -154,10 +125,3 @@ def check_finite(model: torch.nn.Module, path: Path | str) -> None:
                 f"weights {path}: tensor '{name}' {list(t.shape)} holds {bad} NaN/infinite value(s); "
                 "a model with non-finite weights cannot be exported"
             )
-
-
-def _tied_to_loaded(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:
-    """A key safetensors' ``save_model`` dropped because it shares storage with a loaded one."""
-    state = model.state_dict(keep_vars=True)
-    ptr = state[key].data_ptr()
-    return any(state[k].data_ptr() == ptr for k in loaded if k in state and k != key)

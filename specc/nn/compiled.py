@@ -353,7 +353,11 @@ def build(
     max_params: int | None = None,
     device: str | None = None,
 ) -> CompiledModel:
-    """Compile a spec path, :class:`~specc.lang.SpecDocument` or inferred :class:`Graph` to a module."""
+    """Compile a spec path, :class:`~specc.lang.SpecDocument` or inferred :class:`Graph` to a module.
+
+    ``seed`` makes the initial weights reproducible without touching the caller's global random
+    state (``torch.random.fork_rng``); ``seed=None`` draws from the global state instead.
+    """
     from specc.api import check, compile_graph
     from specc.lang.document import SpecDocument
 
@@ -364,39 +368,33 @@ def build(
     else:
         graph = check(Path(spec), sets, scale)
     check_param_limit(graph, max_params)
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        model = CompiledModel(graph, device=device)
-    except (MemoryError, RuntimeError) as exc:  # torch's allocator failing is a RuntimeError
-        if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
-            raise
-        gib = graph.params * 4 / 2**30
-        raise BuildError(
-            f"{graph.name}: cannot allocate {graph.params:,} parameters (~{gib:,.1f} GiB in fp32) on this "
-            "machine; lower --max-params to refuse such specs before allocating"
-        ) from None
+    # The caller's global RNG is left alone: initialisation draws from a forked state seeded by `seed`
+    # (None: from the global state, which then advances as torch's own constructors would advance it).
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model = CompiledModel(graph, device=device)
+        except (MemoryError, RuntimeError) as exc:  # torch's allocator failing is a RuntimeError
+            if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+                raise
+            gib = graph.params * 4 / 2**30
+            raise BuildError(
+                f"{graph.name}: cannot allocate {graph.params:,} parameters (~{gib:,.1f} GiB in fp32) on "
+                "this machine; lower --max-params to refuse such specs before allocating"
+            ) from None
     return model
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write the state_dict as safetensors, atomically (tied tensors are stored once); ``metadata``
-    goes into the header next to ``format``."""
-    from safetensors.torch import save_model
-
-    from specc.atomic import atomic_path
+    """Write the state_dict as safetensors, atomically (tied tensors are stored once, see
+    :func:`specc.weights.write_state`); ``metadata`` goes into the header next to ``format``."""
     from specc.errors import UsageError
+    from specc.weights import write_state
 
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
     try:
-        with atomic_path(target) as tmp:
-            save_model(
-                model, str(tmp), metadata={"format": "pt", **(metadata or {})}
-            )  # deterministic header bytes
+        return write_state(path, model, metadata)
     except Exception as exc:  # noqa: BLE001 - OSError or safetensors' own I/O error (not an OSError)
         if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":
             raise
-        raise UsageError(f"cannot write {target}: {exc}") from None
-    return target
+        raise UsageError(f"cannot write {path}: {exc}") from None

@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from specc.atomic import (
     TEMP_PATTERN,
@@ -50,6 +48,7 @@ from specc.atomic import (
     writing,
 )
 from specc.errors import UsageError
+from specc.weights.store import read_state, split_ties, write_tensors
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -77,7 +76,6 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = 1
 _REQUIRED = (MODEL_FILE, STATE_FILE)
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
-_ALIASES_KEY = "specc.aliases"
 
 # What torch.load(weights_only=True) accepts (checked before a save, so a resume never fails on it).
 _LEAVES: tuple[type, ...] = (
@@ -235,69 +233,8 @@ def _check_loadable(value: Any, where: str) -> None:
             _check_loadable(item, f"{where}[{index}]")
 
 
-def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
-    start = tensor.data_ptr()
-    return start, start + tensor.numel() * tensor.element_size()
-
-
-def _prepare_model_state(
-    model_state: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Makes a state dict savable by safetensors.
-
-    Identical views of one storage (tied weights) are stored once and recorded as aliases;
-    other overlapping views are cloned; non-contiguous tensors are made contiguous.
-
-    Returns:
-        Tensors to store and ``{alias name: stored name}``.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    views: dict[tuple[Any, ...], str] = {}
-    for name, value in model_state.items():
-        if not isinstance(name, str):
-            raise TypeError(f"model_state: key {name!r} is not a string")
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"model_state[{name!r}]: expected a tensor, got {type(value).__name__}")
-        tensor = value.detach()
-        if tensor.device.type == "meta":
-            raise ValueError(f"model_state[{name!r}]: a meta tensor has no data to save")
-        if tensor.numel() > 0:
-            view = (
-                tensor.device,
-                tensor.untyped_storage().data_ptr(),
-                tensor.storage_offset(),
-                tuple(tensor.shape),
-                tensor.stride(),
-                tensor.dtype,
-            )
-            if view in views:
-                aliases[name] = views[view]
-                continue
-            views[view] = name
-        tensors[name] = tensor.contiguous()
-
-    # Stored tensors that still share memory must not overlap (safetensors refuses); clone those.
-    by_storage: dict[tuple[Any, int], list[str]] = {}
-    for name, tensor in tensors.items():
-        if tensor.numel() > 0:
-            by_storage.setdefault((tensor.device, tensor.untyped_storage().data_ptr()), []).append(name)
-    for names in by_storage.values():
-        if len(names) < 2:
-            continue
-        names.sort(key=lambda n: _byte_range(tensors[n]))
-        last_stop = _byte_range(tensors[names[0]])[1]
-        for name in names[1:]:
-            start, stop = _byte_range(tensors[name])
-            if start < last_stop:
-                tensors[name] = tensors[name].clone()
-            else:
-                last_stop = stop
-    return tensors, aliases
-
-
 def _write_model(path: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
-    save_file(tensors, path, metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases, sort_keys=True)})
+    write_tensors(path, tensors, aliases, atomic=False)  # the folder is published as a whole
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -405,7 +342,7 @@ def save_checkpoint(
     if "rng" not in state:
         state["rng"] = capture_rng_state()
     _check_loadable(state, "train_state")
-    tensors, aliases = _prepare_model_state(model_state)
+    tensors, aliases = split_ties(model_state)  # checked before anything is written
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -532,20 +469,10 @@ def load_checkpoint(
     except _Invalid as exc:
         raise UsageError(f"{folder}: {exc}") from None
 
-    model_file = folder / MODEL_FILE
     try:
-        tensors = load_file(model_file, device="cpu")
-        with safe_open(model_file, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-        aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
-    except Exception as exc:  # safetensors raises its own error types
-        raise UsageError(f"{folder}: cannot read {MODEL_FILE}: {exc}") from None
-    if not isinstance(aliases, dict):
-        raise UsageError(f"{folder}: {MODEL_FILE} has a bad {_ALIASES_KEY} header")
-    for alias, target in aliases.items():
-        if target not in tensors:
-            raise UsageError(f"{folder}: {MODEL_FILE}: tied tensor {alias!r} points to missing {target!r}")
-        tensors[alias] = tensors[target]
+        tensors = read_state(folder / MODEL_FILE)[0]
+    except UsageError as exc:
+        raise UsageError(f"{folder}: {exc}") from None
 
     try:
         state = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")

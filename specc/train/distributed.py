@@ -244,15 +244,9 @@ def fsdp_shard(model: nn.Module, device: torch.device) -> int:
 def load_full_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file written by ``save_weights`` as a full state dict of ``model``: tied tensors,
     stored once, come back under each of their names (as ``state_dict()`` gives them)."""
-    from safetensors.torch import load_file
+    from specc.weights import complete_ties, read_state
 
-    full = load_file(str(path))
-    first: dict[int, str] = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        key = first.setdefault(id(t), name)
-        if name not in full and key in full:
-            full[name] = full[key]
-    return full
+    return complete_ties(model, read_state(path)[0])
 
 
 def fsdp_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

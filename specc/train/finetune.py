@@ -1,4 +1,15 @@
-"""Fine-tuning: start from saved weights (by name) and freeze parameters by glob pattern."""
+"""Fine-tuning: start from saved or published weights and freeze parts of the network.
+
+``--init-from SRC`` reads a specc run folder or weights file, a Hugging Face model folder or a
+PyTorch state-dict file (:mod:`specc.weights.sources`), maps its names to the spec's and loads every
+tensor, checked. By default (``--init-strict``) every tensor must fit; ``--no-init-strict`` keeps the
+spec's own initialisation where shapes differ or a tensor is absent (a new head) and lists them.
+
+``--freeze GLOB`` stops the gradient of matching parameters. A normalisation layer whose parameters
+are all frozen (or, without parameters, whose ``running_mean`` matches a pattern) is frozen in full:
+it stays in eval mode, so its running statistics do not move either (``--update-frozen-norms``
+lets them update as before).
+"""
 
 from __future__ import annotations
 
@@ -6,85 +17,70 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import nn
 
 from specc.errors import UsageError
-from specc.train.checkpoint import find_latest_checkpoint, load_checkpoint
+from specc.weights.fit import LoadReport
+from specc.weights.sources import Source, import_into, open_source
+
+__all__ = ["Frozen", "freeze", "init_from"]
+
+
+def init_from(
+    model: nn.Module, source: Path, *, strict: bool = True, map_name: str | None = None
+) -> tuple[LoadReport, Source]:
+    """Load ``source`` into ``model`` (see the module doc); returns the report and the source read."""
+    src = open_source(source)
+    hint = "--no-init-strict keeps the spec's own tensors for these and lists them"
+    report, _ = import_into(
+        model, src, map_name=map_name, allow_partial=not strict, skip_mismatched=not strict, hint=hint
+    )
+    return report, src
 
 
 @dataclass
-class InitReport:
-    """What ``--init-from`` loaded and what it left alone."""
+class Frozen:
+    """What :func:`freeze` froze."""
 
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"init-from {self.source}: loaded {len(self.loaded)} tensors"]
-        if self.mismatched:
+        out = [f"froze {len(self.params)} parameters: {', '.join(self.params)}"]
+        if self.norms:
             out.append(
-                "  skipped (shape differs): "
-                + ", ".join(f"{n} {list(a)} in file vs {list(b)} in model" for n, a, b in self.mismatched)
+                f"froze the running statistics of {len(self.norms)} norm layers: {', '.join(self.norms)}"
             )
-        if self.missing:
-            out.append("  missing in the file (kept as initialised): " + ", ".join(self.missing))
-        if self.unexpected:
-            out.append("  not in the model (ignored): " + ", ".join(self.unexpected))
         return out
 
 
-def read_weights(source: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a run folder (its final weights, else newest checkpoint)."""
-    from safetensors.torch import load_file
+def _keep_eval(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of a frozen norm: normalise with the running statistics, never update them."""
+    module.training = False
 
-    if source.is_dir():
-        final = source / "model.safetensors"
-        if final.is_file():
-            source = final
+
+def _frozen_norms(model: nn.Module, frozen: set[str], patterns: Sequence[str]) -> list[str]:
+    norms = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        prefix = f"{path}." if path else ""
+        own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+        if own:
+            hit = all(n in frozen for n in own)
         else:
-            ckpt = find_latest_checkpoint(source)
-            if ckpt is None:
-                raise UsageError(
-                    f"--init-from {source}: a run folder with neither model.safetensors "
-                    "nor a valid checkpoint"
-                )
-            return load_checkpoint(ckpt, verify=False)[0]
-    if not source.is_file():
-        raise UsageError(f"--init-from {source}: no such file or run folder")
-    try:
-        return load_file(str(source), device="cpu")
-    except Exception as exc:  # safetensors raises its own error types
-        raise UsageError(f"--init-from {source}: cannot read as safetensors: {exc}") from None
+            hit = any(fnmatch.fnmatchcase(prefix + "running_mean", p) for p in patterns)
+        if hit:
+            norms.append(path)
+    return norms
 
 
-def init_from(model: nn.Module, source: Path) -> InitReport:
-    """Copy every tensor of ``source`` whose name and shape match into ``model``."""
-    tensors = read_weights(source)
-    own = model.state_dict()
-    report = InitReport(str(source))
-    matched = {}
-    for name, t in tensors.items():
-        if name not in own:
-            report.unexpected.append(name)
-        elif tuple(t.shape) != tuple(own[name].shape):
-            report.mismatched.append((name, tuple(t.shape), tuple(own[name].shape)))
-        else:
-            matched[name] = t
-            report.loaded.append(name)
-    report.missing = [n for n in own if n not in tensors]
-    if not matched:
-        raise UsageError(f"--init-from {source}: no tensor matches the model by name and shape")
-    model.load_state_dict(matched, strict=False)
-    return report
-
-
-def freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Stop the gradient of parameters whose name matches a glob; refuse a pattern matching nothing."""
+def freeze(model: nn.Module, patterns: Sequence[str], *, norms: bool = True) -> Frozen:
+    """Stop the gradient of parameters whose name matches a glob (refusing a pattern that matches
+    nothing, or one set that freezes everything); with ``norms`` keep the frozen norm layers in eval
+    mode so their running statistics stay as loaded."""
     frozen: list[str] = []
     names = [n for n, _ in model.named_parameters()]
     for pattern in patterns:
@@ -95,9 +91,15 @@ def freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:
                 f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
             )
         frozen += hits
-    for name, p in model.named_parameters():
-        if name in frozen:
-            p.requires_grad_(False)
-    if len(set(frozen)) == len(names):
+    hit = set(frozen)
+    if len(hit) == len(names):
         raise UsageError("--freeze froze every parameter: nothing left to train")
-    return sorted(set(frozen))
+    for name, p in model.named_parameters():
+        if name in hit:
+            p.requires_grad_(False)
+    result = Frozen(sorted(hit))
+    if norms:
+        result.norms = _frozen_norms(model, hit, patterns)
+        for path in result.norms:
+            model.get_submodule(path).register_forward_pre_hook(_keep_eval)
+    return result

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from specc.atomic import atomic_write_bytes
 from specc.contracts.run_folder import DataSource, RunFolder, absolute, absolute_source, check_out
 from specc.data import Dataset
 from specc.errors import DataError, ShapeError, UsageError
@@ -28,6 +29,7 @@ from specc.train.config import TrainConfig, load_train_config
 from specc.train.finetune import freeze, init_from
 from specc.train.loop import NonFiniteError, Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
+from specc.weights.sources import TOKENIZER_FILE
 
 FINAL_WEIGHTS = "model.safetensors"
 FINISHED = ("completed", "early_stopped")
@@ -51,6 +53,9 @@ class TrainRequest:
     fsdp: bool = False
     label: str | None = None
     from_run: Path | None = None
+    init_strict: bool = True
+    init_map: str | None = None
+    update_frozen_norms: bool = False
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Session:
     notes: list[str] = field(default_factory=list)
     source: DataSource | None = None
     spec_name: str = ""
+    tokenizer: Path | None = None  # a Hugging Face tokenizer.json that came with --init-from
 
 
 def pick_device(kind: str, dist: distributed.Dist) -> torch.device:
@@ -142,11 +148,13 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
     _determinism(cfg)
     model = build(graph, seed=cfg.seed)
     notes = []
+    tokenizer = None
     if req.init_from is not None:
-        notes += init_from(model, req.init_from).lines()
+        loaded, origin = init_from(model, req.init_from, strict=req.init_strict, map_name=req.init_map)
+        notes += loaded.lines()
+        tokenizer = origin.tokenizer
     if req.freeze:
-        frozen = freeze(model, req.freeze)
-        notes.append(f"froze {len(frozen)} parameters: {', '.join(frozen)}")
+        notes += freeze(model, req.freeze, norms=not req.update_frozen_norms).lines()
     info = {
         "spec": absolute(req.spec),
         "data": source.source,
@@ -158,7 +166,20 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
         "from_run": absolute(req.from_run),
     }
     session = Session(
-        model, io, ds, cfg, req.out, device, dist, req.quiet, resume, graph.labels, render(graph), info, notes
+        model,
+        io,
+        ds,
+        cfg,
+        req.out,
+        device,
+        dist,
+        req.quiet,
+        resume,
+        graph.labels,
+        render(graph),
+        info,
+        notes,
+        tokenizer=tokenizer,
     )
     session.source, session.spec_name = source, graph.name
     try:
@@ -375,6 +396,8 @@ def _write_run_files(s: Session) -> None:
         spec_name=s.spec_name or type(s.model).__name__,
         params=sum(p.numel() for p in s.model.parameters()),
     )
+    if s.tokenizer is not None:
+        atomic_write_bytes(s.run / TOKENIZER_FILE, s.tokenizer.read_bytes())
 
 
 def _log_start(s: Session, report: RunReport) -> None:
@@ -391,8 +414,10 @@ def _log_start(s: Session, report: RunReport) -> None:
     for line in [*ds.notes, *check_fit(ds, s.io), *s.notes]:
         report.log(f"  {line}")
     params = sum(p.numel() for p in s.model.parameters())
+    trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
+    split = f" ({trainable:,} trainable, {params - trainable:,} frozen)" if trainable < params else ""
     report.log(
-        f"model: {params:,} parameters on {s.device}"
+        f"model: {params:,} parameters{split} on {s.device}"
         + (f", {s.dist.world} processes" if s.dist.enabled else "")
     )
 

@@ -279,6 +279,7 @@ def test_init_from_new_head_and_freeze(tmp_path: Path) -> None:
         "--quiet",
         "--init-from",
         str(tmp_path / "a"),
+        "--no-init-strict",
         "--freeze",
         "hidden.*",
     )
@@ -294,7 +295,20 @@ def test_init_from_new_head_and_freeze(tmp_path: Path) -> None:
     result = run_cli(
         "train", str(head5), "--data", "wine", "--out", str(tmp_path / "c"), "--init-from", str(base)
     )
-    assert result.code == 2 and "cannot read as safetensors" in result.err
+    assert result.code == 2 and "not a weights file" in result.err
+    result = run_cli(
+        "train",
+        str(head5),
+        "--data",
+        "wine",
+        "--out",
+        str(tmp_path / "c"),
+        "--init-from",
+        str(tmp_path / "a"),
+    )  # a new head without --no-init-strict: refused, naming the tensor, its node and the file
+    assert result.code == 2
+    assert "tensor head.weight has shape [3, 8] in" in result.err and "node 'head'" in result.err
+    assert "--no-init-strict" in result.err
 
 
 @pytest.mark.parametrize(
