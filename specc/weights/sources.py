@@ -104,14 +104,14 @@ def _sharded(folder: Path, index_name: str) -> dict[str, torch.Tensor]:
 
 
 def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    for name, read in (
-        ("model.safetensors", lambda: read_state(folder / "model.safetensors")[0]),
-        (_SAFETENSORS_INDEX, lambda: _sharded(folder, _SAFETENSORS_INDEX)),
-        ("pytorch_model.bin", lambda: _torch_file(folder / "pytorch_model.bin")),
-        (_BIN_INDEX, lambda: _sharded(folder, _BIN_INDEX)),
-    ):
-        if (folder / name).is_file():
-            return read()
+    if (folder / "model.safetensors").is_file():
+        return read_state(folder / "model.safetensors")[0]
+    if (folder / _SAFETENSORS_INDEX).is_file():
+        return _sharded(folder, _SAFETENSORS_INDEX)
+    if (folder / "pytorch_model.bin").is_file():
+        return _torch_file(folder / "pytorch_model.bin")
+    if (folder / _BIN_INDEX).is_file():
+        return _sharded(folder, _BIN_INDEX)
     raise UsageError(
         f"{folder} has {CONFIG_FILE} but no model.safetensors, {_SAFETENSORS_INDEX} or pytorch_model.bin"
     )

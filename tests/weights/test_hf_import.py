@@ -189,7 +189,10 @@ def test_shape_mismatch_names_tensor_node_and_file(tmp_path: Path) -> None:
         str(out),
     )
     assert result.code == 2
-    assert f"tensor wpe.weight has shape [32, 16] in {tmp_path / 'hf' / 'model.safetensors'} but [16, 16]" in result.err
+    assert (
+        f"tensor wpe.weight has shape [32, 16] in {tmp_path / 'hf' / 'model.safetensors'} but [16, 16]"
+        in result.err
+    )
     assert "node 'wpe' (" in result.err and "gpt2_small.yaml:" in result.err  # the spec location
     assert not out.exists()
 
