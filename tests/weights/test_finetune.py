@@ -31,7 +31,7 @@ layers:
   - global_avgpool: {name: pool}
   - linear: {out_features: $classes, name: head}
 outputs: [head]
-train: {epochs: 3, batch_size: 64, lr: 0.02, val_fraction: 0.1, test_fraction: 0.25}
+train: {epochs: 3, batch_size: 32, lr: 0.01, val_fraction: 0.1, test_fraction: 0.25}
 """
 
 
