@@ -277,3 +277,24 @@ def test_llama_exports_to_transformers(tmp_path: Path) -> None:
     keep = torch.ones(1, 10, dtype=torch.bool)
     with torch.no_grad():
         assert rel_err(ref(input_ids=ids).logits, model(ids, keep)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("spec", "make"),
+    [
+        ("gpt2_small", lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config())),
+        ("bert_base", lambda: transformers.BertModel(transformers.BertConfig())),
+    ],
+)
+def test_full_size_maps_fit_on_shapes(spec: str, make: Any) -> None:
+    """The full-size specs take the full-size checkpoints' tensors, name for name and shape for shape
+    (meta tensors: nothing is allocated)."""
+    from specc.weights.maps import MAPS
+
+    with torch.device("meta"):
+        ref = make()
+    mapped, unmatched, _ = MAPS[f"hf-{spec.split('_')[0]}"].to_spec(ref.state_dict())
+    own = build(SPECS / f"{spec}.yaml", device="meta").state_dict()
+    stored = {k: v for k, v in own.items() if k != "lm_head.weight"}  # GPT-2's head is tied to wte
+    assert not unmatched
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in stored.items()}
