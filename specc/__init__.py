@@ -9,7 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["SpecError", "SpeccError", "__version__", "build", "check", "check_text", "compile_graph"]
+__all__ = [
+    "SpecError",
+    "SpeccError",
+    "__version__",
+    "build",
+    "check",
+    "check_text",
+    "compile_graph",
+    "load_run",
+]
 
 if TYPE_CHECKING:
     from specc.api import check, check_text, compile_graph
@@ -22,6 +31,13 @@ def build(spec: Any, **kwargs: Any) -> CompiledModel:
     from specc.nn import build as _build
 
     return _build(spec, **kwargs)
+
+
+def load_run(run: Any) -> CompiledModel:
+    """A ``specc train`` run folder's network with its weights, in eval mode (see :func:`specc.weights.run.load_run`)."""
+    from specc.weights.run import load_run as _load_run
+
+    return _load_run(run)
 
 
 def __getattr__(name: str) -> Any:

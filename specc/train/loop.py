@@ -42,6 +42,7 @@ from specc.train.distributed import Dist
 from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
 from specc.train.optim import make_optimizer, make_scheduler
 from specc.train.report import RunReport
+from specc.weights import load_state
 
 NONFINITE_EXIT = 2
 BEST_WEIGHTS = "best.safetensors"
@@ -202,7 +203,8 @@ class Trainer:
         if path is None:
             return None
         weights, st = ckpt.load_checkpoint(path, verify=False)
-        self.model.load_state_dict(weights)  # FSDP: into the whole model, sharded afterwards by wrap()
+        # FSDP: into the whole model, sharded afterwards by wrap(); every tensor checked first
+        load_state(self.model, weights, path, hint="the spec differs from the run's: train into a new --out")
         if self.fsdp:  # loaded into the sharded optimizer by wrap()
             self._pending_optim = distributed.optim_state_by_name(st["optimizer"], self.param_names)
         else:
@@ -519,13 +521,12 @@ class Trainer:
 
     def _read_best(self, path: Path, epoch: int) -> tuple[str, dict[str, torch.Tensor]]:
         """``(problem, state)``: the best weights if ``path`` holds those of ``epoch`` and fits the model."""
-        from safetensors import safe_open
+        from specc.weights import read_metadata
 
         if not path.is_file():
             return f"{path} is missing", {}
         try:
-            with safe_open(str(path), "pt") as f:
-                saved = (f.metadata() or {}).get("epoch")
+            saved = read_metadata(path).get("epoch")
             full = distributed.load_full_state(self.model, path)
         except Exception as e:  # noqa: BLE001 - any unreadable file means: keep the last weights
             return f"{path} cannot be read ({e})", {}

@@ -8,12 +8,20 @@ builds on; :mod:`~specc.weights.run` (weights in a run folder) sits above the ch
 """
 
 from specc.weights.fit import LoadReport, load_state
-from specc.weights.store import complete_ties, read_state, split_ties, write_state, write_tensors
+from specc.weights.store import (
+    complete_ties,
+    read_metadata,
+    read_state,
+    split_ties,
+    write_state,
+    write_tensors,
+)
 
 __all__ = [
     "LoadReport",
     "complete_ties",
     "load_state",
+    "read_metadata",
     "read_state",
     "split_ties",
     "write_state",

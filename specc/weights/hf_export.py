@@ -150,17 +150,9 @@ def export_run_hf(
     run: str | os.PathLike[str], out: str | os.PathLike[str], *, family: str | None = None
 ) -> Path:
     """``specc weights export RUN --format hf``: the run's spec and weights as a Hugging Face folder."""
-    from specc.nn import build
-    from specc.weights.fit import load_state
-    from specc.weights.run import find_run_weights
-    from specc.weights.store import complete_ties, read_state
+    from specc.weights.run import load_run
 
     folder = Path(run)
-    spec = folder / "spec.yaml"
-    if not spec.is_file():
-        raise UsageError(f"{folder} is not a run folder of `specc train` (no spec.yaml)")
-    model = build(spec, seed=0)
-    weights = find_run_weights(folder)
-    load_state(model, complete_ties(model, read_state(weights)[0]), weights)
+    model = load_run(folder)
     tokenizer = folder / TOKENIZER_FILE
     return export_hf(model, out, family=family, tokenizer=tokenizer if tokenizer.is_file() else None)

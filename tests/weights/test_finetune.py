@@ -107,3 +107,13 @@ def test_build_leaves_the_global_rng_alone() -> None:
     c = specc.build(Path(__file__).parents[2] / "specs" / "mlp.yaml", seed=6)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_resume_with_a_changed_spec_names_the_tensors(tmp_path: Path) -> None:
+    """`--resume --set hidden=32` on a run of hidden=16: exit 2 naming what differs, not a traceback."""
+    spec, run = str(Path(__file__).parents[2] / "specs" / "mlp.yaml"), str(tmp_path / "run")
+    common = ["--data", "digits", "--out", run, "--quiet", "--set", "train.epochs=1"]
+    assert run_cli("train", spec, *common, "--set", "hidden=16").code == 0
+    result = run_cli("train", spec, *common, "--set", "hidden=32", "--resume")
+    assert result.code == 2, result.err
+    assert "internal error" not in result.err and "hidden" in result.err

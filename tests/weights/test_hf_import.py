@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import SPECS, run_cli
 
+import specc
 from specc.export.source import load_weights
 from specc.nn import CompiledModel, build
 
@@ -230,12 +231,46 @@ def test_torchvision_resnet_state_dict(tmp_path: Path) -> None:
         assert rel_err(model(x), ref(x)) <= 1e-5
 
 
+def _tokenizer_json(path: Path) -> bytes:
+    """A small Hugging Face tokenizer (the `tokenizers` package), saved as tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate("abcdefghijklmnopqrstuvwxyz .")}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="."))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.save(str(path))
+    return path.read_bytes()
+
+
 def test_gpt2_run_exports_to_transformers(tmp_path: Path) -> None:
-    """A real tiny `specc train` GPT-2 run, written as a Hugging Face folder, loads in transformers
-    with no missing or unexpected keys and gives the run's logits."""
+    """A real tiny `specc train` GPT-2 run, started from a Hugging Face folder with a tokenizer.json,
+    keeps the tokenizer in the run; written back as a Hugging Face folder it loads in transformers with
+    no missing or unexpected keys, gives the run's logits and carries the tokenizer."""
+    start = tmp_path / "start"
+    cfg = transformers.GPT2Config(
+        vocab_size=128, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None
+    )
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(start)
+    tokenizer = _tokenizer_json(start / "tokenizer.json")
+    imported = tmp_path / "w.safetensors"
+    result = run_cli(
+        "weights",
+        "import",
+        str(start),
+        "--spec",
+        str(SPECS / "gpt2_small.yaml"),
+        "--scale",
+        "tiny",
+        "--out",
+        str(imported),
+    )
+    assert result.code == 0, result.err
+    assert (tmp_path / "w.tokenizer.json").read_bytes() == tokenizer
     run = tmp_path / "run"
     result = run_cli(
         "train",
+        "--init-from",
+        str(imported),
         str(SPECS / "gpt2_small.yaml"),
         "--scale",
         "tiny",
@@ -252,19 +287,56 @@ def test_gpt2_run_exports_to_transformers(tmp_path: Path) -> None:
         "train.batch_size=16",
     )
     assert result.code == 0, result.err
+    assert f"weights from {imported}: loaded" in result.out
+    assert (run / "tokenizer.json").read_bytes() == tokenizer
     hf = tmp_path / "hf"
     result = run_cli("weights", "export", str(run), "--format", "hf", "--out", str(hf))
     assert result.code == 0, result.err
+    assert (hf / "tokenizer.json").read_bytes() == tokenizer
     config = json.loads((hf / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["n_embd"] == 16
     ref, info = transformers.GPT2LMHeadModel.from_pretrained(hf, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys
-    model = build(run / "spec.yaml").eval()
-    load_weights(model, run / "model.safetensors")
+    model = specc.load_run(run)  # the run's spec and weights, checked, in eval mode
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert rel_err(ref.eval()(input_ids=ids).logits, model(ids)) <= 1e-5
     assert run_cli("weights", "export", str(run), "--out", str(hf)).code == 2  # never over a folder
+
+
+def test_vit_model_without_head_needs_allow_partial(tmp_path: Path) -> None:
+    """ViTModel has no classifier: the spec's head is listed, the pooler left out by the map."""
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        layer_norm_eps=1e-6,
+    )
+    transformers.ViTModel(cfg).save_pretrained(tmp_path / "hf")
+    args = [
+        "weights",
+        "import",
+        str(tmp_path / "hf"),
+        "--spec",
+        str(SPECS / "vit_b_16.yaml"),
+        "--scale",
+        "tiny",
+        "--out",
+        str(tmp_path / "w.safetensors"),
+    ]
+    refused = run_cli(*args)
+    assert (
+        refused.code == 2
+        and "2 spec tensor(s) not in" in refused.err
+        and "head.weight, head.bias" in refused.err
+    )
+    result = run_cli(*args, "--allow-partial")
+    assert result.code == 0, result.err
+    assert "not in the file (kept as initialised): head.weight, head.bias" in result.out
+    assert "left out by the name map: pooler.dense.bias, pooler.dense.weight" in result.out
 
 
 def test_llama_exports_to_transformers(tmp_path: Path) -> None:
