@@ -91,7 +91,8 @@ def train(
         Opt(
             "--from",
             help="repeat a run: its resolved spec, training config, data (and split options), "
-            "--init-from, --freeze and thread counts (bit-identical on CPU); --set still applies",
+            "--init-from, --freeze (with their --init-strict/--init-map/--update-frozen-norms) and thread "
+            "counts (bit-identical on CPU); --set still applies",
         ),
     ] = None,  # noqa: UP045
     max_params: MaxParamsOpt = None,

@@ -10,6 +10,7 @@
     RUN/data.json           DataRecord: the data source with every option that rebuilds its splits,
                             the task, labels, input shapes and the preprocessing
     RUN/train.log, metrics.csv, metrics.json, curves.png, checkpoints/, model.safetensors
+    RUN/tokenizer.json      the Hugging Face tokenizer of an --init-from source that has one
 
 Writer: :mod:`specc.train.runner` (rank 0). Readers: ``specc export`` (labels, preprocessing, the
 validation and calibration splits), ``specc eval``, ``specc train --from`` and ``--resume``.
@@ -53,6 +54,7 @@ CURVES_PNG = "curves.png"
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
+TOKENIZER_FILE = "tokenizer.json"
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
@@ -146,7 +148,10 @@ class Invocation(Contract):
     scale: str | None
     config: str | None
     init_from: str | None
+    init_strict: bool = Field(True, description="--init-from required every tensor to fit (--init-strict)")
+    init_map: str | None = Field(None, description="the --init-map name table, None: chosen by the source")
     freeze: list[str]
+    update_frozen_norms: bool = Field(False, description="frozen BatchNorm layers updated their statistics")
     resume: bool
     from_run: str | None = None
     device: str
@@ -226,6 +231,12 @@ class RunFolder:
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+
+    @property
+    def tokenizer(self) -> Path | None:
+        """``tokenizer.json``, the Hugging Face tokenizer that came with ``--init-from`` (None: none)."""
+        file = self.path / TOKENIZER_FILE
+        return file if file.is_file() else None
 
     def _read_json(self, name: str) -> Any:
         file = self.path / name

@@ -115,7 +115,10 @@ def invocation(info: Mapping[str, Any], *, resume: bool, device: str, world: int
         scale=info.get("scale"),
         config=info.get("config"),
         init_from=info.get("init_from"),
+        init_strict=bool(info.get("init_strict", True)),
+        init_map=info.get("init_map"),
         freeze=list(info.get("freeze", [])),
+        update_frozen_norms=bool(info.get("update_frozen_norms", False)),
         resume=resume,
         from_run=info.get("from_run"),
         device=device,
@@ -242,17 +245,12 @@ def validate_resume(
 
 
 def _spec_differences(run: Path, model: torch.nn.Module, latest: Path, spec_text: str | None) -> list[str]:
-    from safetensors import safe_open
+    from specc.weights.store import read_shapes
 
     try:
-        with safe_open(str(latest / ckpt.MODEL_FILE), framework="pt", device="cpu") as f:
-            saved = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
-            aliases = json.loads((f.metadata() or {}).get("specc.aliases", "{}"))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
-        return [f"{latest / ckpt.MODEL_FILE} cannot be read: {exc}"]
-    for alias, target in (aliases or {}).items():
-        if target in saved:
-            saved[alias] = saved[target]
+        saved = read_shapes(latest / ckpt.MODEL_FILE)
+    except UsageError as exc:
+        return [str(exc)]
     now_shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     out = [
         f"{k}: shape {saved[k]} in the checkpoint, {now_shapes[k]} now"

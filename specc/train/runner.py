@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from specc.atomic import atomic_write_bytes
-from specc.contracts.run_folder import DataSource, RunFolder, absolute, absolute_source, check_out
+from specc.contracts.run_folder import (
+    TOKENIZER_FILE,
+    DataSource,
+    Invocation,
+    RunFolder,
+    absolute,
+    absolute_source,
+    check_out,
+)
 from specc.data import Dataset
 from specc.errors import DataError, ShapeError, UsageError
 from specc.graph import Graph, infer
@@ -29,7 +37,6 @@ from specc.train.config import TrainConfig, load_train_config
 from specc.train.finetune import freeze, init_from
 from specc.train.loop import NonFiniteError, Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
-from specc.weights.sources import TOKENIZER_FILE
 
 FINAL_WEIGHTS = "model.safetensors"
 FINISHED = ("completed", "early_stopped")
@@ -162,7 +169,10 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
         "scale": req.scale,
         "config": absolute(req.config),
         "init_from": absolute(req.init_from),
+        "init_strict": req.init_strict,
+        "init_map": req.init_map,
         "freeze": list(req.freeze),
+        "update_frozen_norms": req.update_frozen_norms,
         "from_run": absolute(req.from_run),
     }
     session = Session(
@@ -190,9 +200,9 @@ def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
 
 def from_run(req: TrainRequest) -> TrainRequest:
     """``specc train --from RUN``: the request that repeats RUN: its resolved spec, training config,
-    data source (with every option that decides the splits), ``--init-from`` and ``--freeze``, and
-    its torch thread counts (sums are reduced in the same order, so a CPU run repeats bit for bit).
-    ``--set`` still applies on top."""
+    data source (with every option that decides the splits), ``--init-from`` (with ``--init-strict``
+    and ``--init-map``) and ``--freeze`` (with ``--update-frozen-norms``), and its torch thread counts
+    (sums are reduced in the same order, so a CPU run repeats bit for bit). ``--set`` still applies on top."""
     folder = RunFolder(req.from_run or Path())
     if not folder.path.is_dir() or not folder.marked:
         raise UsageError(f"--from {folder.path}: not a specc run folder (no marker)")
@@ -209,9 +219,19 @@ def from_run(req: TrainRequest) -> TrainRequest:
         data=record.data.source,
         label=record.data.label if req.label is None else req.label,
         scale=None,
-        init_from=Path(first.init_from) if first.init_from and req.init_from is None else req.init_from,
-        freeze=tuple(first.freeze) if not req.freeze else req.freeze,
+        **_repeated_init(req, first),
     )
+
+
+def _repeated_init(req: TrainRequest, first: Invocation) -> dict[str, Any]:
+    """``--init-from`` with ``--init-strict``/``--init-map``, and ``--freeze`` with
+    ``--update-frozen-norms``, as the run's first start had them (options given now replace them)."""
+    out: dict[str, Any] = {}
+    if req.init_from is None and first.init_from:
+        out.update(init_from=Path(first.init_from), init_strict=first.init_strict, init_map=first.init_map)
+    if not req.freeze:
+        out.update(freeze=tuple(first.freeze), update_frozen_norms=first.update_frozen_norms)
+    return out
 
 
 def nominal_seq_len(graph: Graph) -> int | None:

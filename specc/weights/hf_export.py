@@ -150,9 +150,9 @@ def export_run_hf(
     run: str | os.PathLike[str], out: str | os.PathLike[str], *, family: str | None = None
 ) -> Path:
     """``specc weights export RUN --format hf``: the run's spec and weights as a Hugging Face folder."""
+    from specc.contracts.run_folder import RunFolder
     from specc.weights.run import load_run
 
-    folder = Path(run)
-    model = load_run(folder)
-    tokenizer = folder / TOKENIZER_FILE
-    return export_hf(model, out, family=family, tokenizer=tokenizer if tokenizer.is_file() else None)
+    folder = RunFolder(Path(run))
+    model = load_run(folder.path)
+    return export_hf(model, out, family=family, tokenizer=folder.tokenizer)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from specc.contracts.run_folder import RunFolder
 from specc.errors import UsageError
 from specc.weights.fit import LoadReport, load_state
 from specc.weights.maps import MAPS, NameMap, map_for_model_type
@@ -34,7 +35,7 @@ from specc.weights.store import complete_ties, read_state
 __all__ = ["Source", "import_into", "open_source"]
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "tokenizer.json"  # a Hugging Face folder's (a run folder keeps the same name)
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _BIN_INDEX = "pytorch_model.bin.index.json"
 _MAX_JSON_BYTES = 16 * 2**20
@@ -125,14 +126,14 @@ def open_source(path: str | os.PathLike[str]) -> Source:
     """
     src = Path(path)
     if src.is_dir():
-        tokenizer = src / TOKENIZER_FILE
-        tok = tokenizer if tokenizer.is_file() else None
         if (src / CONFIG_FILE).is_file():
             config = _read_json(src / CONFIG_FILE)
             if not isinstance(config, dict):
                 raise UsageError(f"{src / CONFIG_FILE}: expected a JSON object")
-            return Source(src, _hf_tensors(src), "hf", config, tok)
-        return Source(src, read_state(find_run_weights(src))[0], "run", tokenizer=tok)
+            tokenizer = src / TOKENIZER_FILE
+            return Source(src, _hf_tensors(src), "hf", config, tokenizer if tokenizer.is_file() else None)
+        run = RunFolder(src)
+        return Source(src, read_state(find_run_weights(src))[0], "run", tokenizer=run.tokenizer)
     if not src.is_file():
         raise UsageError(f"weights source not found: {src}")
     if src.suffix not in _FILE_SUFFIXES:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from specc.atomic import atomic_path
@@ -30,6 +31,7 @@ __all__ = [
     "MODEL_FILE",
     "complete_ties",
     "read_metadata",
+    "read_shapes",
     "read_state",
     "split_ties",
     "write_state",
@@ -126,8 +128,6 @@ def write_tensors(
 ) -> Path:
     """Write what :func:`split_ties` returned (``atomic=False``: straight into ``path``, for a
     checkpoint's private temporary folder that is renamed as a whole)."""
-    from safetensors.torch import save_file
-
     target = Path(path)
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
@@ -152,6 +152,41 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         raise UsageError(f"cannot read weights {path}: {exc}") from None
 
 
+def _aliases(file: Path, metadata: Mapping[str, str]) -> dict[str, str]:
+    try:
+        aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
+    except (ValueError, RecursionError):
+        aliases = None
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise UsageError(f"cannot read weights {file}: a bad {ALIASES_KEY} header (not a mapping)")
+    return aliases
+
+
+def read_shapes(path: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """Every tensor name of a safetensors file (tied names included) with its shape, from the header
+    alone (no tensor data is read).
+
+    Raises:
+        UsageError: The file cannot be read as safetensors, or its alias header is broken.
+    """
+    from safetensors import safe_open
+
+    file = Path(path)
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+            metadata = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types
+        raise UsageError(f"cannot read weights {file}: {exc}") from None
+    for alias, target in _aliases(file, metadata).items():
+        if target not in shapes:
+            raise UsageError(
+                f"cannot read weights {file}: tied tensor {alias!r} points to missing {target!r}"
+            )
+        shapes[alias] = shapes[target]
+    return shapes
+
+
 def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file on the CPU; aliases come back as the same tensor.
 
@@ -168,12 +203,7 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     except Exception as exc:  # safetensors raises its own error types
         raise UsageError(f"cannot read weights {file}: {exc}") from None
     metadata = read_metadata(file)
-    try:
-        aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
-    except ValueError:
-        aliases = None
-    if not isinstance(aliases, dict):
-        raise UsageError(f"cannot read weights {file}: a bad {ALIASES_KEY} header (not a mapping)")
+    aliases = _aliases(file, metadata)
     for alias, target in aliases.items():
         if target not in tensors:
             raise UsageError(

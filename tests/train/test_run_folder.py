@@ -166,9 +166,10 @@ def test_a_full_disk_at_a_later_checkpoint_keeps_the_previous_one(
     """The second checkpoint's weights cannot be written (ENOSPC): exit 2 naming it, the first
     checkpoint stays valid (the run resumes from it) and no half second one is left."""
     import specc.train.checkpoint as ckpt
+    import specc.weights.store as store
 
     calls: list[object] = []
-    real = ckpt.save_file
+    real = store.save_file  # the one safetensors writer, under checkpoints and final weights alike
 
     def full_at_the_second(tensors: object, path: object, metadata: object = None) -> None:
         calls.append(path)
@@ -176,7 +177,7 @@ def test_a_full_disk_at_a_later_checkpoint_keeps_the_previous_one(
             raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write(): no file named
         real(tensors, path, metadata=metadata)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ckpt, "save_file", full_at_the_second)
+    monkeypatch.setattr(store, "save_file", full_at_the_second)
     spec = tmp_path / "s.yaml"
     spec.write_text(SMALL.replace("epochs: 1,", "epochs: 1, checkpoint_every: 1,"))
     run = tmp_path / "r"
@@ -188,7 +189,7 @@ def test_a_full_disk_at_a_later_checkpoint_keeps_the_previous_one(
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
     assert ckpt.find_latest_checkpoint(run) == run / "checkpoints" / "step-00000001"
     assert json.loads((run / "metrics.json").read_text())["status"].startswith("failed: cannot write")
-    monkeypatch.setattr(ckpt, "save_file", real)
+    monkeypatch.setattr(store, "save_file", real)
     r = _train(spec, run, "--resume")
     assert r.code == 0, r.err
 

@@ -4,6 +4,7 @@ the frozen part -- BatchNorm running statistics included -- stays exactly as loa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,19 @@ def test_finetune_new_head_frozen_backbone(tmp_path: Path) -> None:
     assert not torch.equal(before["stage2.0.bn1.running_mean"], after["stage2.0.bn1.running_mean"])
 
     metrics = (tuned / "metrics.json").read_text()
-    accuracy = __import__("json").loads(metrics)["final"]["test_accuracy"]
+    accuracy = json.loads(metrics)["final"]["test_accuracy"]
     # recorded in docs/weights.md: 0.942 on the held-out quarter of digits 5-9 (3 epochs)
     assert accuracy >= 0.85, accuracy
+
+    # --from repeats the fine-tune: --no-init-strict (recorded in run.json) comes with --init-from,
+    # else the new head would be refused; on CPU the repeat is bit for bit
+    first = json.loads((tuned / "run.json").read_text())["invocations"][0]
+    assert (first["init_strict"], first["init_map"], first["update_frozen_norms"]) == (False, None, False)
+    again = tmp_path / "again"
+    result = run_cli("train", "--from", str(tuned), "--out", str(again), "--quiet")
+    assert result.code == 0, result.err
+    repeated = load_file(str(again / "model.safetensors"))
+    assert all(torch.equal(after[k], repeated[k]) for k in after)
 
 
 def test_build_leaves_the_global_rng_alone() -> None:
