@@ -260,6 +260,23 @@ class Trainer:
     # ------------------------------------------------------------------------------ loop
 
     def fit(self, stop: StopRequest) -> Outcome:
+        try:
+            return self._fit(stop)
+        finally:
+            self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        """End the train loader's persistent workers now. They ignore SIGTERM (the main process
+        owns it), so if they were left to the interpreter's exit, multiprocessing's exit handler
+        would terminate() them in vain and then wait forever. ``_shutdown_workers`` is what the
+        loader's own iterator runs when it is collected; here it runs at a known point."""
+        iterator = getattr(self.loader, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+            self.loader._iterator = None
+
+    def _fit(self, stop: StopRequest) -> Outcome:
         st = self.state
         wall = time.perf_counter()
         while not self._done():
