@@ -30,6 +30,7 @@ import math
 import os
 import sysconfig
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -67,6 +68,7 @@ from specc.data.text import ids_of_str as text_ids_of_str
 from specc.data.text import memmap_bytes as text_memmap
 from specc.data.text import scan as text_scan
 from specc.errors import DataError, did_you_mean
+from specc.registry import Registry
 
 if TYPE_CHECKING:
     from specc.data.augment import Augmenter
@@ -92,6 +94,14 @@ ACCEPTED_SOURCES = (
     "(--label COL), an image folder with one sub-folder per class (or train/ val/ test/ sub-folders "
     "of those), or tar shards in the WebDataset layout (a .tar file or a folder of them)"
 )
+
+SourceLoader = Callable[["_Opts"], "Dataset"]
+FileLoader = Callable[["_Opts", Path], "Dataset"]
+SOURCES: Registry[SourceLoader] = Registry("data source")
+"""Named data sets (``--data digits``): name → loader; registered below, next to each loader."""
+FILE_TYPES: Registry[FileLoader] = Registry("data file type")
+"""Data files by suffix (``--data x.npz``): lower-case suffix → loader; folders are read by
+:func:`_load_folder` (image classes or tar shards)."""
 
 DEFAULT_TEXT_SEQ_LEN = 128
 DEFAULT_SYNTHETIC_SEQ_LEN = 16
@@ -331,40 +341,42 @@ def _is_table(source: str) -> bool:
 
 def _dispatch(o: _Opts) -> Dataset:
     src = o.source
-    if src in SKLEARN_SOURCES:
-        return _load_sklearn(o)
-    if src in SYNTHETIC_SOURCES:
-        return _load_synthetic(o)
-    if src == "text:stdlib":
-        text, nmods = _stdlib_text()
-        ids, vocab = text_ids_of_str(text)
-        note = f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"
-        return _text_dataset(o, ids, vocab, None, [note])
+    if src in SOURCES:
+        return SOURCES[src](o)
     if src.startswith("text:"):
         return _load_text_file(o, Path(src[len("text:") :]).expanduser())
     path = Path(src).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
-        if suffix in (".txt", ".npz", ".npy", ".tar", *TABLE_SUFFIXES) or os.sep in src or "/" in src:
+        if suffix in FILE_TYPES or os.sep in src or "/" in src:
             raise DataError(f"data path '{src}' does not exist")
         raise DataError(
-            f"unknown data source '{src}'{did_you_mean(src, NAMED_SOURCES)}; accepted: {ACCEPTED_SOURCES}"
+            f"unknown data source '{src}'{did_you_mean(src, SOURCES)}; accepted: {ACCEPTED_SOURCES}"
         )
     if path.is_dir():
         return _load_folder(o, path)
-    if suffix == ".txt":
-        return _load_text_file(o, path)
-    if suffix == ".npz":
-        return _load_npz(o, path)
-    if suffix == ".npy":
-        return _load_npy(o, path)
-    if suffix in TABLE_SUFFIXES:
-        return _load_table(o, path)
-    if suffix == ".tar":
-        return _load_shards(o, {"train": [path]}, path)
+    if suffix in FILE_TYPES:
+        return FILE_TYPES[suffix](o, path)
     raise DataError(
         f"data file '{src}' has an unsupported type '{suffix or '(none)'}'; accepted: {ACCEPTED_SOURCES}"
     )
+
+
+def _load_stdlib_text(o: _Opts) -> Dataset:
+    text, nmods = _stdlib_text()
+    ids, vocab = text_ids_of_str(text)
+    note = f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"
+    return _text_dataset(o, ids, vocab, None, [note])
+
+
+SOURCES.register("text:stdlib", _load_stdlib_text)
+
+
+def _load_tar(o: _Opts, path: Path) -> Dataset:
+    return _load_shards(o, {"train": [path]}, path)
+
+
+FILE_TYPES.register(".tar", _load_tar)
 
 
 def _fmt_shape(shape: tuple[int | str, ...] | None) -> str:
@@ -553,6 +565,10 @@ def _load_sklearn(o: _Opts) -> Dataset:
     )
 
 
+for _name in SKLEARN_SOURCES:
+    SOURCES.register(_name, _load_sklearn)
+
+
 def _fit_digits(images: Array, o: _Opts, notes: list[str]) -> tuple[Array, bool]:
     """Bring (N, 1, 8, 8) digits to the spec shape; returns images (N, C, H, W) and whether to flatten."""
     shape = o.shape
@@ -615,6 +631,9 @@ def _load_text_file(o: _Opts, path: Path) -> Dataset:
         return _text_dataset(o, text_memmap(path), vocab, text_byte_lut(vocab), [note])
     ids = text_compact_ids(path, vocab, length, o.budget)
     return _text_dataset(o, ids, vocab, None, [f"text: read {path}"])
+
+
+FILE_TYPES.register(".txt", _load_text_file)
 
 
 def _text_dataset(o: _Opts, ids: Array, vocab: list[str], lut: Array | None, notes: list[str]) -> Dataset:
@@ -770,6 +789,10 @@ def _load_synthetic(o: _Opts) -> Dataset:
     )
 
 
+for _name in SYNTHETIC_SOURCES:
+    SOURCES.register(_name, _load_synthetic)
+
+
 def make_seq2seq(kind: str, num_samples: int, seq_len: int, seed: int) -> tuple[Array, Array]:
     """Generate a synthetic seq2seq task.
 
@@ -880,6 +903,9 @@ def _load_npy(o: _Opts, path: Path) -> Dataset:
     return _array_dataset(o, str(path), {"train": (x, y)}, [note])
 
 
+FILE_TYPES.register(".npy", _load_npy)
+
+
 def _load_npz(o: _Opts, path: Path) -> Dataset:
     if path.is_file() and not zipfile.is_zipfile(path):
         raise DataError(f"'{path}' is not a .npz archive (not a zip file)")
@@ -914,6 +940,9 @@ def _load_npz(o: _Opts, path: Path) -> Dataset:
         f"'{path}' must hold arrays 'x' and 'y', or 'x_train' and 'y_train' (optionally "
         f"x_val/y_val, x_test/y_test); found {', '.join(keys) or 'no arrays'}"
     )
+
+
+FILE_TYPES.register(".npz", _load_npz)
 
 
 def _load_table(o: _Opts, path: Path) -> Dataset:
@@ -970,6 +999,10 @@ def _load_table(o: _Opts, path: Path) -> Dataset:
         preprocess=pre,
         notes=notes,
     )
+
+
+for _suffix in TABLE_SUFFIXES:
+    FILE_TYPES.register(_suffix, _load_table)
 
 
 def _labels(o: _Opts, name: str, y: Array) -> tuple[Array, Task, int | None, list[str] | None, list[str]]:

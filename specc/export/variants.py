@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +23,13 @@ from numpy.typing import NDArray
 
 from specc.atomic import atomic_path, sha256_file
 from specc.contracts.onnx_metadata import OnnxMetadata
+from specc.errors import UsageError
 from specc.export.metadata import get_metadata, set_metadata, write_manifest
 from specc.export.quantize import Calibration, Int8Mode, fixed_batch, quantize_int8
 from specc.export.samples import SampleSizes, make_inputs
 from specc.export.verify import ort_runner, ort_session
 from specc.graph import Graph
+from specc.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,23 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     return {"method": "onnxruntime.transformers.float16 (keep_io_types)"}
 
 
+@dataclass(frozen=True)
+class VariantInputs:
+    """What a converter may use besides the source and destination files."""
+
+    graph: Graph
+    calibration: Calibration | None = None
+    int8_mode: Int8Mode = "auto"
+
+
+Converter = Callable[[Path, Path, VariantInputs], dict[str, Any]]
+"""Writes ``dst`` from the verified ``src`` and returns its report entry's own fields (``method``, ...)."""
+VARIANTS: Registry[Converter] = Registry("export variant")
+VARIANTS.register("opt", lambda src, dst, v: optimize(src, dst, transformer_shape(v.graph)))
+VARIANTS.register("int8", lambda src, dst, v: quantize_int8(src, dst, v.calibration, v.int8_mode))
+VARIANTS.register("fp16", lambda src, dst, v: convert_fp16(src, dst))
+
+
 # ------------------------------------------------------------------------------------ checks
 
 
@@ -223,14 +242,11 @@ def make_variant(
     int8_mode: Int8Mode = "auto",
 ) -> dict[str, Any]:
     """Write one variant of the verified ``target`` and check it; returns its report entry."""
+    if kind not in VARIANTS:  # the API takes any string; the CLI offers flags for the registered ones
+        raise UsageError(VARIANTS.unknown(kind))
     dst = variant_path(target, kind)
     start = time.perf_counter()
-    if kind == "opt":
-        info = optimize(target, dst, transformer_shape(graph))
-    elif kind == "int8":
-        info = quantize_int8(target, dst, calibration, int8_mode)
-    else:
-        info = convert_fp16(target, dst)
+    info = VARIANTS[kind](target, dst, VariantInputs(graph, calibration, int8_mode))
     _copy_metadata(target, dst, kind)
     entry: dict[str, Any] = {"file": str(dst), **info, "convert_s": round(time.perf_counter() - start, 3)}
     entry["checker"] = _checker(dst)

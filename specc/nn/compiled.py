@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from specc.errors import BuildError
 from specc.graph import Graph
 from specc.graph.budget import check_param_limit
 from specc.ops.base import Inferred, InitSpec, Op, TensorType
+from specc.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -318,30 +319,52 @@ def _init_tensor(t: torch.Tensor, spec: str | InitSpec | None) -> None:
         return
     s = InitSpec(kind=spec) if isinstance(spec, str) else spec  # type: ignore[arg-type]
     with torch.no_grad():
-        if s.kind == "default":
-            return
-        if s.kind == "zeros":
-            t.zero_()
-        elif s.kind == "constant":
-            assert s.value is not None  # the model validator requires it
-            t.fill_(s.value)
-        elif s.kind == "ones":
-            t.fill_(1.0)
-        elif s.kind == "normal":
-            t.normal_(s.mean, s.std)
-        elif s.kind == "trunc_normal":
-            nn.init.trunc_normal_(t, s.mean, s.std, a=s.mean - 2 * s.std, b=s.mean + 2 * s.std)
-        elif t.dim() < 2:
+        INITS[s.kind](t, s)
+
+
+InitFn = Callable[[torch.Tensor, InitSpec], object]
+INITS: Registry[InitFn] = Registry("init kind")
+"""``init``/``bias_init`` kinds (the names :data:`specc.ops.base.InitName` lets a spec write) → the
+function filling a tensor in place, under ``torch.no_grad()``."""
+
+
+def _fan_based_init(fn: InitFn) -> InitFn:
+    """Fan-based inits need a matrix; a bias (1-d) gets a small uniform instead."""
+
+    def init(t: torch.Tensor, s: InitSpec) -> None:
+        if t.dim() < 2:
             bound = 1 / math.sqrt(max(1, t.numel()))
-            t.uniform_(-bound, bound)  # fan-based inits need a matrix; biases get a small uniform
-        elif s.kind == "xavier_uniform":
-            nn.init.xavier_uniform_(t, gain=s.gain)
-        elif s.kind == "xavier_normal":
-            nn.init.xavier_normal_(t, gain=s.gain)
-        elif s.kind == "kaiming_uniform":
-            nn.init.kaiming_uniform_(t, mode=s.mode, nonlinearity=s.nonlinearity)
-        elif s.kind == "kaiming_normal":
-            nn.init.kaiming_normal_(t, mode=s.mode, nonlinearity=s.nonlinearity)
+            t.uniform_(-bound, bound)
+        else:
+            fn(t, s)
+
+    return init
+
+
+def _constant(t: torch.Tensor, s: InitSpec) -> None:
+    assert s.value is not None  # the model validator requires it
+    t.fill_(s.value)
+
+
+INITS.register("default", lambda t, s: None)
+INITS.register("zeros", lambda t, s: t.zero_())
+INITS.register("ones", lambda t, s: t.fill_(1.0))
+INITS.register("constant", _constant)
+INITS.register("normal", lambda t, s: t.normal_(s.mean, s.std))
+INITS.register(
+    "trunc_normal",
+    lambda t, s: nn.init.trunc_normal_(t, s.mean, s.std, a=s.mean - 2 * s.std, b=s.mean + 2 * s.std),
+)
+INITS.register("xavier_uniform", _fan_based_init(lambda t, s: nn.init.xavier_uniform_(t, gain=s.gain)))
+INITS.register("xavier_normal", _fan_based_init(lambda t, s: nn.init.xavier_normal_(t, gain=s.gain)))
+INITS.register(
+    "kaiming_uniform",
+    _fan_based_init(lambda t, s: nn.init.kaiming_uniform_(t, mode=s.mode, nonlinearity=s.nonlinearity)),
+)
+INITS.register(
+    "kaiming_normal",
+    _fan_based_init(lambda t, s: nn.init.kaiming_normal_(t, mode=s.mode, nonlinearity=s.nonlinearity)),
+)
 
 
 def build(

@@ -1,13 +1,15 @@
-"""The closed op registry. Ops register from Python (here, or via the ``specc.ops`` entry-point
-group for third-party packages); a spec can only name ops that are registered."""
+"""The op registry. Ops register from Python: the modules of this package, or third-party packages
+through the ``specc.ops`` entry-point group (imported the first time the registry is read); a spec
+can only name ops that are registered."""
 
 from __future__ import annotations
 
 from typing import TypeVar
 
 from specc.ops.base import Op
+from specc.registry import Registry
 
-OPS: dict[str, type[Op]] = {}
+OPS: Registry[type[Op]] = Registry("op", entry_point_group="specc.ops")
 
 T = TypeVar("T", bound=type[Op])
 
@@ -17,9 +19,7 @@ def register(cls: T) -> T:
     name = cls.op_name
     if not name or not name.isidentifier():
         raise ValueError(f"op {cls.__name__} needs an identifier op_name, got {name!r}")
-    if name in OPS and OPS[name] is not cls:
-        raise ValueError(f"op name {name!r} registered twice ({OPS[name].__name__}, {cls.__name__})")
-    OPS[name] = cls
+    OPS.register(name, cls)
     return cls
 
 
@@ -28,11 +28,5 @@ def get_op(name: str) -> type[Op] | None:
 
 
 def load_plugins() -> list[str]:
-    """Register ops from installed packages' ``specc.ops`` entry points (called once by the CLI)."""
-    from importlib.metadata import entry_points
-
-    loaded = []
-    for ep in entry_points(group="specc.ops"):
-        ep.load()
-        loaded.append(ep.name)
-    return loaded
+    """Import the installed ``specc.ops`` entry points now (reading :data:`OPS` does it too)."""
+    return OPS.load_plugins()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specc.registry import Registry
 from specc.train.config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,21 +40,30 @@ def metric_names(cfg: TrainConfig, task: str) -> list[str]:
     return list(cfg.metrics) if cfg.metrics is not None else list(_METRICS_OF_TASK[task])
 
 
-def make_loss(name: str, cfg: TrainConfig) -> tuple[LossFn, Callable[[torch.Tensor], torch.Tensor]]:
-    """The loss (sum over targets) and the function counting the targets of a batch of targets."""
-    if name == "cross_entropy":
+CountFn = Callable[[torch.Tensor], torch.Tensor]
+LossFactory = Callable[[TrainConfig], tuple[LossFn, CountFn]]
+LOSSES: Registry[LossFactory] = Registry("loss")
+"""``train.loss`` names → a factory of the loss (a sum over targets) and of the target counter."""
 
-        def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(out.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing)
 
-        return ce, lambda y: torch.tensor(y.shape[0], dtype=torch.float32, device=y.device)
-    if name == "mse":
+@LOSSES.add("cross_entropy")
+def _cross_entropy(cfg: TrainConfig) -> tuple[LossFn, CountFn]:
+    def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing)
 
-        def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.mse_loss(out.float().reshape(y.shape), y.float(), reduction="sum")
+    return ce, lambda y: torch.tensor(y.shape[0], dtype=torch.float32, device=y.device)
 
-        return mse, lambda y: torch.tensor(y.numel(), dtype=torch.float32, device=y.device)
 
+@LOSSES.add("mse")
+def _mse(cfg: TrainConfig) -> tuple[LossFn, CountFn]:
+    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out.float().reshape(y.shape), y.float(), reduction="sum")
+
+    return mse, lambda y: torch.tensor(y.numel(), dtype=torch.float32, device=y.device)
+
+
+@LOSSES.add("lm")
+def _lm(cfg: TrainConfig) -> tuple[LossFn, CountFn]:
     def lm(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, T, V), (B, T)
         return F.cross_entropy(
             out.float().reshape(-1, out.shape[-1]),
@@ -64,6 +74,60 @@ def make_loss(name: str, cfg: TrainConfig) -> tuple[LossFn, Callable[[torch.Tens
         )
 
     return lm, lambda y: (y != cfg.ignore_index).sum().to(torch.float32)
+
+
+def make_loss(name: str, cfg: TrainConfig) -> tuple[LossFn, CountFn]:
+    """The loss (sum over targets) and the function counting the targets of a batch of targets."""
+    return LOSSES[name](cfg)
+
+
+Hits = tuple[torch.Tensor | float, torch.Tensor | float]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An evaluation metric: ``hits(out, y, valid, k)`` gives (hits, total) of a batch, summed over the
+    split; ``value(hits, total, mean_loss, loss_name)`` turns the sums into the reported figure."""
+
+    hits: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Hits]
+    value: Callable[[float, float, float, str], float] = lambda h, t, mean, loss: h / max(t, 1.0)
+
+
+METRICS: Registry[Metric] = Registry("metric")
+"""``train.metrics`` names → metrics; ``topK`` (``top5``) is the entry ``topK`` with k = 5."""
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, k: int) -> Hits:
+    right = (out.argmax(-1) == y) & valid
+    return right.sum().double(), valid.sum().double()
+
+
+def _exact_match(out: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, k: int) -> Hits:
+    right = ((out.argmax(-1) == y) | ~valid).reshape(y.shape[0], -1).all(dim=1)
+    return right.sum().double(), float(y.shape[0])
+
+
+def _top_k(out: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, k: int) -> Hits:
+    top = out.topk(min(k, out.shape[-1]), dim=-1).indices
+    right = (top == y.unsqueeze(-1)).any(-1) & valid
+    return right.sum().double(), valid.sum().double()
+
+
+def _perplexity(hits: float, total: float, mean_loss: float, loss: str) -> float:
+    return math.exp(min(mean_loss, 700.0)) if loss == "lm" or loss == "cross_entropy" else math.nan
+
+
+METRICS.register("accuracy", Metric(_accuracy))
+METRICS.register("exact_match", Metric(_exact_match))
+METRICS.register("topK", Metric(_top_k))
+METRICS.register("perplexity", Metric(lambda out, y, valid, k: (0.0, 0.0), _perplexity))  # from the loss
+
+
+def metric_of(name: str) -> tuple[Metric, int]:
+    """The registered metric a ``train.metrics`` name selects, and its k (``top5`` → ``topK``, 5)."""
+    if name.startswith("top") and name[3:].isdigit():
+        return METRICS["topK"], int(name[3:])
+    return METRICS[name], 0
 
 
 @dataclass
@@ -87,8 +151,16 @@ class EvalSums:
     ) -> None:
         acc[0] += loss_sum.double()
         acc[1] += count.double()
+        if y.is_floating_point():  # regression targets: no class metrics
+            return
+        valid = (
+            (y != ignore_index)
+            if (ignore_index is not None and y.dim() > 1)
+            else torch.ones_like(y, dtype=torch.bool)
+        )
         for i, name in enumerate(self.names):
-            hits, total = _metric_hits(name, out, y, ignore_index)
+            metric, k = metric_of(name)
+            hits, total = metric.hits(out, y, valid, k)
             acc[2 + 2 * i] += hits
             acc[3 + 2 * i] += total
 
@@ -97,32 +169,6 @@ class EvalSums:
         mean = values[0] / max(values[1], 1.0)
         result = {"loss": mean}
         for i, name in enumerate(self.names):
-            if name == "perplexity":
-                result[name] = (
-                    math.exp(min(mean, 700.0)) if loss == "lm" or loss == "cross_entropy" else math.nan
-                )
-            else:
-                result[name] = values[2 + 2 * i] / max(values[3 + 2 * i], 1.0)
+            metric, _ = metric_of(name)
+            result[name] = metric.value(values[2 + 2 * i], values[3 + 2 * i], mean, loss)
         return result
-
-
-def _metric_hits(
-    name: str, out: torch.Tensor, y: torch.Tensor, ignore_index: int | None
-) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-    if name == "perplexity" or y.is_floating_point():
-        return 0.0, 0.0
-    valid = (
-        (y != ignore_index)
-        if (ignore_index is not None and y.dim() > 1)
-        else torch.ones_like(y, dtype=torch.bool)
-    )
-    if name == "accuracy":
-        right = (out.argmax(-1) == y) & valid
-        return right.sum().double(), valid.sum().double()
-    if name == "exact_match":
-        right = ((out.argmax(-1) == y) | ~valid).reshape(y.shape[0], -1).all(dim=1)
-        return right.sum().double(), float(y.shape[0])
-    k = min(int(name[3:]), out.shape[-1])
-    top = out.topk(k, dim=-1).indices
-    right = (top == y.unsqueeze(-1)).any(-1) & valid
-    return right.sum().double(), valid.sum().double()
