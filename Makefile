@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check specc tests benchmarks cli.py
 	$(BIN)/ruff format --check specc tests benchmarks cli.py
 	$(BIN)/mypy specc
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

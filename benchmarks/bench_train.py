@@ -129,9 +129,9 @@ def seq2seq() -> str:
 def overhead(steps: int = 200, rounds: int = 5) -> str:
     """Per-step CPU time of Trainer._step vs a minimal loop (same model/batches), interleaved, 1 thread."""
     torch.set_num_threads(1)
+    from specc.lang.train_config import TrainConfig
     from specc.nn import build
     from specc.train.batches import ModelIO, epoch_permutation, global_batch, load_for_model
-    from specc.train.config import TrainConfig
     from specc.train.distributed import Dist
     from specc.train.loop import StopRequest, Trainer
     from specc.train.report import RunReport

@@ -9,8 +9,8 @@ from specc.errors import Diagnostic, LowerError, ParseError, ShapeError, SpecErr
 from specc.graph import Graph
 from specc.graph.lower import lower_collect
 from specc.lang.document import SpecDocument, load_spec, load_spec_text
+from specc.lang.train_config import train_config_from_tree
 from specc.load import LMap
-from specc.train.config import train_config_from_tree
 
 
 def train_problems(doc: SpecDocument) -> list[Diagnostic]:

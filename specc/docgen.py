@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from specc.atomic import atomic_write_text
 from specc.lang.items import PARAM_TYPES
 from specc.lang.stdlib import libraries
 from specc.ops import OPS
@@ -80,8 +81,6 @@ def reference(language: str | None = None) -> str:
 
 def write() -> None:
     """Regenerate both files in place (atomically)."""
-    from specc.atomic import atomic_write_text
-
     language = language_text(LANGUAGE.read_text())
     atomic_write_text(LANGUAGE, language)
     atomic_write_text(REFERENCE, reference(language))

@@ -14,9 +14,9 @@ from typing import Any
 from specc.lang.items import EXPR_SCHEMA, FORMS, LAYER_MARK, PARAM_TYPES
 from specc.lang.stdlib import libraries
 from specc.lang.syntax import Spec
+from specc.lang.train_config import TrainConfig
 from specc.ops import OPS
 from specc.ops.base import Op
-from specc.train.config import TrainConfig
 
 EXPR = EXPR_SCHEMA
 COMMON = {"name", "from", "init", "bias_init"}

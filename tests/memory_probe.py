@@ -64,7 +64,7 @@ def measured_peak(graph: Graph, batch: int, optimizer: str = "adamw", amp: str =
     """Peak bytes of one steady-state training step, and the peak of each phase."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from specc.train.config import TrainConfig
+    from specc.lang.train_config import TrainConfig
     from specc.train.objectives import make_loss
     from specc.train.optim import make_optimizer
 

@@ -33,9 +33,9 @@ def test_each_registry_holds_exactly_the_names_specs_and_configs_accept() -> Non
     from specc.data import NAMED_SOURCES
     from specc.data.datasets import FILE_TYPES, SOURCES
     from specc.export.variants import VARIANTS, Variant
+    from specc.lang.train_config import TrainConfig
     from specc.nn.compiled import INITS
     from specc.ops.base import InitName
-    from specc.train.config import TrainConfig
     from specc.train.objectives import LOSSES, METRICS
 
     assert set(INITS) == {*get_args(InitName), "constant"}
@@ -113,7 +113,12 @@ def _install_plugin(site: Path, broken: bool = False) -> None:
 def _specc(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(site)}
     return subprocess.run(
-        [sys.executable, "-m", "specc.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+        [sys.executable, "-m", "specc.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
     )
 
 

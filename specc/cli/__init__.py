@@ -96,6 +96,7 @@ def _command() -> Any:
     """The parser built from ``app`` once per process (typer rebuilds it, ~15 ms, on every call)."""
     # command modules register themselves on `app`; none of them imports torch at module level
     from specc.cli import (  # noqa: F401
+        build_cmd,
         eval_cmd,
         export_cmds,
         generate_cmd,

@@ -38,7 +38,7 @@ from specc.errors import UsageError
 
 if TYPE_CHECKING:
     from specc.data import Dataset
-    from specc.train.config import TrainConfig
+    from specc.lang.train_config import TrainConfig
 
 FORMAT = 2
 MARKER_FILE = ".specc-run"
@@ -279,7 +279,7 @@ class RunFolder:
         return resolved
 
     def read_train_config(self) -> TrainConfig:
-        from specc.train.config import load_train_config
+        from specc.lang.train_config import load_train_config
 
         file = self.path / TRAIN_FILE
         if not file.is_file():

@@ -20,10 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from specc.errors import Diagnostic, Location, LowerError, ShapeError, did_you_mean
-from specc.graph.infer import check_node, input_types, via_text
-from specc.graph.ir import Graph, Node, Ref, Tie
-from specc.lang.document import Block, SpecDocument, raw_at, raw_item_at
-from specc.lang.expr import (
+from specc.expr import (
     IN,
     UNKNOWN,
     ExprError,
@@ -35,6 +32,9 @@ from specc.lang.expr import (
     referenced,
     substitute,
 )
+from specc.graph.infer import check_node, input_types, via_text
+from specc.graph.ir import Graph, Node, Ref, Tie
+from specc.lang.document import Block, SpecDocument, raw_at, raw_item_at
 from specc.lang.items import (
     MAX_REPEAT,
     AnyItem,

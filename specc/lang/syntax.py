@@ -3,7 +3,7 @@
 The whole document is validated here: the top level, every block definition and every layer item
 (``specc/lang/items.py``: ops, block calls, structural forms). Values that are ``$expressions``
 get checked once lowering has given them values (they may depend on block parameters, repeat
-indices or ``$in``). The ``train:`` section is validated by :class:`specc.train.config.TrainConfig`
+indices or ``$in``). The ``train:`` section is validated by :class:`specc.lang.train_config.TrainConfig`
 (``specc.api`` does it, so the language package does not depend on training).
 """
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from specc.errors import Diagnostic, LoadError, Location
 from specc.load.tree import LList, LMap
+from specc.load.yaml_loader import parse_scalar
 
 
 def _split(item: str, index: int) -> tuple[list[str], str, Location]:
@@ -41,8 +42,6 @@ def apply_overrides(tree: Any, sets: Sequence[str]) -> Any:
     Intermediate mappings are created when missing; list items are addressed by index.
     Unknown keys are left for the parser to reject with a "did you mean" hint.
     """
-    from specc.load.yaml_loader import parse_scalar
-
     if not sets:
         return tree
     if not isinstance(tree, LMap):

@@ -12,7 +12,7 @@ import contextlib
 import gc
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,12 @@ import torch.nn as nn
 from torch.nn.modules import module as _torch_module
 from torch.nn.modules.batchnorm import _NormBase
 
-from specc.errors import BuildError
+from specc.api import check, compile_graph
+from specc.atomic import atomic_path
+from specc.errors import BuildError, UsageError
 from specc.graph import Graph
 from specc.graph.budget import check_param_limit
+from specc.lang.document import SpecDocument
 from specc.ops.base import Inferred, InitSpec, Op, TensorType
 from specc.registry import Registry
 
@@ -110,6 +113,7 @@ class CompiledModel(nn.Module):
 
     @property
     def plan(self) -> list[Step]:
+        """The forward plan (a copy): one step per node that computes something, in graph order."""
         return list(self._plan)
 
     @property
@@ -121,6 +125,21 @@ class CompiledModel(nn.Module):
     def result_slots(self) -> tuple[int, ...]:
         """The environment slots of the outputs, in the spec's order."""
         return self._result
+
+    def replace_module(self, path: str, new: nn.Module) -> nn.Module:
+        """Put ``new`` where the submodule at ``path`` is (a node's module, or a module inside one), in
+        the module tree and in the forward plan; returns the module it replaced.
+
+        For wrappers that must change modules after building (synchronised BatchNorm, FSDP units):
+        ``forward`` calls the plan's modules directly, so swapping a child with ``add_module`` alone
+        would leave ``forward`` running the old one.
+        """
+        old = self.get_submodule(path)
+        parent_path, _, leaf = path.rpartition(".")
+        parent = self.get_submodule(parent_path) if parent_path else self
+        parent.add_module(leaf, new)
+        self._plan = [replace(st, module=new) if st.module is old else st for st in self._plan]
+        return old
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         env: list[Any] = list(inputs) + [None] * (self._num_slots - len(inputs))
@@ -381,9 +400,6 @@ def build(
     ``seed`` makes the initial weights reproducible without touching the caller's global random
     state (``torch.random.fork_rng``); ``seed=None`` draws from the global state instead.
     """
-    from specc.api import check, compile_graph
-    from specc.lang.document import SpecDocument
-
     if isinstance(spec, Graph):
         graph = spec
     elif isinstance(spec, SpecDocument):
@@ -412,7 +428,6 @@ def build(
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write the state_dict as safetensors, atomically (tied tensors are stored once, see
     :func:`specc.weights.write_state`); ``metadata`` goes into the header next to ``format``."""
-    from specc.errors import UsageError
     from specc.weights import write_state
 
     try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from specc.ops.base import InferContext, Inferred, MemoryContext, Op, OpMemory, TensorType
+from specc.ops.base import InferContext, Inferred, MemoryContext, Op, OpMemory, ShapeMismatch, TensorType
 from specc.ops.registry import register
 
 if TYPE_CHECKING:
@@ -70,8 +70,6 @@ class _Activation(Op):
     def infer(self, inputs: list[TensorType], ctx: InferContext) -> Inferred:
         (x,) = inputs
         if self.function == "softmax" and self.dim is not None and not -x.rank <= self.dim < x.rank:
-            from specc.ops.base import ShapeMismatch
-
             raise ShapeMismatch(f"softmax dim {self.dim} is out of range for a {x.rank}-d input {x}")
         return Inferred([x], [], 0)
 

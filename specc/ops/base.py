@@ -13,10 +13,13 @@ Ops register themselves with :func:`specc.ops.registry.register`; parsing, infer
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from specc.expr import ExprError, evaluate
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -79,8 +82,6 @@ class InferContext:
         """A size to count MACs with: the int itself, or the nominal value of a symbolic dim."""
         if isinstance(d, int):
             return d
-        from specc.lang.expr import ExprError, evaluate
-
         try:
             value = evaluate("$" + d if d.isidentifier() else _dollarise(d), self.dims)
         except ExprError:
@@ -135,8 +136,6 @@ class OpMemory:
 
 
 def _dollarise(expr: str) -> str:
-    import re
-
     return re.sub(r"\b([A-Za-z_][A-Za-z0-9_]*)\b", r"$\1", expr)
 
 

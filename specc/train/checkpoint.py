@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from specc import __version__
 from specc.atomic import (
     TEMP_PATTERN,
     clean_stale_temps,
@@ -103,9 +104,7 @@ def _specc_version() -> str:
     try:
         return importlib.metadata.version("specc")
     except importlib.metadata.PackageNotFoundError:
-        import specc
-
-        return str(getattr(specc, "__version__", "unknown"))
+        return __version__
 
 
 # ---------------------------------------------------------------------------------------------- paths

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from specc.errors import UsageError
+from specc.nn import CompiledModel
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def fsdp_units(model: nn.Module) -> list[list[nn.Module]]:
     (weight tying across blocks), or that holds parameters no planned module reaches, is left to
     the root's group.
     """
-    plan = getattr(model, "_plan", None)
+    plan = model.plan if isinstance(model, CompiledModel) else None
     called = list(dict.fromkeys(st.module for st in plan)) if plan is not None else None
     called_ids = {id(m) for m in called or ()}
 

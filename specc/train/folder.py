@@ -54,8 +54,8 @@ from specc.contracts.run_folder import (
 )
 from specc.data import Dataset
 from specc.errors import OutputError, SpeccError, UsageError
+from specc.lang.train_config import TrainConfig
 from specc.train import checkpoint as ckpt
-from specc.train.config import TrainConfig
 
 #: Settings a resume may change: they do not alter the steps already taken.
 RESUMABLE = frozenset(

@@ -24,6 +24,8 @@ from torch import nn
 from specc.data import Augmenter, DataBudget, Dataset, Split, make_augmenter
 from specc.data.images import ImageSplit
 from specc.errors import SpeccError
+from specc.lang.train_config import TrainConfig
+from specc.nn import save_weights
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
 from specc.train.batches import (
@@ -37,7 +39,6 @@ from specc.train.batches import (
     steps_per_epoch,
     unpack,
 )
-from specc.train.config import TrainConfig
 from specc.train.distributed import Dist
 from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
 from specc.train.optim import make_optimizer, make_scheduler
@@ -484,8 +485,6 @@ class Trainer:
     def _save_best(self) -> None:
         """The weights of the best epoch so far, as ``RUN/best.safetensors`` with the epoch in its
         metadata (rank 0 writes; FSDP gathers them, a collective)."""
-        from specc.nn import save_weights
-
         full = self.model_state() if self.fsdp else None
         if self.dist.is_main:
             save_weights(

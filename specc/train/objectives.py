@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specc.lang.train_config import TrainConfig
 from specc.registry import Registry
-from specc.train.config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LOSS_OF_TASK = {

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from specc.train.config import TrainConfig
+from specc.lang.train_config import TrainConfig
 
 
 def make_optimizer(

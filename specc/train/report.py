@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from specc.atomic import atomic_write_text
+from specc.atomic import atomic_path, atomic_write_text
 from specc.errors import printable
 
 METRICS_CSV = "metrics.csv"
@@ -143,8 +143,6 @@ def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
-    from specc.atomic import atomic_path
 
     epochs = [row["epoch"] for row in history]
     metrics = [k for k in history[-1] if k.startswith("val_") and k != "val_loss"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from specc.api import check
 from specc.atomic import atomic_write_bytes
 from specc.contracts.run_folder import (
     TOKENIZER_FILE,
@@ -29,11 +30,13 @@ from specc.contracts.run_folder import (
 from specc.data import Dataset
 from specc.errors import DataError, ShapeError, UsageError
 from specc.graph import Graph, infer
+from specc.lang.train_config import TrainConfig, load_train_config
+from specc.nn import CompiledModel, build, save_weights
+from specc.summary import render
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
 from specc.train import folder as run_folder
 from specc.train.batches import ModelIO, check_fit, load_for_model
-from specc.train.config import TrainConfig, load_train_config
 from specc.train.finetune import freeze, init_from
 from specc.train.loop import NonFiniteError, Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
@@ -107,10 +110,6 @@ def train(req: TrainRequest) -> Outcome:
 
 
 def _train(req: TrainRequest, stop: StopRequest) -> Outcome:
-    from specc.api import check
-    from specc.nn import build
-    from specc.summary import render
-
     if req.from_run is not None:
         req = from_run(req)
     graph = check(req.spec, req.sets, req.scale)
@@ -386,22 +385,21 @@ def _prepare_model(s: Session, report: RunReport) -> None:
 
 
 def sync_batchnorm(model: nn.Module, cuda: bool = False) -> int:
-    """Replace BatchNorm layers by synchronised ones in place (also in a CompiledModel's forward plan):
-    torch's SyncBatchNorm on CUDA, :class:`~specc.train.distributed.GroupBatchNorm` on CPU (gloo)."""
-    from dataclasses import replace
-
-    swaps: dict[int, nn.Module] = {}
+    """Replace BatchNorm layers by synchronised ones in place (with :meth:`CompiledModel.replace_module`,
+    so the forward plan runs them too): torch's SyncBatchNorm on CUDA,
+    :class:`~specc.train.distributed.GroupBatchNorm` on CPU (gloo)."""
+    swapped = 0
     synced = (nn.SyncBatchNorm, distributed.GroupBatchNorm)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, synced):
             new = distributed.to_sync_batchnorm(module, cuda)
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            parent.add_module(name.rsplit(".", 1)[-1], new)
-            swaps[id(module)] = new
-    plan = getattr(model, "_plan", None)
-    if plan is not None:
-        model._plan = [replace(st, module=swaps.get(id(st.module), st.module)) for st in plan]  # type: ignore[assignment]
-    return len(swaps)
+            if isinstance(model, CompiledModel):
+                model.replace_module(name, new)
+            else:
+                parent_path, _, leaf = name.rpartition(".")
+                (model.get_submodule(parent_path) if parent_path else model).add_module(leaf, new)
+            swapped += 1
+    return swapped
 
 
 def _write_run_files(s: Session) -> None:
@@ -445,8 +443,6 @@ def _log_start(s: Session, report: RunReport) -> None:
 def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -> None:
     """Final weights first, then the log lines, then the terminal status (written last: a status
     ``completed`` always has its ``model.safetensors``)."""
-    from specc.nn import save_weights
-
     target = s.run / FINAL_WEIGHTS
     if trainer.fsdp:
         full = trainer.model_state()  # a collective: every rank gathers, rank 0 holds the result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specc.lang.expr import (
+from specc.expr import (
     MAX_LEN,
     MAX_SIZE,
     ExprError,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from specc.api import check_text
 from specc.errors import SpecError
-from specc.lang.expr import MAX_CHARS, ExprError, InputView, evaluate
+from specc.expr import MAX_CHARS, ExprError, InputView, evaluate
 
 HEAD = "specc: 1\nname: h\ninputs: {x: {shape: [4, 8, 8]}}\n"
 MEMORY = 512 << 20
@@ -137,7 +137,7 @@ def test_include_fan_out_stops(tmp_path: Path) -> None:
 
 def test_train_config_from_a_device_is_refused() -> None:
     from specc.errors import LoadError
-    from specc.train.config import load_train_config
+    from specc.lang.train_config import load_train_config
 
     with pytest.raises(LoadError, match="not a regular file"):
         load_train_config(None, "spec.yaml", Path("/dev/zero"))

@@ -8,8 +8,8 @@ import pytest
 from conftest import run_cli
 
 from specc.errors import ParseError
+from specc.lang.train_config import TrainConfig, load_train_config
 from specc.load import load_text
-from specc.train.config import TrainConfig, load_train_config
 
 SPEC = """specc: 1
 name: tiny

@@ -16,9 +16,9 @@ import torch
 from conftest import ROOT
 from dist_runs import check_restore_best, mlp_spec, run_train, run_weights, train_cmd, train_env
 
+from specc.lang.train_config import TrainConfig
 from specc.nn import build
 from specc.train import distributed
-from specc.train.config import TrainConfig
 
 SPEC = mlp_spec("fsdpmlp")
 

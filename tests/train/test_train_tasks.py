@@ -12,8 +12,8 @@ from torch import nn
 
 from specc.data import SYNTHETIC_VOCAB_SIZE
 from specc.errors import DataError
+from specc.lang.train_config import TrainConfig
 from specc.train.batches import ModelIO, load_for_model
-from specc.train.config import TrainConfig
 from specc.train.runner import train_module
 
 
