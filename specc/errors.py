@@ -137,11 +137,22 @@ class ExportVerificationError(SpeccError):
     exit_code = 3
 
 
-class ExportError(SpeccError):
+class ModelError(SpeccError):
+    """A model, the runtime or the exporter failed on input that passed every check: an ONNX file
+    onnxruntime cannot read or load, a session that fails to run."""
+
+    exit_code = 4
+
+
+class ExportError(ModelError):
     """The exporter cannot turn the model into ONNX (``torch.onnx.export`` raised, or
     ``onnx.checker`` rejected what it wrote): nothing was verified, so this is not a parity miss."""
 
-    exit_code = 4
+
+class NonFiniteError(SpeccError):
+    """Training stopped because the loss or a gradient became NaN/inf (before applying that step)."""
+
+    exit_code = 5
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -1,6 +1,23 @@
 """The ``specc`` command line (typer). Commands only parse options and call library functions;
-error types map to exit codes here, in one place: 0 ok, 1 unexpected, 2 spec/usage, 3 export
-verification (parity mismatch), 4 exporter failure (and ``specc train``'s 128 + signal for a run interrupted after saving). No traceback reaches a user unless ``SPECC_DEBUG=1``."""
+errors become exit codes here, in one place (:func:`exit_code_of`, :func:`fail`):
+
+==== ==========================================================================================
+0    ok
+1    unexpected (a bug: ``SPECC_DEBUG=1`` shows the traceback)
+2    you used it wrong: a spec error, a bad option, a bad file or data set, a path the OS refused
+3    export verification failed (the ONNX model does not compute what PyTorch computes)
+4    the model, the runtime or the exporter failed on input that passed the checks
+5    training stopped on a non-finite loss or gradient (the last finite checkpoint is kept)
+130  interrupted (Ctrl-C); ``specc train`` exits 128 + signal after saving a checkpoint
+==== ==========================================================================================
+
+No traceback reaches a user unless ``SPECC_DEBUG=1``. Errors are red and tables coloured on a
+terminal; piped output and ``NO_COLOR`` get plain text (rich decides). Every message is escaped with
+:func:`~specc.errors.printable` first, so user-derived text never drives the terminal.
+
+Command modules import library code inside each command, so that starting the CLI (and
+``specc check``, which never imports torch) stays fast.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +28,21 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from typer.exceptions import Abort, TyperException
 
+from specc import __version__
 from specc.errors import SpeccError, SpecError, printable
 
 app = typer.Typer(
     name="specc",
     help="Declarative model-spec compiler: YAML → static shapes → PyTorch → ONNX.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -32,6 +52,47 @@ def say(text: str, *, err: bool = False, end: str = "\n") -> None:
     """Print one message of a command: user-derived text in it is escaped (:func:`printable`), so a
     spec key, a file name or a model's label can never drive the terminal."""
     print(printable(text), file=sys.stderr if err else sys.stdout, end=end)
+
+
+def stderr() -> Console:
+    """The console for errors and notes (a new one per call: tests swap ``sys.stderr``)."""
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True, emoji=False)
+
+
+def stdout() -> Console:
+    """The console for tables and rendered text on stdout (plain when piped or ``NO_COLOR``)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True, emoji=False)
+
+
+def error(message: str, prefix: str = "error") -> None:
+    """Print ``prefix: message`` to stderr, the prefix red (or yellow for notes) on a terminal."""
+    style = "bold yellow" if prefix == "note" else "bold red"
+    stderr().print(f"[{style}]{prefix}:[/] {escape(printable(message))}")
+
+
+def print_table(text: str) -> None:
+    """Print a plain-text table (header, rule, rows, total) with a coloured header and total on a
+    terminal; the text itself is the same either way."""
+    text = printable(text)  # spec keys and file names in it never drive the terminal
+    console = stdout()
+    if console.no_color or not console.is_terminal:
+        print(text)
+        return
+    head, rule, *rows = text.split("\n")
+    console.print(f"[bold cyan]{escape(head)}[/]\n[dim]{escape(rule)}[/]")
+    for row in rows:
+        console.print(f"[bold]{escape(row)}[/]" if row.startswith("total ") else escape(row))
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code of an error (the table in this module's docstring)."""
+    if isinstance(exc, SpeccError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, OSError) and exc.filename is not None:  # the machine refused a path: not a bug
+        return 2
+    return 1
 
 
 class _TerminalLog(logging.Handler):
@@ -59,24 +120,38 @@ def fail(exc: BaseException) -> None:
     """Print an error the way users should see it and exit with its code."""
     if os.environ.get("SPECC_DEBUG") == "1":
         traceback.print_exception(exc)
+    code = exit_code_of(exc)
     if isinstance(exc, SpecError):
         for d in exc.diagnostics:
-            say(f"error: {d}", err=True)
+            error(str(d))
         n = len(exc.diagnostics)
-        say(f"{n} error{'s' if n != 1 else ''}", err=True)
-        raise SystemExit(exc.exit_code)
-    if isinstance(exc, SpeccError):
-        say(f"error: {exc}", err=True)
-        raise SystemExit(exc.exit_code)
-    if isinstance(exc, KeyboardInterrupt):
-        say("interrupted", err=True)
-        raise SystemExit(130)
-    if isinstance(exc, OSError) and exc.filename is not None:  # the machine refused a path: not a bug
+        stderr().print(f"{n} error{'s' if n != 1 else ''}")
+    elif isinstance(exc, SpeccError):
+        error(str(exc))
+    elif isinstance(exc, KeyboardInterrupt):
+        stderr().print("interrupted")
+    elif isinstance(exc, OSError) and exc.filename is not None:
         paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-        say(f"error: {paths}: {exc.strerror or exc}", err=True)
-        raise SystemExit(2)
-    say(f"internal error: {type(exc).__name__}: {exc} (SPECC_DEBUG=1 shows the traceback)", err=True)
-    raise SystemExit(1)
+        error(f"{paths}: {exc.strerror or exc}")
+    else:
+        error(f"{type(exc).__name__}: {exc} (SPECC_DEBUG=1 shows the traceback)", prefix="internal error")
+    raise SystemExit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"specc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Declarative model-spec compiler: YAML → static shapes → PyTorch → ONNX."""
 
 
 def _usage_error(exc: TyperException) -> None:
@@ -115,7 +190,9 @@ def main(argv: list[str] | None = None) -> Any:
     command = _command()
     log_to_stderr()
     try:  # a fresh context per command: settings such as --include-root do not outlive it
-        code = contextvars.copy_context().run(command.main, args=argv, standalone_mode=False)
+        code = contextvars.copy_context().run(
+            command.main, args=argv, prog_name="specc", standalone_mode=False
+        )
     except SystemExit:
         raise
     except TyperException as exc:

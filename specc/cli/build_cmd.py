@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app, fail, say
+from specc.cli import app, print_table, say
 from specc.cli.spec_cmds import (
     IncludeRootOpt,
     JsonOpt,
@@ -19,7 +19,6 @@ from specc.cli.spec_cmds import (
     use_include_roots,
     use_max_params,
 )
-from specc.errors import SpecError
 
 
 @app.command()
@@ -42,27 +41,23 @@ def build(
 
     use_include_roots(include_root)
     use_max_params(max_params)
-    try:
-        graph = check_spec(spec, sets or [], scale)
-        check_param_limit(graph)  # before any parameter is allocated
-        from specc.nn import build as build_model
-        from specc.nn import save_weights
+    graph = check_spec(spec, sets or [], scale)
+    check_param_limit(graph)  # before any parameter is allocated
+    from specc.nn import build as build_model
+    from specc.nn import save_weights
 
-        model = build_model(graph, seed=seed)
-        real = sum(p.numel() for p in model.parameters())
-        if real != graph.params:
-            raise AssertionError(f"static parameter count {graph.params} != built {real}")
-        if save is not None:
-            save_weights(model, save)
-    except SpecError as exc:
-        fail(exc)
-        return
+    model = build_model(graph, seed=seed)
+    real = sum(p.numel() for p in model.parameters())
+    if real != graph.params:
+        raise AssertionError(f"static parameter count {graph.params} != built {real}")
+    if save is not None:
+        save_weights(model, save)
     if as_json:
         out = graph_json(graph)
         if save is not None:
             out["saved"] = str(save)
         print(json.dumps(out, indent=2))
         return
-    say(node_table(graph))
+    print_table(node_table(graph))
     if save is not None:
         say(f"saved initialised weights to {save}")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app, log_to_stderr, say
+from specc.cli import app, exit_code_of, log_to_stderr, say
 from specc.cli.spec_cmds import (
     IncludeRootOpt,
     JsonOpt,
@@ -124,10 +124,10 @@ def export_cmd(
 
 def _error_json(exc: BaseException, out: Path) -> dict[str, object]:
     """What ``specc export --json`` prints when it fails; the exit code is the one :func:`fail` uses."""
-    from specc.errors import ExportVerificationError, SpeccError, SpecError
+    from specc.errors import ExportVerificationError, SpecError
     from specc.export import failed_path, report_path
 
-    code = exc.exit_code if isinstance(exc, SpeccError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
+    code = exit_code_of(exc)
     data: dict[str, object] = {
         "ok": False,
         "exit_code": code,

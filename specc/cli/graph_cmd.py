@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app, fail, say
+from specc.cli import app, say
 from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 
 
@@ -26,14 +26,11 @@ def graph(
     from specc.graphviz import render_graph
 
     use_include_roots(include_root)
-    try:
-        text = render_graph(check_spec(spec, sets or [], scale), fmt, depth)
-        if out is None:
-            say(text, end="")
-            return
-        from specc.atomic import atomic_write_text
+    text = render_graph(check_spec(spec, sets or [], scale), fmt, depth)
+    if out is None:
+        say(text, end="")
+        return
+    from specc.atomic import atomic_write_text
 
-        atomic_write_text(out, text)
-    except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
-        fail(exc)
+    atomic_write_text(out, text)
     say(f"wrote {fmt} diagram to {out}")

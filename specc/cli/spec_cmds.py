@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from specc.cli import app, fail, say
+from specc.cli import app, error, print_table, say, stderr, stdout
 from specc.errors import SpecError
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def check(
             results.append({"file": str(path), "ok": False, "errors": [d.to_json() for d in exc.diagnostics]})
             if not as_json:
                 for d in exc.diagnostics:
-                    say(f"error: {d}", err=True)
+                    error(str(d))
             continue
         notes = graph.notes()
         results.append(
@@ -102,15 +102,15 @@ def check(
         if not as_json:
             say(f"{path}: ok  {summary_line(graph)}")
             for d in notes:
-                say(f"note: {d}", err=True)
+                error(str(d), prefix="note")
             if verbose:
-                say(node_table(graph))
+                print_table(node_table(graph))
             for line in lines:
                 say(line)
     if as_json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     elif errors:
-        say(f"{errors} error{'s' if errors != 1 else ''}", err=True)
+        stderr().print(f"{errors} error{'s' if errors != 1 else ''}")
     if errors:
         raise typer.Exit(2)
 
@@ -150,10 +150,7 @@ def render(
     from specc.summary import render as render_graph
 
     use_include_roots(include_root)
-    try:
-        say(render_graph(check_spec(spec, sets or [], scale)), end="")
-    except SpecError as exc:
-        fail(exc)
+    say(render_graph(check_spec(spec, sets or [], scale)), end="")
 
 
 @app.command()
@@ -168,7 +165,9 @@ def schema() -> None:
 def ops(
     name: Annotated[Optional[str], typer.Argument(help="show one op in full")] = None,  # noqa: UP045
 ) -> None:
-    """List the registered ops with their documentation."""
+    """List the registered ops, or show one with its arguments and an example (rendered Markdown)."""
+    from rich.markdown import Markdown
+
     from specc.errors import UsageError, did_you_mean
     from specc.ops import OPS
     from specc.schema import op_reference, ops_text
@@ -177,5 +176,8 @@ def ops(
         print(ops_text())
         return
     if name not in OPS:
-        fail(UsageError(f"unknown op '{name}'{did_you_mean(name, OPS)}"))
-    print(op_reference(OPS[name]))
+        raise UsageError(f"unknown op '{name}'{did_you_mean(name, OPS)}")
+    console = stdout()
+    if not console.is_terminal:
+        console.width = 110  # piped: wide enough that the argument table keeps one row per argument
+    console.print(Markdown(op_reference(OPS[name]), code_theme="ansi_light"))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app, fail
+from specc.cli import app
 from specc.cli.spec_cmds import (
     IncludeRootOpt,
     MaxParamsOpt,
@@ -96,16 +96,21 @@ def train(
         ),
     ] = None,  # noqa: UP045
     max_params: MaxParamsOpt = None,
+    epochs: Annotated[int | None, Opt("--epochs", help="shortcut for --set train.epochs=N")] = None,  # noqa: UP045
+    lr: Annotated[float | None, Opt("--lr", help="shortcut for --set train.lr=X")] = None,  # noqa: UP045
+    batch_size: Annotated[
+        int | None,
+        Opt("--batch-size", help="shortcut for --set train.batch_size=N"),
+    ] = None,  # noqa: UP045
 ) -> None:
     """Train a spec on a data set into a run folder (Ctrl-C/SIGTERM saves a checkpoint; --resume continues)."""
     from specc.train import distributed
 
     use_include_roots(include_root)
     use_max_params(max_params)
-    try:
-        spec_path, data_source = _what_to_train(spec, data, config, from_run)
-    except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
-        fail(exc)
+    shortcuts = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    sets = [*(sets or ()), *(f"train.{k}={v!r}" for k, v in shortcuts.items() if v is not None)]
+    spec_path, data_source = _what_to_train(spec, data, config, from_run)
     worker = _worker_args(
         spec_path, data_source, out, sets, scale, config, resume, init_from, freeze, device, quiet
     )
@@ -117,41 +122,36 @@ def train(
     worker += [arg for root in include_root or () for arg in ("--include-root", str(root))]
     worker += ["--from", str(from_run)] if from_run is not None else []
     worker += ["--max-params", str(max_params)] if max_params is not None else []
-    try:
-        if nproc_per_node is not None and not distributed.in_launcher_env():
-            opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
-            code = distributed.launch(opts, worker)
-            raise typer.Exit(code)
-        from specc.train.runner import TrainRequest
-        from specc.train.runner import train as run_train
+    if nproc_per_node is not None and not distributed.in_launcher_env():
+        opts = distributed.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
+        code = distributed.launch(opts, worker)
+        raise typer.Exit(code)
+    from specc.train.runner import TrainRequest
+    from specc.train.runner import train as run_train
 
-        outcome = run_train(
-            TrainRequest(
-                spec_path or Path(),
-                data_source or "",
-                out,
-                tuple(sets or ()),
-                scale,
-                config,
-                resume,
-                init_from,
-                tuple(freeze or ()),
-                device,
-                quiet,
-                fsdp,
-                label,
-                from_run,
-                init_strict,
-                init_map,
-                update_frozen_norms,
-            )
+    outcome = run_train(
+        TrainRequest(
+            spec_path or Path(),
+            data_source or "",
+            out,
+            tuple(sets or ()),
+            scale,
+            config,
+            resume,
+            init_from,
+            tuple(freeze or ()),
+            device,
+            quiet,
+            fsdp,
+            label,
+            from_run,
+            init_strict,
+            init_map,
+            update_frozen_norms,
         )
-        if outcome.exit_code:
-            raise typer.Exit(outcome.exit_code)
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()
-        fail(exc)
+    )
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 def _what_to_train(

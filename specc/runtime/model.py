@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from specc.contracts.base import loads
 from specc.contracts.onnx_metadata import JSON_FREE, METADATA_KEYS, OnnxMetadata, key
 from specc.contracts.preprocess import TextPreprocess, preprocess_json
-from specc.errors import UsageError, did_you_mean
+from specc.errors import ModelError, UsageError, did_you_mean
 from specc.publish import check_published
 from specc.runtime.inputs import (
     TensorSpec,
@@ -79,7 +79,7 @@ def _load_proto(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError, OSError, ...
-        raise UsageError(f"cannot read ONNX model '{path}': {e}") from e
+        raise ModelError(f"cannot read ONNX model '{path}': {e}") from e
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -376,7 +376,7 @@ class Model:
             results = self._session.run(names, feeds)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             shapes = ", ".join(f"'{k}' {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
-            raise UsageError(
+            raise ModelError(
                 f"onnxruntime failed to run '{self._path.name}' on inputs {shapes} "
                 f"(the model expects {self.expects()}): {e}"
             ) from e
@@ -505,5 +505,5 @@ def load(
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
     except Exception as e:
-        raise UsageError(f"onnxruntime cannot load '{model_path}': {e}") from e
+        raise ModelError(f"onnxruntime cannot load '{model_path}': {e}") from e
     return Model(session, props, model_path, info)

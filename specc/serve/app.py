@@ -45,7 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from specc import __version__
-from specc.errors import UsageError, did_you_mean
+from specc.errors import ModelError, UsageError, did_you_mean
 from specc.runtime import Model
 from specc.runtime.generate import Generator
 from specc.serve import generation
@@ -211,6 +211,9 @@ def endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Resp
             response = _error(e.status, e.message)
         except UsageError as e:  # the runtime's input checks name the input
             response = _error(400, str(e))
+        except ModelError as e:  # inputs passed the checks but onnxruntime failed: the server's side
+            log.warning("model failed on %s %s: %s", request.method, request.url.path, e)
+            response = _error(500, str(e))
         except QueueFull as e:
             response = _error(503, str(e), {"retry-after": "1"})
         except ClientDisconnect:  # nobody is left to answer; counted, not logged

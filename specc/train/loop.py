@@ -23,7 +23,7 @@ from torch import nn
 
 from specc.data import Augmenter, DataBudget, Dataset, Split, make_augmenter
 from specc.data.images import ImageSplit
-from specc.errors import SpeccError
+from specc.errors import NonFiniteError
 from specc.lang.train_config import TrainConfig
 from specc.nn import save_weights
 from specc.train import checkpoint as ckpt
@@ -45,14 +45,7 @@ from specc.train.optim import make_optimizer, make_scheduler
 from specc.train.report import RunReport
 from specc.weights import load_state
 
-NONFINITE_EXIT = 2
 BEST_WEIGHTS = "best.safetensors"
-
-
-class NonFiniteError(SpeccError):
-    """The loss or a gradient became NaN/inf; training stopped before applying that step."""
-
-    exit_code = NONFINITE_EXIT
 
 
 class StateOnly(nn.Module):

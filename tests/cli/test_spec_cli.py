@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,9 @@ def test_ops_listing_and_detail() -> None:
     listing = run_cli("ops").out
     assert "conv2d" in listing and "global_avgpool" in listing
     detail = run_cli("ops", "conv2d")
-    assert "out_channels" in detail.out and "```yaml" in detail.out
+    # rendered Markdown (plain when piped): the example as YAML lines, the table without pipes
+    assert "- conv2d: {out_channels: 64" in detail.out and "```" not in detail.out
+    assert re.search(r"\n out_channels +int > 0 +required", detail.out)
     assert run_cli("ops", "conv3d").code == 2
 
 

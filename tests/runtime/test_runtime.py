@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from specc.errors import UsageError
+from specc.errors import ModelError, UsageError
 from specc.runtime import METADATA_KEYS, Model, load, read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
@@ -277,7 +277,7 @@ def test_onnxruntime_errors_are_wrapped(tmp_path: Path) -> None:
         if prop.key == "specc.inputs":
             prop.value = json.dumps([{"name": "x", "shape": ["batch", 5], "dtype": "float32"}])
     m = load(save(model, tmp_path / "bad.onnx"))
-    with pytest.raises(UsageError, match="onnxruntime failed to run 'bad.onnx'"):
+    with pytest.raises(ModelError, match="onnxruntime failed to run 'bad.onnx'"):
         m(np.zeros((1, 5), np.float32))
 
 
@@ -286,7 +286,7 @@ def test_load_errors(tmp_path: Path) -> None:
         load(tmp_path / "nope.onnx")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a model\xff" * 10)
-    with pytest.raises(UsageError, match="garbage.onnx"):
+    with pytest.raises(ModelError, match="cannot read ONNX model .*garbage.onnx"):
         load(garbage)
     path = save(classifier(), tmp_path / "clf.onnx")
     with pytest.raises(UsageError, match="execution provider 'NoSuchExecutionProvider' is not available"):

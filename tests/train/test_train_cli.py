@@ -254,7 +254,7 @@ def test_nonfinite_loss_stops_naming_step_and_tensor(tmp_path: Path) -> None:
         "--set",
         "train.checkpoint_every=1",
     )
-    assert result.code == 2
+    assert result.code == 5  # training stopped on a non-finite value
     assert "non-finite loss (nan) at step 2 (epoch 1, batch 2)" in result.err
     assert "first non-finite gradient: 'hidden.weight'" in result.err
     assert "the newest checkpoint (step-00000001) holds the last finite weights" in result.err
@@ -342,3 +342,17 @@ def test_sequence_specs(tmp_path: Path, spec: str, source: str, metric: str, ext
     )
     assert result.code == 0, result.err
     assert metric in json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]
+
+
+def test_epochs_lr_batch_size_are_shortcuts_for_set(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ("train", str(_mlp(tmp_path, 4, 3)), "--data", "iris", "--out", str(run), "--quiet")
+    result = run_cli(*args, "--epochs", "2", "--lr", "0.005", "--batch-size", "16")
+    assert result.code == 0, result.err
+    cfg = (run / "train.yaml").read_text()
+    assert "epochs: 2\n" in cfg and "lr: 0.005\n" in cfg and "batch_size: 16\n" in cfg
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2"]  # 2 epochs of ceil(105 / 16) = 7 steps
+    assert [r.split(",")[1] for r in rows] == ["7", "14"]
+    bad = run_cli(*args, "--lr", "-1", "--out", str(tmp_path / "bad"))
+    assert bad.code == 2 and "train.lr" in bad.err
