@@ -144,7 +144,7 @@ def make_input(shape: tuple[int, ...], dtype: str, batch: int) -> torch.Tensor:
 def test_op_contract(op_name: str) -> None:
     if op_name not in EXAMPLES:
         pytest.fail(
-            f"op '{op_name}' has no example in tests/build/test_builder_contract.py EXAMPLES: add one"
+            f"op '{op_name}' has no example in tests/nn/test_builder_contract.py EXAMPLES: add one"
         )
     torch.manual_seed(0)
     for args, shapes in EXAMPLES[op_name]:
