@@ -43,8 +43,9 @@ def test_each_registry_holds_exactly_the_names_specs_and_configs_accept() -> Non
     assert set(LOSSES) == set(losses) - {"auto"}
     assert set(METRICS) == {"accuracy", "exact_match", "perplexity", "topK"}
     assert set(VARIANTS) == set(get_args(Variant))
-    assert set(SOURCES) == set(NAMED_SOURCES)
-    assert set(FILE_TYPES) == {".txt", ".npz", ".npy", ".csv", ".parquet", ".pq", ".tar"}
+    assert set(NAMED_SOURCES) <= set(SOURCES)
+    assert {".txt", ".npz", ".npy", ".csv", ".parquet", ".pq", ".tar"} <= set(FILE_TYPES)
+    assert all(suffix == suffix.lower() and suffix.startswith(".") for suffix in FILE_TYPES)
 
 
 def test_an_unknown_export_variant_is_refused_not_turned_into_fp16(tmp_path: Path) -> None:

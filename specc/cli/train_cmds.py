@@ -28,8 +28,8 @@ def train(
         str | None,
         Opt(
             "--data",
-            help="digits, iris, wine, breast_cancer, text:stdlib, copy, reverse, sort, text:PATH, "
-            "or a .npz/.npy/.csv/.parquet/.txt/.tar file, an image folder or a folder of tar shards",
+            help="a named set (digits, iris, text:stdlib, copy, ...: an unknown name lists them all), "
+            "text:PATH, or a .npz/.npy/.csv/.parquet/.txt/.tar file, an image folder or a folder of tar shards",
         ),
     ] = None,  # noqa: UP045
     sets: SetOpt = None,

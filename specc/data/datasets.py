@@ -88,7 +88,7 @@ SKLEARN_SOURCES: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
 SYNTHETIC_SOURCES: tuple[str, ...] = ("copy", "reverse", "sort")
 NAMED_SOURCES: tuple[str, ...] = (*SKLEARN_SOURCES, "text:stdlib", *SYNTHETIC_SOURCES)
 ACCEPTED_SOURCES = (
-    "digits, iris, wine, breast_cancer, text:stdlib, text:PATH, copy, reverse, sort, "
+    "a named set ({names}), text:PATH, "
     "or a path to a .txt file, a .npz file (arrays x and y, or x_train/y_train [+ x_val/y_val, x_test/y_test]), "
     "a .npy file x.npy with its labels y.npy beside it, a .csv or .parquet table with a header row "
     "(--label COL), an image folder with one sub-folder per class (or train/ val/ test/ sub-folders "
@@ -350,26 +350,19 @@ def _dispatch(o: _Opts) -> Dataset:
     if not path.exists():
         if suffix in FILE_TYPES or os.sep in src or "/" in src:
             raise DataError(f"data path '{src}' does not exist")
-        raise DataError(
-            f"unknown data source '{src}'{did_you_mean(src, SOURCES)}; accepted: {ACCEPTED_SOURCES}"
-        )
+        raise DataError(f"unknown data source '{src}'{did_you_mean(src, SOURCES)}; accepted: {_accepted()}")
     if path.is_dir():
         return _load_folder(o, path)
     if suffix in FILE_TYPES:
         return FILE_TYPES[suffix](o, path)
     raise DataError(
-        f"data file '{src}' has an unsupported type '{suffix or '(none)'}'; accepted: {ACCEPTED_SOURCES}"
+        f"data file '{src}' has an unsupported type '{suffix or '(none)'}'; accepted: {_accepted()}"
     )
 
 
-def _load_stdlib_text(o: _Opts) -> Dataset:
-    text, nmods = _stdlib_text()
-    ids, vocab = text_ids_of_str(text)
-    note = f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"
-    return _text_dataset(o, ids, vocab, None, [note])
-
-
-SOURCES.register("text:stdlib", _load_stdlib_text)
+def _accepted() -> str:
+    """What ``--data`` accepts, with the registered named sets."""
+    return ACCEPTED_SOURCES.format(names=", ".join(SOURCES))
 
 
 def _load_tar(o: _Opts, path: Path) -> Dataset:
@@ -753,6 +746,16 @@ def _stdlib_text() -> tuple[str, int]:
     if len(text) < 10_000:
         raise DataError(f"data 'text:stdlib': found only {len(text)} characters of text under '{root}'")
     return text, used
+
+
+def _load_stdlib_text(o: _Opts) -> Dataset:
+    text, nmods = _stdlib_text()
+    ids, vocab = text_ids_of_str(text)
+    note = f"text:stdlib: {len(text)} characters of docstrings from {nmods} standard-library modules"
+    return _text_dataset(o, ids, vocab, None, [note])
+
+
+SOURCES.register("text:stdlib", _load_stdlib_text)
 
 
 # --------------------------------------------------------------------------------------------------

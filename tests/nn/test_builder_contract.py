@@ -143,9 +143,7 @@ def make_input(shape: tuple[int, ...], dtype: str, batch: int) -> torch.Tensor:
 @pytest.mark.parametrize("op_name", sorted(OPS))
 def test_op_contract(op_name: str) -> None:
     if op_name not in EXAMPLES:
-        pytest.fail(
-            f"op '{op_name}' has no example in tests/nn/test_builder_contract.py EXAMPLES: add one"
-        )
+        pytest.fail(f"op '{op_name}' has no example in tests/nn/test_builder_contract.py EXAMPLES: add one")
     torch.manual_seed(0)
     for args, shapes in EXAMPLES[op_name]:
         op = OPS[op_name].model_validate(args)
