@@ -209,11 +209,8 @@ def endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Resp
             response = await handler(request, state)
         except ProtocolError as e:
             response = _error(e.status, e.message)
-        except UsageError as e:  # the runtime's input checks name the input
-            response = _error(400, str(e))
-        except ModelError as e:  # inputs passed the checks but onnxruntime failed: the server's side
-            log.warning("model failed on %s %s: %s", request.method, request.url.path, e)
-            response = _error(500, str(e))
+        except (UsageError, ModelError) as e:  # the runtime's input checks name the input; what
+            response = _error(400, str(e))  # slips past them (an index out of range) fails in onnxruntime
         except QueueFull as e:
             response = _error(503, str(e), {"retry-after": "1"})
         except ClientDisconnect:  # nobody is left to answer; counted, not logged
