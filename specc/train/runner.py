@@ -28,7 +28,7 @@ from specc.contracts.run_folder import (
     check_out,
 )
 from specc.data import Dataset
-from specc.errors import DataError, ShapeError, UsageError
+from specc.errors import DataError, NonFiniteError, ShapeError, UsageError
 from specc.graph import Graph, infer
 from specc.lang.train_config import TrainConfig, load_train_config
 from specc.nn import CompiledModel, build, save_weights
@@ -38,7 +38,7 @@ from specc.train import distributed
 from specc.train import folder as run_folder
 from specc.train.batches import ModelIO, check_fit, load_for_model
 from specc.train.finetune import freeze, init_from
-from specc.train.loop import NonFiniteError, Outcome, StateOnly, StopRequest, Trainer
+from specc.train.loop import Outcome, StateOnly, StopRequest, Trainer
 from specc.train.report import RunReport
 
 FINAL_WEIGHTS = "model.safetensors"
