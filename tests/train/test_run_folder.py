@@ -199,12 +199,12 @@ def test_a_full_disk_at_the_final_weights_is_not_completed(
 ) -> None:
     """The final weights cannot be written: status `failed: ...` (written last), exit 2 naming the
     file; never `completed` without a model.safetensors."""
-    import specc.nn
+    import specc.train.runner
 
     def full(model: object, path: object, metadata: object = None) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(specc.nn, "save_weights", full)
+    monkeypatch.setattr(specc.train.runner, "save_weights", full)  # the runner imports it at the top
     spec = tmp_path / "s.yaml"
     spec.write_text(SMALL)
     r = _train(spec, tmp_path / "r")
