@@ -124,13 +124,10 @@ def _memory_options(
 
     if not memory:
         if fits is not None or batch != 1 or optimizer != "adamw" or amp != "none" or device != "cuda":
-            fail(UsageError("--batch, --optimizer, --amp, --device and --fits go with --memory"))
+            raise UsageError("--batch, --optimizer, --amp, --device and --fits go with --memory")
         return None
-    try:
-        budget = parse_bytes(fits) if fits is not None else None
-        memory_report(None, batch, optimizer, amp, device, budget)  # checks the options once
-    except UsageError as exc:
-        fail(exc)
+    budget = parse_bytes(fits) if fits is not None else None
+    memory_report(None, batch, optimizer, amp, device, budget)  # checks the options once
 
     def add(graph: Graph, result: dict[str, object]) -> list[str]:
         report, lines = memory_report(graph, batch, optimizer, amp, device, budget, top)
