@@ -22,7 +22,6 @@ from torch.nn.modules import module as _torch_module
 from torch.nn.modules.batchnorm import _NormBase
 
 from specc.api import check, compile_graph
-from specc.atomic import atomic_path
 from specc.errors import BuildError, UsageError
 from specc.graph import Graph
 from specc.graph.budget import check_param_limit
