@@ -79,7 +79,7 @@ def _load_proto(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError, OSError, ...
-        raise ModelError(f"cannot read ONNX model '{path}': {e}") from e
+        raise UsageError(f"cannot read ONNX model '{path}': {e}") from e
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

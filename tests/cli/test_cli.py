@@ -52,12 +52,12 @@ def test_exit_codes_by_error_kind() -> None:
     assert [exit_code_of(exc) for exc, _ in cases] == [code for _, code in cases]
 
 
-def test_a_corrupt_model_file_is_a_model_failure_not_a_usage_error(tmp_path: Path) -> None:
+def test_a_corrupt_model_file_is_bad_input_naming_the_file(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"\x00not a model\xff" * 10)
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
     result = run_cli("predict", str(model), "--input", str(tmp_path / "x.npy"))
-    assert result.code == 4
+    assert result.code == 2  # a file that is not a model is bad input (exit 4: onnxruntime failed on a model)
     assert f"error: cannot read ONNX model '{model}'" in result.err
     missing = run_cli("predict", str(tmp_path / "nope.onnx"), "--input", str(tmp_path / "x.npy"))
     assert missing.code == 2  # a path that does not exist is the user's mistake

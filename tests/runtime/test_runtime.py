@@ -286,7 +286,7 @@ def test_load_errors(tmp_path: Path) -> None:
         load(tmp_path / "nope.onnx")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a model\xff" * 10)
-    with pytest.raises(ModelError, match="cannot read ONNX model .*garbage.onnx"):
+    with pytest.raises(UsageError, match="cannot read ONNX model .*garbage.onnx"):
         load(garbage)
     path = save(classifier(), tmp_path / "clf.onnx")
     with pytest.raises(UsageError, match="execution provider 'NoSuchExecutionProvider' is not available"):

