@@ -27,18 +27,17 @@ import torch
 from numpy.typing import NDArray
 
 from specc.contracts.onnx_metadata import TensorEntry
-from specc.errors import BuildError, ExportError, UsageError
+from specc.errors import BuildError, UsageError
 from specc.export.metadata import build_metadata
 from specc.export.onnx_export import (
     ExportInfo,
     ExportOptions,
     ExportReport,
-    _first_line,
     _keep_failed,
-    _quiet,
     _stage_model,
     output_path,
     publish_export,
+    running_exporter,
     save_checked,
 )
 from specc.export.samples import SampleSizes, make_inputs
@@ -145,26 +144,20 @@ def _to_onnx(
             decoder(*args)
     except Exception as e:
         raise BuildError(f"the decode model of '{decoder.spec_name}' fails on example inputs: {e}") from e
-    captured: list[str] = []
-    try:
-        with _quiet(notes, captured), torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(
-                decoder,
-                args,
-                str(path),
-                dynamo=False,
-                opset_version=options.opset_version,
-                dynamic_axes=sig.dynamic_axes(),
-                do_constant_folding=True,
-                training=torch.onnx.TrainingMode.EVAL,
-                input_names=sig.input_names,
-                output_names=sig.output_names,
-            )
-    except Exception as e:
-        raise ExportError(
-            f"torch.onnx.export (torchscript, opset {options.opset_version}) of the decode model failed: "
-            f"{_first_line(e)} (SPECC_DEBUG=1 shows the exporter's full output)"
-        ) from e
+    what = f"torch.onnx.export (torchscript, opset {options.opset_version}) of the decode model"
+    with running_exporter(what, notes):
+        torch.onnx.export(
+            decoder,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=options.opset_version,
+            dynamic_axes=sig.dynamic_axes(),
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.EVAL,
+            input_names=sig.input_names,
+            output_names=sig.output_names,
+        )
 
 
 def _export_in(

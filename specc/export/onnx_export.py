@@ -252,42 +252,53 @@ def to_onnx(
         shapes = ", ".join(f"{n} {tuple(v.shape)} {v.dtype}" for n, v in feeds.items())
         raise BuildError(f"the PyTorch model '{graph.name}' fails on example inputs ({shapes}): {e}") from e
     names: dict[str, Any] = dict(input_names=list(graph.inputs), output_names=list(graph.outputs))
+    with running_exporter(f"torch.onnx.export ({options.exporter}, opset {options.opset_version})", notes):
+        if options.exporter == "torchscript":
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=options.opset_version,
+                dynamic_axes=None if options.static else dynamic_axes(graph),
+                do_constant_folding=True,
+                training=torch.onnx.TrainingMode.EVAL,
+                **names,
+            )
+        else:
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                dynamo=True,
+                opset_version=options.opset_version,
+                dynamic_shapes=None if options.static else (_dynamo_shapes(graph),),
+                external_data=True,
+                verbose=False,
+                optimize=True,
+                **names,
+            )
+
+
+@contextlib.contextmanager
+def running_exporter(what: str, notes: list[str]) -> Iterator[None]:
+    """Run ``torch.onnx.export`` quietly (see :func:`_quiet`); its failure becomes an ExportError saying ``what`` failed.
+
+    The exporters raise many exception types; the first line is what matters, the rest (and whatever
+    the exporter printed) is shown with ``SPECC_DEBUG=1``. A full disk or a read-only folder is not an
+    exporter failure: it propagates so the publishing stage names the file.
+    """
     captured: list[str] = []
     try:
         with _quiet(notes, captured), torch.inference_mode(False), torch.no_grad():
-            if options.exporter == "torchscript":
-                torch.onnx.export(
-                    model,
-                    args,
-                    str(path),
-                    dynamo=False,
-                    opset_version=options.opset_version,
-                    dynamic_axes=None if options.static else dynamic_axes(graph),
-                    do_constant_folding=True,
-                    training=torch.onnx.TrainingMode.EVAL,
-                    **names,
-                )
-            else:
-                torch.onnx.export(
-                    model,
-                    args,
-                    str(path),
-                    dynamo=True,
-                    opset_version=options.opset_version,
-                    dynamic_shapes=None if options.static else (_dynamo_shapes(graph),),
-                    external_data=True,
-                    verbose=False,
-                    optimize=True,
-                    **names,
-                )
-    except Exception as e:  # the exporters raise many types; the first line is what matters
+            yield
+    except Exception as e:
         if write_failure(e) is not None:
-            raise  # a full disk or a read-only folder, not the exporter: the stage names the file
+            raise
         if os.environ.get("SPECC_DEBUG") == "1":
             print("".join(captured), end="", file=sys.stderr)
         raise ExportError(
-            f"torch.onnx.export ({options.exporter}, opset {options.opset_version}) failed: {_first_line(e)}"
-            " (SPECC_DEBUG=1 shows the exporter's full output)"
+            f"{what} failed: {_first_line(e)} (SPECC_DEBUG=1 shows the exporter's full output)"
         ) from e
 
 

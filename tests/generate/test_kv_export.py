@@ -176,3 +176,40 @@ def test_interrupted_cached_export_keeps_the_previous_one(
     assert res.code == 130, res.err
     assert files() == before
     load(out)  # the manifest still verifies
+
+
+def test_decode_model_exporter_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode model goes through the same exporter guard as a plain export: an exporter failure is
+    exit 4 naming the decode model, a full disk is a write failure (exit 2) naming the file, and
+    neither leaves a file or work folder behind."""
+    import errno
+
+    from specc.export import cached
+
+    spec = str(spec_file(tmp_path, "m", DECODERS["fused_sinusoidal"]))
+    folder = tmp_path / "e"
+    folder.mkdir()
+    out = folder / "m.onnx"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unsupported: ONNX export of operator foo\nIR graph ...")
+
+    monkeypatch.setattr(cached.torch.onnx, "export", broken)
+    res = run_cli("export", spec, "--out", str(out), "--kv-cache")
+    assert res.code == 4, res.err
+    assert (
+        "error: torch.onnx.export (torchscript, opset 17) of the decode model failed: "
+        "Unsupported: ONNX export of operator foo (SPECC_DEBUG=1" in res.err
+    )
+    assert list(folder.iterdir()) == []
+
+    def full(model: object, args: object, path: str, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(cached.torch.onnx, "export", full)
+    res = run_cli("export", spec, "--out", str(out), "--kv-cache")
+    assert res.code == 2, res.err
+    assert (
+        "No space left on device" in res.err and "m.onnx" in res.err and "decode model failed" not in res.err
+    )
+    assert list(folder.iterdir()) == []
