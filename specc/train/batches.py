@@ -1,12 +1,13 @@
 """Fit a data set to a model's inputs and outputs, and feed it through torch's ``DataLoader``.
 
 Batches: epoch ``e`` visits the training split in the order ``permutation(seed, e)`` (a pure function
-of the two numbers), in global batches of ``batch_size``. A resumed run re-derives the permutation
-and starts the sampler at the ``position`` batches already done, so no sample is skipped or
-repeated. With ``world`` processes, rank ``r`` takes every ``world``-th sample of each global batch
-(the DistributedSampler equivalent). The sampler runs in the main process and hands
-``(epoch, position)`` pairs to the loader's workers; a sample's augmentation depends on those alone,
-so the number of workers never changes a run.
+of the two numbers), in global batches of ``batch_size``. The sampler's state is the cursor
+``(epoch, position)``, position being the batches of the epoch already trained on; a resumed run
+loads it, re-derives the permutation and starts there, so no sample is skipped or repeated. With
+``world`` processes, rank ``r`` takes every ``world``-th sample of each global batch (the
+DistributedSampler equivalent). The sampler runs in the main process and hands ``(epoch, sample)``
+pairs to the loader's workers; a sample's augmentation depends on those alone, so the number of
+workers never changes a run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,25 +205,51 @@ def collate(batch: Any) -> tuple[torch.Tensor, ...] | LoadFailure:
 
 
 class TrainBatches(torch.utils.data.Sampler[list[Item]]):
-    """This rank's part of each global batch of an epoch, from batch ``start`` on (iterated in the main
-    process, so :meth:`set_epoch` reaches persistent workers too)."""
+    """This rank's part of each global batch of an epoch, and where the loop stands in that order.
+
+    Its state is the cursor ``(epoch, position)``: the epoch whose order :meth:`__iter__` follows and
+    the batches of it the loop has consumed (:meth:`advance`). Iterating starts at ``position``, so a
+    sampler loaded from a checkpoint's :meth:`state_dict` hands out exactly the batches not yet
+    trained on. The cursor moves only when the loop says a batch is done, never when the loader's
+    workers prefetch one. It is iterated in the main process, so the cursor reaches persistent
+    workers too.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int) -> None:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.steps = steps_per_epoch(n, batch_size)  # global batches per epoch
         self.epoch = 0
-        self.start = 0
+        self.position = 0
 
-    def set_epoch(self, epoch: int, start: int) -> None:
-        self.epoch, self.start = epoch, start
+    def set_epoch(self, epoch: int, position: int = 0) -> None:
+        self.epoch, self.position = epoch, position
+
+    def advance(self) -> None:
+        """The loop has trained on the next batch of the epoch."""
+        self.position += 1
+
+    def next_epoch(self) -> None:
+        self.epoch, self.position = self.epoch + 1, 0
+
+    @property
+    def epoch_done(self) -> bool:
+        return self.position >= self.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.set_epoch(int(state["epoch"]), int(state["position"]))
 
     def __len__(self) -> int:
-        return steps_per_epoch(self.n, self.batch_size) - self.start
+        return self.steps - self.position
 
     def __iter__(self) -> Iterator[list[Item]]:
-        perm = epoch_permutation(self.seed, self.epoch, self.n)
-        for b in range(self.start, steps_per_epoch(self.n, self.batch_size)):
+        epoch, start = self.epoch, self.position  # fixed for this pass; advance() moves the cursor only
+        perm = epoch_permutation(self.seed, epoch, self.n)
+        for b in range(start, self.steps):
             mine = shard(global_batch(perm, b, self.batch_size), self.rank, self.world).tolist()
-            yield [(self.epoch, i) for i in mine] or [(self.epoch, -1)]  # -1: an empty share
+            yield [(epoch, i) for i in mine] or [(epoch, -1)]  # -1: an empty share
 
 
 class EvalBatches(torch.utils.data.Sampler[list[Item]]):

@@ -13,10 +13,18 @@ and the parent folder is fsynced. A crash at any point leaves either no ``step-*
 complete one; the hidden leftovers are removed by :func:`clean_stale`. :func:`find_latest_checkpoint`
 still verifies every file's SHA-256, so a checkpoint damaged later (disk, copy) is skipped too.
 
-``state.pt`` holds the ``train_state`` dict given to :func:`save_checkpoint` plus ``"step"`` and,
-unless given, ``"rng"`` (see :func:`capture_rng_state`). Conventional keys: ``optimizer``,
-``scheduler``, ``grad_scaler`` (state dicts), ``epoch``, ``position`` (batches done in the epoch),
-``extra`` (any dict). Values must be plain python data or tensors (checked before writing).
+``state.pt`` maps names to states: the ``train_state`` given to :func:`save_checkpoint` plus
+``"step"`` and, unless given, ``"rng"`` (see :func:`capture_rng_state`). The trainer stores
+``optimizer`` and ``scheduler`` (their state dicts), ``config`` (the training config as JSON, for
+reading) and one entry per part of the loop (:mod:`specc.train.parts`: ``progress``, ``sampler``,
+``early_stopping``, ``grad_scaler``), each that part's ``state_dict()`` (:func:`part_states`,
+:func:`load_parts`). Values must be plain python data or tensors (checked before writing).
+
+Formats (``manifest.json``'s ``format``): 2 is the layout above. 1, written by specc 0.1.0 before
+the trainer was split into parts, kept the loop's position in fixed keys (``epoch``, ``position``, ``grad_scaler`` and
+an ``extra`` dict with the history, early stopping and running loss); :func:`load_checkpoint` converts
+it to format 2 (:func:`_from_format_1`), so a run checkpointed before still resumes exactly. A format
+newer than this specc reads is refused with the folder's name.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -49,6 +57,7 @@ from specc.atomic import (
     writing,
 )
 from specc.errors import UsageError
+from specc.lang.train_config import EarlyStopping as EarlyStoppingConfig
 from specc.weights.store import read_state, split_ties, write_tensors
 
 __all__ = [
@@ -62,6 +71,8 @@ __all__ = [
     "find_latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_parts",
+    "part_states",
     "restore_rng_state",
     "save_checkpoint",
     "write_failure",
@@ -74,7 +85,7 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # see the module docstring; 1 is converted on load
 _REQUIRED = (MODEL_FILE, STATE_FILE)
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 
@@ -317,7 +328,8 @@ def save_checkpoint(
         run_dir: Run folder (created if missing).
         step: Optimizer steps done (>= 0); names the folder ``step-{step:08d}``.
         model_state: The model's ``state_dict()``; tied tensors are stored once.
-        train_state: Optimizer/scheduler/grad-scaler state dicts, epoch, position, extra, ...
+        train_state: Name → state: the optimizer's and scheduler's state dicts, the loop's parts
+            (:func:`part_states`), anything else loadable with ``weights_only=True``.
             ``"step"`` is set to ``step``; ``"rng"`` defaults to :func:`capture_rng_state`.
         keep: How many complete checkpoints (the new one included) to keep; None keeps all.
 
@@ -457,14 +469,15 @@ def load_checkpoint(
 
     Returns:
         ``(model_state, train_state)``; tied names share one tensor again; ``train_state`` has
-        ``"step"`` and ``"rng"`` (pass it to :func:`restore_rng_state`).
+        ``"step"`` and ``"rng"`` (pass it to :func:`restore_rng_state`), in format 2 (a format-1
+        trainer checkpoint is converted).
 
     Raises:
-        UsageError: The folder is missing, incomplete or corrupt.
+        UsageError: The folder is missing, incomplete or corrupt, or of format 1 and not convertible.
     """
     folder = Path(path)
     try:
-        _validate(folder, verify_hashes=verify)
+        manifest = _validate(folder, verify_hashes=verify)
     except _Invalid as exc:
         raise UsageError(f"{folder}: {exc}") from None
 
@@ -479,7 +492,83 @@ def load_checkpoint(
         raise UsageError(f"{folder}: cannot read {STATE_FILE}: {exc}") from None
     if not isinstance(state, dict):
         raise UsageError(f"{folder}: {STATE_FILE} does not hold a dict")
+    if manifest.get("format", FORMAT) == 1:
+        try:
+            state = _from_format_1(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(
+                f"{folder}: {STATE_FILE} of checkpoint format 1 cannot be converted to format {FORMAT} "
+                f"({type(exc).__name__}: {exc}); resume it with the specc that wrote it, or train into "
+                "a new --out"
+            ) from None
     return tensors, state
+
+
+class Stateful(Protocol):
+    """A part whose state a checkpoint stores by name (as ``torch.distributed.checkpoint``'s)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def part_states(parts: Mapping[str, Stateful]) -> dict[str, Any]:
+    """``{name: part.state_dict()}``: the parts' entries of a checkpoint's ``train_state``."""
+    return {name: part.state_dict() for name, part in parts.items()}
+
+
+def load_parts(path: str | os.PathLike[str], state: Mapping[str, Any], parts: Mapping[str, Stateful]) -> None:
+    """Load each part from its entry of a checkpoint's state (as :func:`load_checkpoint` returns it).
+
+    Raises:
+        UsageError: An entry is missing or does not fit its part; names the checkpoint folder.
+    """
+    for name, part in parts.items():
+        if name not in state:
+            raise UsageError(f"{path}: {STATE_FILE} has no state of the training loop's '{name}'")
+        try:
+            part.load_state_dict(state[name])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UsageError(
+                f"{path}: the '{name}' state in {STATE_FILE} does not fit ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def _from_format_1(state: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 (fixed keys, the loop's counters in ``extra``) → format 2 (one entry per part).
+
+    Early stopping's best value was stored negated when higher is better (as a "lower is better"
+    score); format 2 stores the metric's own value, so the sign comes back from the config the
+    checkpoint recorded. A format-1 state not written by the trainer (no ``extra`` history) is
+    returned as it is.
+    """
+    extra = state.get("extra")
+    if not isinstance(extra, dict) or "history" not in extra:
+        return state
+    best = extra["best"]
+    if best is not None:
+        es = json.loads(extra["config"]).get("early_stopping")
+        if es is not None and EarlyStoppingConfig.model_validate_json(json.dumps(es)).higher_is_better:
+            best = -best
+    kept = {k: state[k] for k in ("step", "rng", "optimizer", "scheduler")}
+    return {
+        **kept,
+        "config": extra["config"],
+        "progress": {
+            "step": state["step"],
+            "history": extra["history"],
+            "loss_sum": extra["loss_sum"],
+            "loss_count": extra["loss_count"],
+        },
+        "sampler": {"epoch": state["epoch"], "position": state["position"]},
+        "early_stopping": {
+            "best": best,
+            "best_epoch": extra.get("best_epoch"),
+            "bad_epochs": extra["bad_epochs"],
+            "stopped": extra["stopped_early"],
+        },
+        "grad_scaler": state.get("grad_scaler") or {},
+    }
 
 
 # ----------------------------------------------------------------------------------------------- clean

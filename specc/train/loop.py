@@ -5,6 +5,15 @@ a sample's augmentation is drawn from ``(seed, e, sample)`` (in the loader's wor
 randomness of step ``s`` on rank ``r`` (dropout) is seeded from ``(seed, s, r)``; and a checkpoint
 stores the epoch, the batches done in it, and the optimizer, scheduler and grad-scaler states. A run
 stopped anywhere and resumed therefore replays exactly the same steps, with any number of workers.
+
+The loop's state lives in small parts (:mod:`specc.train.parts`), each with ``state_dict()`` /
+``load_state_dict()``: :class:`~specc.train.parts.Progress` (steps, epoch rows, running loss), the
+sampler :class:`~specc.train.batches.TrainBatches` (epoch and batches done in it),
+:class:`~specc.train.parts.EarlyStopper` and :class:`~specc.train.parts.Precision` (autocast and the
+grad scaler). :meth:`Trainer.parts` names them; a checkpoint stores each under its name.
+:class:`~specc.train.parts.NonFiniteGuard` and :class:`~specc.train.parts.BestWeights` have no
+checkpointed state. The trainer itself sets up model, data, optimizer and the processes, and runs
+the steps.
 """
 
 from __future__ import annotations
@@ -14,9 +23,9 @@ import math
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -25,7 +34,6 @@ from specc.data import Augmenter, DataBudget, Dataset, Split, make_augmenter
 from specc.data.images import ImageSplit
 from specc.errors import NonFiniteError
 from specc.lang.train_config import TrainConfig
-from specc.nn import save_weights
 from specc.train import checkpoint as ckpt
 from specc.train import distributed
 from specc.train.batches import (
@@ -36,27 +44,16 @@ from specc.train.batches import (
     TrainBatches,
     make_loader,
     resolve_workers,
-    steps_per_epoch,
     unpack,
 )
 from specc.train.distributed import Dist
 from specc.train.objectives import EvalSums, loss_name, make_loss, metric_names
 from specc.train.optim import make_optimizer, make_scheduler
+from specc.train.parts import BestWeights, EarlyStopper, NonFiniteGuard, Precision, Progress
 from specc.train.report import RunReport
 from specc.weights import load_state
 
 BEST_WEIGHTS = "best.safetensors"
-
-
-class StateOnly(nn.Module):
-    """Hands a gathered state dict to :func:`specc.nn.save_weights` (which calls ``state_dict()``)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._state = state
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return self._state
 
 
 class StopRequest:
@@ -80,22 +77,6 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-@dataclass
-class Progress:
-    """Everything of the loop's position that a checkpoint must restore (plus history for the files)."""
-
-    step: int = 0
-    epoch: int = 0
-    position: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: float | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
-    loss_sum: float = 0.0
-    loss_count: float = 0.0
-    best_epoch: int | None = None
 
 
 @dataclass
@@ -153,18 +134,28 @@ class Trainer:
             pin_memory=self.pin,
             persistent=True,
         )
-        self.spe = steps_per_epoch(len(ds.train), cfg.batch_size)
+        self.spe = self.sampler.steps
         self.total_steps = min(cfg.max_steps or math.inf, (cfg.epochs or math.inf) * self.spe)
         self.fsdp = cfg.fsdp and dist.enabled
         self._build_optimizer()
         self.constant_lr = cfg.schedule == "none" and cfg.warmup_steps == 0
-        self._one = torch.ones(1, device=device)
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        self.state = Progress()
+        self.progress = Progress()
+        self.early_stopping = EarlyStopper(cfg.early_stopping)
+        self.precision = Precision(cfg.amp, device)
+        self.guard = NonFiniteGuard(cfg.grad_clip, check_grads=not self.precision.scales_grads, device=device)
+        self.best = BestWeights(run / BEST_WEIGHTS, model, dist, fsdp=self.fsdp)
         self.net: nn.Module = model
         self.ddp: Any = None
         self._pending_optim: dict[str, Any] | None = None
+
+    def parts(self) -> dict[str, ckpt.Stateful]:
+        """The loop's state a checkpoint stores besides model, optimizer, scheduler and RNG, by name."""
+        return {
+            "progress": self.progress,
+            "sampler": self.sampler,
+            "early_stopping": self.early_stopping,
+            "grad_scaler": self.precision,
+        }
 
     def _augmenter(self) -> Augmenter | None:
         """The training augmentation; arrays held standardised are jittered in pixel space."""
@@ -196,31 +187,17 @@ class Trainer:
         path = ckpt.find_latest_checkpoint(self.run)
         if path is None:
             return None
-        weights, st = ckpt.load_checkpoint(path, verify=False)
+        weights, state = ckpt.load_checkpoint(path, verify=False)
         # FSDP: into the whole model, sharded afterwards by wrap(); every tensor checked first
         load_state(self.model, weights, path, hint="the spec differs from the run's: train into a new --out")
+        ckpt.load_parts(path, state, self.parts())
         if self.fsdp:  # loaded into the sharded optimizer by wrap()
-            self._pending_optim = distributed.optim_state_by_name(st["optimizer"], self.param_names)
+            self._pending_optim = distributed.optim_state_by_name(state["optimizer"], self.param_names)
         else:
-            self.opt.load_state_dict(distributed.optim_state_by_index(st["optimizer"], self.param_names))
-        self.sched.load_state_dict(st["scheduler"])
-        if self.scaler is not None and st.get("grad_scaler"):
-            self.scaler.load_state_dict(st["grad_scaler"])
-        ckpt.restore_rng_state(st["rng"])
-        extra = st["extra"]
-        self.state = Progress(
-            st["step"],
-            st["epoch"],
-            st["position"],
-            list(extra["history"]),
-            extra["best"],
-            extra["bad_epochs"],
-            extra["stopped_early"],
-            extra["loss_sum"],
-            extra["loss_count"],
-            extra.get("best_epoch"),
-        )
-        return int(st["step"])
+            self.opt.load_state_dict(distributed.optim_state_by_index(state["optimizer"], self.param_names))
+        self.sched.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_state(state["rng"])
+        return self.progress.step
 
     def wrap(self) -> None:
         """DDP (after loading weights: DDP broadcasts rank 0's) or FSDP2, and torch.compile."""
@@ -271,81 +248,83 @@ class Trainer:
             self.loader._iterator = None
 
     def _fit(self, stop: StopRequest) -> Outcome:
-        st = self.state
         wall = time.perf_counter()
         while not self._done():
             rate, stopped = self._epoch(stop)
             if stopped:
-                return Outcome("interrupted", st.step, None, self._save(), stop.signum)
-            if st.position >= self.spe or (self._done() and st.position > 0):
+                return Outcome("interrupted", self.progress.step, None, self._save(), stop.signum)
+            if self.sampler.epoch_done or (self._done() and self.sampler.position > 0):
                 self._end_epoch(rate)  # a last partial epoch (max_steps) gets its row too
         weights_epoch = self._restore_best()
         final = self._final(time.perf_counter() - wall, weights_epoch)
-        status = "early_stopped" if st.stopped_early else "completed"
-        return Outcome(status, st.step, final)
+        status = "early_stopped" if self.early_stopping.stopped else "completed"
+        return Outcome(status, self.progress.step, final)
 
     def _epoch(self, stop: StopRequest) -> tuple[float, bool]:
-        """Steps of the current epoch from ``position``; returns (samples/s, stop requested)."""
-        st = self.state
-        n, size = len(self.ds.train), self.cfg.batch_size
-        self.sampler.set_epoch(st.epoch, st.position)
-        self.report.start_epoch(st.epoch, self.cfg.epochs, self.spe, st.position)
+        """The steps of the current epoch from where the sampler stands; returns (samples/s, stop
+        requested)."""
+        order, size = self.sampler, self.cfg.batch_size
+        self.report.start_epoch(order.epoch, self.cfg.epochs, self.spe, order.position)
         t0, samples, rate = time.perf_counter(), 0, 0.0
-        batches = iter(self.loader)
         try:
-            while st.position < self.spe and not self._done():
-                batch = unpack(next(batches), self.device, self.io)
-                loss, stop_now = self._step(batch, stop)
-                samples += min(size, n - st.position * size)  # the global batch's samples
-                st.position += 1
+            for raw in self.loader:  # the epoch's batches not trained on yet
+                loss, stopping = self._step(unpack(raw, self.device, self.io), stop)
+                samples += min(size, order.n - order.position * size)  # the global batch's samples
+                order.advance()
                 rate = samples / max(time.perf_counter() - t0, 1e-9)
-                self.report.step(st.step, st.epoch, loss, rate, float(self.sched.get_last_lr()[0]))
-                if stop_now:
+                self.report.step(
+                    self.progress.step, order.epoch, loss, rate, float(self.sched.get_last_lr()[0])
+                )
+                if stopping:
                     return rate, True
-                if self.cfg.checkpoint_every and st.step % self.cfg.checkpoint_every == 0:
+                if self.cfg.checkpoint_every and self.progress.step % self.cfg.checkpoint_every == 0:
                     self._save()
+                if self._done():
+                    break
         finally:
             self.report.end_epoch()
         return rate, False
 
+    def _lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
     def _done(self) -> bool:
-        st = self.state
-        return st.stopped_early or st.step >= self.total_steps
+        return self.early_stopping.stopped or self.progress.step >= self.total_steps
 
     def _step(self, batch: Batch, stop: StopRequest) -> tuple[float, bool]:
-        """One optimizer step on this rank's share of a global batch; returns (local mean loss, stop
-        requested)."""
-        st = self.state
-        self._seed_step(st.step)
+        """One optimizer step on this rank's share of a global batch: forward, loss and backward
+        (:meth:`_backward`), the non-finite check, the optimizer step, progress. Returns (local mean
+        loss, stop requested)."""
+        self._seed_step(self.progress.step)
         xs, y = batch
-        norm = self.count_fn(y)  # the global batch's target count: summed over the ranks
-        norm = (self.dist.all_sum(norm.reshape(1))[0] if self.dist.enabled else norm).clamp_min(1.0)
+        norm = self._target_count(y)
         if not self.model.training:
             self.net.train()
         self.opt.zero_grad(set_to_none=True)
         total = self._backward(xs, y, norm)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.opt)
-        bad = self._nonfinite_flag(total)
-        stopping = stop.signum is not None
-        if self.dist.enabled:  # one all-reduce: every rank stops (or fails) at the same step
-            flags = self.dist.all_max(torch.stack([bad, torch.tensor(float(stopping), device=self.device)]))
-            bad, stopping = flags[0], bool(flags[1])
+        self.precision.unscale_(self.opt)
+        bad, stopping = self._agree(self.guard.flag(total, self.params), stop.signum is not None)
         total_f, norm_f, bad_f = torch.stack([total, norm, bad]).tolist()
         if bad_f:
             self._nonfinite(total_f, norm_f)
-        if self.scaler is not None:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            self.opt.step()
+        self.precision.step(self.opt)
         if not self.constant_lr:
             self.sched.step()
-        st.step += 1
-        local_count = norm_f / self.dist.world
-        st.loss_sum += total_f
-        st.loss_count += local_count
-        return total_f / max(local_count, 1.0), stopping
+        count = norm_f / self.dist.world
+        self.progress.add_step(total_f, count)
+        return total_f / max(count, 1.0), stopping
+
+    def _target_count(self, y: torch.Tensor) -> torch.Tensor:
+        """The global batch's target count (summed over the ranks), at least 1."""
+        norm = self.count_fn(y)
+        return (self.dist.all_sum(norm.reshape(1))[0] if self.dist.enabled else norm).clamp_min(1.0)
+
+    def _agree(self, bad: torch.Tensor, stopping: bool) -> tuple[torch.Tensor, bool]:
+        """One all-reduce, so that every rank stops (or fails) at the same step."""
+        if not self.dist.enabled:
+            return bad, stopping
+        flags = self.dist.all_max(torch.stack([bad, torch.tensor(float(stopping), device=self.device)]))
+        return flags[0], bool(flags[1])
 
     def _backward(self, xs: tuple[torch.Tensor, ...], y: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         """Forward/backward over ``grad_accum`` micro-batches; returns the local loss sum (detached).
@@ -362,24 +341,9 @@ class Trainer:
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 loss_sum = self._forward_loss(part[:-1], part[-1])
-                loss = loss_sum * (self.dist.world / norm)
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()  # type: ignore[no-untyped-call]
+                self.precision.backward(loss_sum * (self.dist.world / norm))
             total += loss_sum.detach()
         return total
-
-    def _nonfinite_flag(self, total: torch.Tensor) -> torch.Tensor:
-        """1.0 when the loss or any gradient element is NaN/inf (fp16: the grad scaler handles grads)."""
-        found = (~torch.isfinite(total)).float().reshape(())
-        if self.cfg.grad_clip:
-            gnorm = _local(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip), full=True)
-            return found + (~torch.isfinite(gnorm)).float()
-        grads = [_local(p.grad) for p in self.params if p.grad is not None]  # FSDP: this rank's shards
-        if self.scaler is None and grads:
-            flag = torch.zeros(1, device=self.device)
-            # one fused pass over every gradient: sets flag on any NaN/inf, multiplies by 1 (no change)
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, self._one)
-            found = found + flag[0]
-        return found
 
     def _seed_step(self, step: int) -> None:
         seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self.dist.rank
@@ -389,16 +353,11 @@ class Trainer:
 
     def _forward_loss(self, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         xs = self._prepare(xs)
-        with self._autocast():
+        with self.precision.autocast():
             out = self.net(*xs)
         if isinstance(out, tuple):
             out = out[0]
         return self.loss_fn(out, y)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _prepare(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         first = xs[0]
@@ -406,33 +365,18 @@ class Trainer:
             first = first.contiguous(memory_format=torch.channels_last)
         return (first, *xs[1:])
 
-    def _nonfinite(self, total: float, norm: float) -> None:
-        st = self.state
-        where = f"step {st.step + 1} (epoch {st.epoch + 1}, batch {st.position + 1})"
-        culprit = next(
-            (
-                n
-                for n, p in self.model.named_parameters()
-                if p.grad is not None and not torch.isfinite(_local(p.grad)).all()
-            ),
-            None,
-        )
-        loss_text = f"{total / max(norm, 1.0):.4g}"
-        if not math.isfinite(total):
-            what = f"non-finite loss ({loss_text}) at {where}"
-            if culprit:
-                what += f"; first non-finite gradient: '{culprit}'"
-        elif culprit:
-            what = f"non-finite gradient of '{culprit}' at {where} (loss {loss_text})"
-        else:
-            what = f"the gradient norm overflowed at {where} (loss {loss_text})"
+    def _nonfinite(self, total: float, norm: float) -> NoReturn:
+        """Stop the run before the step is applied: ``failed: ...`` in metrics.json, exit code 5."""
+        order = self.sampler
+        where = f"step {self.progress.step + 1} (epoch {order.epoch + 1}, batch {order.position + 1})"
+        what = self.guard.describe(self.model.named_parameters(), total, norm, where)
         newest = ckpt.find_latest_checkpoint(self.run)
         kept = (
             f"the newest checkpoint ({newest.name}) holds the last finite weights"
             if newest
             else "no checkpoint was saved yet"
         )
-        self.report.write_metrics(st.history, None, f"failed: {what}")
+        self.report.write_metrics(self.progress.history, None, f"failed: {what}")
         raise NonFiniteError(
             f"{what}; stopped before applying it; {kept}. "
             "Lower train.lr, set train.grad_clip, or check the data and the spec"
@@ -441,110 +385,41 @@ class Trainer:
     # ------------------------------------------------------------------------------ epochs
 
     def _end_epoch(self, rate: float) -> None:
-        st = self.state
+        """The epoch's row (validation metrics included), early stopping, metrics files, a checkpoint."""
         val = self.evaluate(self.ds.val) if len(self.ds.val) else {}
-        row: dict[str, Any] = {
-            "epoch": st.epoch + 1,
-            "step": st.step,
-            "train_loss": st.loss_sum / max(st.loss_count, 1.0),
-        }
-        row.update({f"val_{k}": v for k, v in val.items()})
-        row.update({"lr": self.sched.get_last_lr()[0], "samples_per_s": rate})
-        st.history.append(row)
-        st.epoch, st.position, st.loss_sum, st.loss_count = st.epoch + 1, 0, 0.0, 0.0
-        self._early_stopping(row)
+        row = self.progress.end_epoch(self.sampler.epoch, val, self._lr(), rate)
+        self.sampler.next_epoch()
+        es = self.cfg.early_stopping
+        if self.early_stopping.update(row) and es is not None and es.restore_best:
+            self.best.save(row["epoch"])
+        if es is not None and self.early_stopping.stopped:
+            self.report.log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
         shown = " ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "step", "lr", "samples_per_s")
         )
-        self.report.log(f"epoch {row['epoch']} step {st.step}: {shown} ({rate:,.0f} samples/s)")
-        self.report.write_metrics(st.history, None, "running", curves=False)  # curves: at the end
+        self.report.log(f"epoch {row['epoch']} step {row['step']}: {shown} ({rate:,.0f} samples/s)")
+        self.report.write_metrics(self.progress.history, None, "running", curves=False)  # curves: at the end
         self._save()
 
-    def _early_stopping(self, row: dict[str, Any]) -> None:
-        es, st = self.cfg.early_stopping, self.state
-        if es is None or es.metric not in row:
-            return
-        value = float(row[es.metric]) * (-1.0 if es.higher_is_better else 1.0)
-        if st.best is None or value < st.best - es.min_delta:
-            st.best, st.bad_epochs, st.best_epoch = value, 0, int(row["epoch"])
-            if es.restore_best:
-                self._save_best()
-            return
-        st.bad_epochs += 1
-        if st.bad_epochs >= es.patience:
-            st.stopped_early = True
-            self.report.log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
-
-    def _save_best(self) -> None:
-        """The weights of the best epoch so far, as ``RUN/best.safetensors`` with the epoch in its
-        metadata (rank 0 writes; FSDP gathers them, a collective)."""
-        full = self.model_state() if self.fsdp else None
-        if self.dist.is_main:
-            save_weights(
-                StateOnly(full) if full is not None else self.model,
-                self.run / BEST_WEIGHTS,
-                metadata={"epoch": str(self.state.best_epoch)},
-            )
-
     def _restore_best(self) -> int | None:
-        """Early stopping's ``restore_best``: load the best epoch's weights on every rank (rank 0
-        reads the file, the others get them by broadcast) before the final evaluation and save.
-        Returns the epoch whose weights the model now holds (None: unknown, the last epoch's)."""
-        es, st = self.cfg.early_stopping, self.state
-        if es is None or not es.restore_best or st.best_epoch is None:
+        """Early stopping's ``restore_best``: load the best epoch's weights on every rank before the
+        final evaluation and save. Returns the epoch whose weights the model now holds (None:
+        unknown, the last epoch's)."""
+        es, best, last = self.cfg.early_stopping, self.early_stopping, self.sampler.epoch
+        if es is None or not es.restore_best or best.best_epoch is None:
             return None
-        if st.best_epoch == st.epoch:
-            return st.epoch  # the last epoch is the best one
-        path = self.run / BEST_WEIGHTS
-        full: dict[str, torch.Tensor] = {}
-        problem = ""
-        if self.dist.is_main:  # every check before the collectives, so that no rank waits forever
-            problem, full = self._read_best(path, st.best_epoch)
-        failed = torch.tensor([float(bool(problem))], device=self.device)
-        if self.dist.all_max(failed).item():
-            self.report.log(
-                f"restore_best: {problem or 'rank 0 could not read ' + str(path)}; "
-                f"keeping the last epoch's weights (epoch {st.epoch})"
-            )
+        if best.best_epoch == last:
+            return last  # the last epoch is the best one
+        problem = self.best.load(best.best_epoch, self.device)
+        if problem:
+            self.report.log(f"restore_best: {problem}; keeping the last epoch's weights (epoch {last})")
             return None
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(
-                self.model,
-                dict[str, Any](full),
-                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
-            )
-        else:
-            if self.dist.is_main:
-                self.model.load_state_dict(full)
-            if self.dist.enabled:
-                for t in self.model.state_dict().values():
-                    torch.distributed.broadcast(t, 0)
-        value = st.best * (-1.0 if es.higher_is_better else 1.0) if st.best is not None else float("nan")
+        value = best.best if best.best is not None else math.nan
         self.report.log(
-            f"restore_best: weights of epoch {st.best_epoch} ({es.metric} {value:.4f}), not of the "
-            f"last epoch {st.epoch}"
+            f"restore_best: weights of epoch {best.best_epoch} ({es.metric} {value:.4f}), not of the "
+            f"last epoch {last}"
         )
-        return st.best_epoch
-
-    def _read_best(self, path: Path, epoch: int) -> tuple[str, dict[str, torch.Tensor]]:
-        """``(problem, state)``: the best weights if ``path`` holds those of ``epoch`` and fits the model."""
-        from specc.weights import read_metadata
-
-        if not path.is_file():
-            return f"{path} is missing", {}
-        try:
-            saved = read_metadata(path).get("epoch")
-            full = distributed.load_full_state(self.model, path)
-        except Exception as e:  # noqa: BLE001 - any unreadable file means: keep the last weights
-            return f"{path} cannot be read ({e})", {}
-        if saved != str(epoch):
-            return f"{path} holds the weights of epoch {saved}, not of the best epoch {epoch}", {}
-        expected = set(self.model.state_dict())
-        if set(full) != expected:
-            return f"{path} does not fit the model ({len(set(full) ^ expected)} tensor names differ)", {}
-        return "", full
+        return best.best_epoch
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
@@ -554,7 +429,7 @@ class Trainer:
         ignore = self.cfg.ignore_index if self.loss_kind == "lm" else None
         for batch in self._eval_loader(split):
             xs, y = unpack(batch, self.device, self.io)
-            with self._autocast():
+            with self.precision.autocast():
                 out = self.model(*self._prepare(xs))
             out = out[0] if isinstance(out, tuple) else out
             self.sums.update(acc, self.loss_fn(out, y), self.count_fn(y), out.float(), y, ignore)
@@ -573,10 +448,10 @@ class Trainer:
         )
 
     def _final(self, wall: float, weights_epoch: int | None = None) -> dict[str, Any]:
-        rates = [row["samples_per_s"] for row in self.state.history]
+        rates = [row["samples_per_s"] for row in self.progress.history]
         final: dict[str, Any] = {
-            "step": self.state.step,
-            "epochs": self.state.epoch,
+            "step": self.progress.step,
+            "epochs": self.sampler.epoch,
             "wall_s": wall,
             "samples_per_s": sum(rates) / len(rates) if rates else None,
         }
@@ -590,36 +465,21 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
 
     def _save(self) -> Path | None:
+        """The checkpoint of this step: model, optimizer, scheduler, the parts by name (and the RNG
+        states, which :func:`~specc.train.checkpoint.save_checkpoint` adds). Rank 0 writes; with
+        FSDP every rank gathers."""
         if self.fsdp:  # gathering is a collective: every rank takes part, rank 0 writes
             weights, optim = self.model_state(), distributed.fsdp_optim_state(self.model, self.opt)
         elif self.dist.is_main:
             weights, optim = self.model.state_dict(), self.opt.state_dict()
         if not self.dist.is_main:
             return None
-        st = self.state
-        extra = {
-            "history": st.history,
-            "best": st.best,
-            "best_epoch": st.best_epoch,
-            "bad_epochs": st.bad_epochs,
-            "stopped_early": st.stopped_early,
-            "loss_sum": st.loss_sum,
-            "loss_count": st.loss_count,
-            "config": self.cfg.model_dump_json(),
-        }
         state = {
             "optimizer": optim,
             "scheduler": self.sched.state_dict(),
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": st.epoch,
-            "position": st.position,
-            "extra": extra,
+            "config": self.cfg.model_dump_json(),
+            **ckpt.part_states(self.parts()),
         }
-        return ckpt.save_checkpoint(self.run, st.step, weights, state, keep=self.cfg.keep_checkpoints)
-
-
-def _local(t: torch.Tensor, full: bool = False) -> torch.Tensor:
-    """A DTensor's local shard (``full``: the whole tensor, a collective); other tensors as they are."""
-    if hasattr(t, "to_local"):
-        return t.full_tensor() if full else t.to_local()  # type: ignore[attr-defined,no-any-return]
-    return t
+        return ckpt.save_checkpoint(
+            self.run, self.progress.step, weights, state, keep=self.cfg.keep_checkpoints
+        )

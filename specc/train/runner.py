@@ -38,7 +38,8 @@ from specc.train import distributed
 from specc.train import folder as run_folder
 from specc.train.batches import ModelIO, check_fit, load_for_model
 from specc.train.finetune import freeze, init_from
-from specc.train.loop import Outcome, StateOnly, StopRequest, Trainer
+from specc.train.loop import Outcome, StopRequest, Trainer
+from specc.train.parts import StateOnly
 from specc.train.report import RunReport
 
 FINAL_WEIGHTS = "model.safetensors"
@@ -326,17 +327,17 @@ def _fit(s: Session, report: RunReport, stop: StopRequest | None, *, finished: b
                 if step is not None
                 else f"no checkpoint in {s.run}: starting fresh"
             )
-            if finished and trainer.state.step >= trainer.total_steps:
+            if finished and trainer.progress.step >= trainer.total_steps:
                 status = RunFolder(s.run).read_status() or "completed"
                 report.log(
                     f"the run is finished ({status} at step {step}): nothing to train, the weights stay as they are"
                 )
-                return Outcome(status, trainer.state.step, None)
+                return Outcome(status, trainer.progress.step, None)
         trainer.wrap()
         with contextlib.nullcontext(stop) if stop is not None else StopRequest() as active:
             outcome = trainer.fit(active)
         if outcome.status == "interrupted":
-            report.write_metrics(trainer.state.history, None, "interrupted")
+            report.write_metrics(trainer.progress.history, None, "interrupted")
             report.log(f"saved checkpoint at step {outcome.step}")
             if trainer.fsdp:
                 s.dist.barrier()  # as in _finish: rank 0 may still be writing what all ranks gathered
@@ -349,7 +350,7 @@ def _fit(s: Session, report: RunReport, stop: StopRequest | None, *, finished: b
         output = run_folder.as_output_error(exc, s.run)
         if s.dist.is_main:
             why = str(output) if output is not None else f"{type(exc).__name__}: {exc}"
-            history = trainer.state.history if trainer is not None else []
+            history = trainer.progress.history if trainer is not None else []
             run_folder.record_failure(s.run, f"failed: {why}", history)
         if output is not None and output is not exc:
             raise output from None
@@ -461,7 +462,7 @@ def _finish(s: Session, trainer: Trainer, outcome: Outcome, report: RunReport) -
     )
     report.log(f"done ({outcome.status}) at step {outcome.step}: {shown}")
     report.log(f"weights: {target}")
-    report.write_metrics(trainer.state.history, outcome.final, outcome.status)
+    report.write_metrics(trainer.progress.history, outcome.final, outcome.status)
 
 
 def train_module(

@@ -53,7 +53,7 @@ def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path: Path, monkeypatch:
 
     def spy(self: Trainer, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         first = self._prepare(xs)[0]
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.precision.autocast():
             out = self.net(first)
         weight = next(self.model.parameters())
         seen.append((out.dtype, first.is_contiguous(memory_format=torch.channels_last),
