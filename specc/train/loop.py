@@ -272,9 +272,7 @@ class Trainer:
                 samples += min(size, order.n - order.position * size)  # the global batch's samples
                 order.advance()
                 rate = samples / max(time.perf_counter() - t0, 1e-9)
-                self.report.step(
-                    self.progress.step, order.epoch, loss, rate, float(self.sched.get_last_lr()[0])
-                )
+                self.report.step(self.progress.step, order.epoch, loss, rate, self._lr())
                 if stopping:
                     return rate, True
                 if self.cfg.checkpoint_every and self.progress.step % self.cfg.checkpoint_every == 0:
