@@ -4,18 +4,13 @@ Each part with state a resume needs has ``state_dict()`` / ``load_state_dict()``
 (:class:`specc.train.checkpoint.Stateful`, the shape of ``torch.distributed.checkpoint``'s); a
 checkpoint stores their states by name, next to the model, optimizer, scheduler and RNG:
 
-=================  =====================================  ==========================================
-name               part                                   state
-=================  =====================================  ==========================================
-``progress``       :class:`Progress`                      optimizer steps done, the epoch rows, the
-                                                          current epoch's running train loss
-``sampler``        :class:`~specc.train.batches.          ``(epoch, position)``: where the loop
-                   TrainBatches`                          stands in the batch order
-``early_stopping`` :class:`EarlyStopper`                  best value and its epoch, epochs without
-                                                          improvement, stopped or not
-``grad_scaler``    :class:`Precision`                     torch's ``GradScaler`` state (fp16; empty
-                                                          otherwise)
-=================  =====================================  ==========================================
+- ``progress``: :class:`Progress`, optimizer steps done, the epoch rows and the current epoch's
+  running train loss;
+- ``sampler``: :class:`specc.train.batches.TrainBatches`, the cursor ``(epoch, position)`` in the
+  batch order;
+- ``early_stopping``: :class:`EarlyStopper`, the best value and its epoch, epochs without
+  improvement, stopped or not;
+- ``grad_scaler``: :class:`Precision`, torch's ``GradScaler`` state (fp16; empty otherwise).
 
 :class:`NonFiniteGuard` has no state; :class:`BestWeights` keeps its state in ``RUN/best.safetensors``
 (the epoch it holds is in the file's header and checked against the early stopper's best epoch).
