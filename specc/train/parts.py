@@ -31,6 +31,7 @@ from specc.lang.train_config import EarlyStopping as EarlyStoppingConfig
 from specc.nn import save_weights
 from specc.train import distributed
 from specc.train.distributed import Dist
+from specc.weights import read_metadata
 
 
 class Progress:
@@ -245,8 +246,6 @@ class BestWeights:
 
     def _read(self, epoch: int) -> tuple[str, dict[str, torch.Tensor]]:
         """``(problem, state)``: the weights if the file holds those of ``epoch`` and fits the model."""
-        from specc.weights import read_metadata
-
         path = self.path
         if not path.is_file():
             return f"{path} is missing", {}
