@@ -34,8 +34,8 @@ def build(spec: Any, **kwargs: Any) -> CompiledModel:
 
 
 def load_run(run: Any) -> CompiledModel:
-    """A ``specc train`` run folder's network with its weights, in eval mode (see :func:`specc.weights.run.load_run`)."""
-    from specc.weights.run import load_run as _load_run
+    """A ``specc train`` run folder's network with its weights, in eval mode (see :func:`specc.pretrained.run.load_run`)."""
+    from specc.pretrained.run import load_run as _load_run
 
     return _load_run(run)
 

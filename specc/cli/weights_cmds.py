@@ -48,7 +48,7 @@ def import_cmd(
     """Map SOURCE's tensors onto SPEC's, check every name and shape, and write them in specc's names."""
     use_include_roots(include_root)
     try:
-        from specc.weights.importer import import_weights
+        from specc.pretrained.importer import import_weights
 
         for line in import_weights(
             source,
@@ -79,7 +79,7 @@ def export_cmd(
 
         if fmt != "hf":
             raise UsageError(f"--format {fmt!r}: only hf is supported")
-        from specc.weights.hf_export import export_run_hf
+        from specc.pretrained.hf_export import export_run_hf
 
         print(f"wrote {export_run_hf(run, out, family=family)}")
     except Exception as exc:  # noqa: BLE001 - error types become exit codes in fail()

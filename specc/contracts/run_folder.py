@@ -9,11 +9,13 @@
     RUN/run.json            RunRecord: every start of the run (absolute paths, versions, threads)
     RUN/data.json           DataRecord: the data source with every option that rebuilds its splits,
                             the task, labels, input shapes and the preprocessing
-    RUN/train.log, metrics.csv, metrics.json, curves.png, checkpoints/, model.safetensors
+    RUN/train.log, metrics.csv, metrics.json, curves.png, model.safetensors
+    RUN/checkpoints/step-00000120/{model.safetensors,state.pt,manifest.json}
     RUN/tokenizer.json      the Hugging Face tokenizer of an --init-from source that has one
 
-Writer: :mod:`specc.train.runner` (rank 0). Readers: ``specc export`` (labels, preprocessing, the
-validation and calibration splits), ``specc eval``, ``specc train --from`` and ``--resume``.
+Writer: :mod:`specc.train.runner` (rank 0), checkpoints :mod:`specc.train.checkpoint`. Readers:
+``specc export`` (labels, preprocessing, the validation and calibration splits, the weights),
+``specc eval``, ``specc weights``, ``specc train --from``, ``--init-from`` and ``--resume``.
 Torch-free; the data layer is imported only when a split is rebuilt.
 """
 
@@ -22,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import json
+import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt
 
-from specc.atomic import atomic_write_text, fsync_dir
+from specc.atomic import atomic_write_text, fsync_dir, sha256_file
 from specc.contracts.base import MAX_CONTRACT_BYTES, Contract, loads, parse
 from specc.contracts.onnx_metadata import Task, TensorEntry
 from specc.contracts.preprocess import Preprocess
@@ -39,6 +44,8 @@ from specc.errors import UsageError
 if TYPE_CHECKING:
     from specc.data import Dataset
     from specc.lang.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 FORMAT = 2
 MARKER_FILE = ".specc-run"
@@ -55,6 +62,14 @@ MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 TOKENIZER_FILE = "tokenizer.json"
+
+# inside a checkpoint folder (RUN/checkpoints/step-00000120/)
+CHECKPOINT_FORMAT = 2  # 1 (before the trainer parts) is converted on load by specc.train.checkpoint
+CHECKPOINT_MODEL_FILE = "model.safetensors"  # the model state_dict, tied tensors stored once
+CHECKPOINT_STATE_FILE = "state.pt"  # the training state, loadable with torch.load(weights_only=True)
+MANIFEST_FILE = "manifest.json"  # {"step", "files": {name: sha256}, "complete": true, ...}, written last
+CHECKPOINT_FILES = (CHECKPOINT_MODEL_FILE, CHECKPOINT_STATE_FILE)
+_STEP_RE = re.compile(r"^step-(\d{8,})$")
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
@@ -278,6 +293,20 @@ class RunFolder:
             raise UsageError(f"{self.path} is not a complete run folder: {SPEC_FILE} is missing")
         return resolved
 
+    def weights_file(self) -> Path:
+        """The run's weights: the final ``model.safetensors``, else the newest valid checkpoint's.
+
+        Raises:
+            UsageError: The folder has neither final weights nor a valid checkpoint.
+        """
+        final = self.path / MODEL_FILE
+        if final.is_file():
+            return final
+        latest = find_latest_checkpoint(self.path)
+        if latest is None:
+            raise UsageError(f"run folder {self.path} has no {MODEL_FILE} and no valid checkpoint")
+        return latest / CHECKPOINT_MODEL_FILE
+
     def read_train_config(self) -> TrainConfig:
         from specc.lang.train_config import load_train_config
 
@@ -327,6 +356,105 @@ def check_out(folder: Path, *, resume: bool) -> None:
         raise UsageError(
             f"--out {folder}: cannot create the run folder ({existing} is not a writable folder)"
         )
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+class InvalidCheckpoint(Exception):
+    """A checkpoint folder fails validation; the message says why."""
+
+
+def checkpoint_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
+    """Returns the folder of the checkpoint of ``step``: ``RUN/checkpoints/step-{step:08d}``."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Lists the ``step-*`` folders of a run (valid or not), oldest step first.
+
+    Args:
+        run_dir: Run folder.
+
+    Returns:
+        ``(step, folder)`` pairs sorted by step.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = _STEP_RE.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match[1]), entry))
+    return sorted(found)
+
+
+def validate_checkpoint(path: Path, *, verify_hashes: bool = True) -> dict[str, Any]:
+    """Checks a checkpoint folder; returns its manifest.
+
+    Raises:
+        InvalidCheckpoint: Missing, incomplete, of a newer format, or a file missing or corrupt.
+    """
+    if not path.is_dir():
+        raise InvalidCheckpoint("not a checkpoint folder (missing or not a folder)")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidCheckpoint(f"no {MANIFEST_FILE} (incomplete or not a checkpoint)") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InvalidCheckpoint(f"unreadable {MANIFEST_FILE}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
+        raise InvalidCheckpoint(f"{MANIFEST_FILE} does not mark the checkpoint complete")
+    fmt = manifest.get("format", CHECKPOINT_FORMAT)
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
+        raise InvalidCheckpoint(
+            f"checkpoint format {fmt!r} is newer than this specc reads ({CHECKPOINT_FORMAT})"
+        )
+    step = manifest.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise InvalidCheckpoint(f"{MANIFEST_FILE} has no integer step")
+    match = _STEP_RE.match(path.name)
+    if match and int(match[1]) != step:
+        raise InvalidCheckpoint(f"{MANIFEST_FILE} says step {step}, the folder name step {int(match[1])}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or any(name not in files for name in CHECKPOINT_FILES):
+        raise InvalidCheckpoint(f"{MANIFEST_FILE} does not list {', '.join(CHECKPOINT_FILES)}")
+    for name, digest in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise InvalidCheckpoint(f"{MANIFEST_FILE} lists a bad file name {name!r}")
+        file = path / name
+        if not file.is_file():
+            raise InvalidCheckpoint(f"{name} is missing")
+        if verify_hashes:
+            try:
+                actual = sha256_file(file)
+            except OSError as exc:
+                raise InvalidCheckpoint(f"{name} is unreadable: {exc}") from None
+            if actual != digest:
+                raise InvalidCheckpoint(
+                    f"{name} is corrupt (SHA-256 {actual[:12]}..., manifest {str(digest)[:12]}...)"
+                )
+    return manifest
+
+
+def find_latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Returns the newest valid checkpoint of a run, or None.
+
+    Valid: manifest present and complete, every listed file present with the recorded SHA-256.
+    Invalid ones are skipped with a logged warning.
+
+    Args:
+        run_dir: Run folder.
+    """
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            validate_checkpoint(path)
+        except InvalidCheckpoint as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+            continue
+        return path
+    return None
 
 
 # ------------------------------------------------------------------------------------------- lock

@@ -20,6 +20,7 @@ from specc.contracts.preprocess import Preprocess
 from specc.contracts.run_folder import DATA_FILE, DataRecord, RunFolder
 from specc.errors import UsageError
 from specc.nn import CompiledModel, build
+from specc.weights import load_file
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def load_source(
     run = RunInfo()
     if path.is_dir():
         run = RunInfo(path, read_record(path))
-        path = find_weights(path)
+        path = RunFolder(path).weights_file()
     elif not path.is_file():
         raise UsageError(f"weights not found: {path}")
     if run.record is not None and run.folder is not None:
@@ -97,20 +98,10 @@ def check_preprocess_fits(record: DataRecord, model: CompiledModel, run: Path) -
         )
 
 
-def find_weights(run: Path) -> Path:
-    """``RUN/model.safetensors``, else the newest valid checkpoint's weights."""
-    from specc.weights.run import find_run_weights
-
-    return find_run_weights(run)
-
-
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a safetensors state dict (tied tensors may be stored once) strictly; never ``torch.load``."""
-    from specc.weights import complete_ties, load_state, read_state
-
-    tensors = complete_ties(model, read_state(path)[0])
     try:
-        load_state(model, tensors, path)
+        load_file(model, path)
     except UsageError as exc:
         raise UsageError(f"weights {path} do not fit the spec: {exc}") from None
     check_finite(model, path)

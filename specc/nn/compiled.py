@@ -28,6 +28,7 @@ from specc.graph.budget import check_param_limit
 from specc.lang.document import SpecDocument
 from specc.ops.base import Inferred, InitSpec, Op, TensorType
 from specc.registry import Registry
+from specc.weights import write_state
 
 
 @dataclass(frozen=True)
@@ -427,8 +428,6 @@ def build(
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write the state_dict as safetensors, atomically (tied tensors are stored once, see
     :func:`specc.weights.write_state`); ``metadata`` goes into the header next to ``format``."""
-    from specc.weights import write_state
-
     try:
         return write_state(path, model, metadata)
     except Exception as exc:  # noqa: BLE001 - OSError or safetensors' own I/O error (not an OSError)

@@ -12,6 +12,9 @@ is fsynced, the manifest is written last, then the folder is renamed into place 
 and the parent folder is fsynced. A crash at any point leaves either no ``step-*`` folder or a
 complete one; the hidden leftovers are removed by :func:`clean_stale`. :func:`find_latest_checkpoint`
 still verifies every file's SHA-256, so a checkpoint damaged later (disk, copy) is skipped too.
+The layout and the readers that find and validate a checkpoint are part of the run folder's contract
+(:mod:`specc.contracts.run_folder`: export, ``specc weights`` and ``--init-from`` read them without
+training code); this module writes checkpoints and loads their training state.
 
 ``state.pt`` maps names to states: the ``train_state`` given to :func:`save_checkpoint` plus
 ``"step"`` and, unless given, ``"rng"`` (see :func:`capture_rng_state`). The trainer stores
@@ -34,7 +37,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -56,6 +58,19 @@ from specc.atomic import (
     write_failure,
     writing,
 )
+from specc.contracts.run_folder import CHECKPOINT_FILES as _REQUIRED
+from specc.contracts.run_folder import CHECKPOINT_FORMAT as FORMAT
+from specc.contracts.run_folder import CHECKPOINT_MODEL_FILE as MODEL_FILE
+from specc.contracts.run_folder import CHECKPOINT_STATE_FILE as STATE_FILE
+from specc.contracts.run_folder import (
+    CHECKPOINTS_DIR,
+    MANIFEST_FILE,
+    checkpoint_dir,
+    find_latest_checkpoint,
+    list_checkpoints,
+)
+from specc.contracts.run_folder import InvalidCheckpoint as _Invalid
+from specc.contracts.run_folder import validate_checkpoint as _validate
 from specc.errors import UsageError
 from specc.lang.train_config import EarlyStopping as EarlyStoppingConfig
 from specc.weights.store import read_state, split_ties, write_tensors
@@ -81,14 +96,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.pt"
-MANIFEST_FILE = "manifest.json"
-FORMAT = 2  # see the module docstring; 1 is converted on load
-_REQUIRED = (MODEL_FILE, STATE_FILE)
-_STEP_RE = re.compile(r"^step-(\d{8,})$")
-
 # What torch.load(weights_only=True) accepts (checked before a save, so a resume never fails on it).
 _LEAVES: tuple[type, ...] = (
     type(None),
@@ -107,43 +114,11 @@ _LEAVES: tuple[type, ...] = (
 _CONTAINERS: tuple[type, ...] = (dict, OrderedDict, list, tuple, set)
 
 
-class _Invalid(Exception):
-    """A checkpoint folder fails validation; the message says why."""
-
-
 def _specc_version() -> str:
     try:
         return importlib.metadata.version("specc")
     except importlib.metadata.PackageNotFoundError:
         return __version__
-
-
-# ---------------------------------------------------------------------------------------------- paths
-
-
-def checkpoint_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
-    """Returns the folder of the checkpoint of ``step``: ``RUN/checkpoints/step-{step:08d}``."""
-    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:08d}"
-
-
-def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """Lists the ``step-*`` folders of a run (valid or not), oldest step first.
-
-    Args:
-        run_dir: Run folder.
-
-    Returns:
-        ``(step, folder)`` pairs sorted by step.
-    """
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = _STEP_RE.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match[1]), entry))
-    return sorted(found)
 
 
 # ------------------------------------------------------------------------------------------------ RNG
@@ -394,67 +369,6 @@ def save_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------------ load
-
-
-def _validate(path: Path, *, verify_hashes: bool = True) -> dict[str, Any]:
-    """Checks a checkpoint folder; returns its manifest or raises _Invalid with the reason."""
-    if not path.is_dir():
-        raise _Invalid("not a checkpoint folder (missing or not a folder)")
-    try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _Invalid(f"no {MANIFEST_FILE} (incomplete or not a checkpoint)") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise _Invalid(f"unreadable {MANIFEST_FILE}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
-        raise _Invalid(f"{MANIFEST_FILE} does not mark the checkpoint complete")
-    fmt = manifest.get("format", FORMAT)
-    if not isinstance(fmt, int) or fmt > FORMAT:
-        raise _Invalid(f"checkpoint format {fmt!r} is newer than this specc reads ({FORMAT})")
-    step = manifest.get("step")
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise _Invalid(f"{MANIFEST_FILE} has no integer step")
-    match = _STEP_RE.match(path.name)
-    if match and int(match[1]) != step:
-        raise _Invalid(f"{MANIFEST_FILE} says step {step}, the folder name step {int(match[1])}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or any(name not in files for name in _REQUIRED):
-        raise _Invalid(f"{MANIFEST_FILE} does not list {', '.join(_REQUIRED)}")
-    for name, digest in files.items():
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise _Invalid(f"{MANIFEST_FILE} lists a bad file name {name!r}")
-        file = path / name
-        if not file.is_file():
-            raise _Invalid(f"{name} is missing")
-        if verify_hashes:
-            try:
-                actual = sha256_file(file)
-            except OSError as exc:
-                raise _Invalid(f"{name} is unreadable: {exc}") from None
-            if actual != digest:
-                raise _Invalid(
-                    f"{name} is corrupt (SHA-256 {actual[:12]}..., manifest {str(digest)[:12]}...)"
-                )
-    return manifest
-
-
-def find_latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    """Returns the newest valid checkpoint of a run, or None.
-
-    Valid: manifest present and complete, every listed file present with the recorded SHA-256.
-    Invalid ones are skipped with a logged warning.
-
-    Args:
-        run_dir: Run folder.
-    """
-    for _, path in reversed(list_checkpoints(run_dir)):
-        try:
-            _validate(path)
-        except _Invalid as exc:
-            log.warning("skipping checkpoint %s: %s", path, exc)
-            continue
-        return path
-    return None
 
 
 def load_checkpoint(

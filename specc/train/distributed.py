@@ -22,6 +22,7 @@ from torch import nn
 
 from specc.errors import UsageError
 from specc.nn import CompiledModel
+from specc.weights import complete_ties, read_state
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,6 @@ def fsdp_shard(model: nn.Module, device: torch.device) -> int:
 def load_full_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file written by ``save_weights`` as a full state dict of ``model``: tied tensors,
     stored once, come back under each of their names (as ``state_dict()`` gives them)."""
-    from specc.weights import complete_ties, read_state
-
     return complete_ties(model, read_state(path)[0])
 
 

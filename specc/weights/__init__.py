@@ -1,13 +1,15 @@
-"""Weights in and out of specc networks: one safetensors convention with tied tensors
+"""Tensors in and out of any ``nn.Module``: one safetensors convention with tied tensors
 (:mod:`~specc.weights.store`), checked loading (:mod:`~specc.weights.fit`), name maps of published
-checkpoints (:mod:`~specc.weights.maps`), import from Hugging Face folders and state-dict files
-(:mod:`~specc.weights.sources`) and export as a Hugging Face folder (:mod:`~specc.weights.hf_export`).
+checkpoints (:mod:`~specc.weights.maps`) and reading a weights source: a Hugging Face folder, a
+state-dict file or a run folder (:mod:`~specc.weights.sources`).
 
-This package's root holds only the torch + safetensors layer that :mod:`specc.train.checkpoint`
-builds on; :mod:`~specc.weights.run` (weights in a run folder) sits above the checkpoints.
+The low layer: torch, safetensors and the run folder's contract only, never :mod:`specc.nn` or
+:mod:`specc.train`, so both build on it (``save_weights``, checkpoints, ``--init-from``). What builds
+a spec's network to put weights into it (``specc.load_run``, ``specc weights import/export``) is
+:mod:`specc.pretrained`, one layer up.
 """
 
-from specc.weights.fit import LoadReport, load_state
+from specc.weights.fit import LoadReport, load_file, load_state
 from specc.weights.store import (
     complete_ties,
     read_metadata,
@@ -20,6 +22,7 @@ from specc.weights.store import (
 __all__ = [
     "LoadReport",
     "complete_ties",
+    "load_file",
     "load_state",
     "read_metadata",
     "read_state",

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from specc.errors import UsageError
+from specc.weights.store import complete_ties, read_state
 
-__all__ = ["LoadReport", "load_state", "node_of"]
+__all__ = ["LoadReport", "load_file", "load_state", "node_of"]
 
 _SHOWN = 8
 
@@ -142,3 +143,13 @@ def load_state(
             target.copy_(tensor.to(dtype=target.dtype, device=target.device))
     report.loaded = list(accepted)
     return report
+
+
+def load_file(model: nn.Module, path: str | Path, *, hint: str = "") -> LoadReport:
+    """Load a weights file written by specc (safetensors; a tied tensor may be stored once, as
+    ``safetensors.torch.save_model`` also does) into ``model``, every tensor checked (see :func:`load_state`).
+
+    Raises:
+        UsageError: An unreadable file, or tensors that do not fit ``model``; nothing is copied then.
+    """
+    return load_state(model, complete_ties(model, read_state(path)[0]), path, hint=hint)

@@ -29,7 +29,6 @@ from specc.contracts.run_folder import RunFolder
 from specc.errors import UsageError
 from specc.weights.fit import LoadReport, load_state
 from specc.weights.maps import MAPS, NameMap, map_for_model_type
-from specc.weights.run import find_run_weights
 from specc.weights.store import complete_ties, read_state
 
 __all__ = ["Source", "import_into", "open_source"]
@@ -133,7 +132,7 @@ def open_source(path: str | os.PathLike[str]) -> Source:
             tokenizer = src / TOKENIZER_FILE
             return Source(src, _hf_tensors(src), "hf", config, tokenizer if tokenizer.is_file() else None)
         run = RunFolder(src)
-        return Source(src, read_state(find_run_weights(src))[0], "run", tokenizer=run.tokenizer)
+        return Source(src, read_state(run.weights_file())[0], "run", tokenizer=run.tokenizer)
     if not src.is_file():
         raise UsageError(f"weights source not found: {src}")
     if src.suffix not in _FILE_SUFFIXES:

@@ -170,3 +170,25 @@ def test_a_table_encoding_is_applied_to_csv_rows() -> None:
         pre.from_table(Table(["a", "b"], [["1", "2"]], "t.csv"), (4,))
     with pytest.raises(UsageError, match="4 feature_names for 5 features"):
         parse_preprocess({**record, "categories": {"color": ["blue", "red", "green"]}}, "data.json")
+
+
+def test_run_weights_are_the_final_file_else_the_newest_valid_checkpoint(tmp_path: Path) -> None:
+    """``RunFolder.weights_file()`` (export, ``specc weights``, ``--init-from``, ``specc.load_run``)
+    reads the checkpoints :mod:`specc.train.checkpoint` writes, without training code."""
+    import torch
+
+    from specc.contracts.run_folder import RunFolder
+    from specc.nn import save_weights
+    from specc.train.checkpoint import save_checkpoint
+
+    run = RunFolder(tmp_path)
+    with pytest.raises(UsageError, match="no model.safetensors and no valid checkpoint"):
+        run.weights_file()
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 1, model.state_dict(), {})
+    newest = save_checkpoint(tmp_path, 2, model.state_dict(), {})
+    assert run.weights_file() == newest / "model.safetensors"
+    (newest / "model.safetensors").write_bytes(b"damaged")  # fails its manifest's SHA-256
+    assert run.weights_file() == tmp_path / "checkpoints" / "step-00000001" / "model.safetensors"
+    final = save_weights(model, tmp_path / "model.safetensors")
+    assert run.weights_file() == final

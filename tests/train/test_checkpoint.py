@@ -158,7 +158,7 @@ def test_corrupt_checkpoint_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
     assert find_latest_checkpoint(tmp_path) == second
     _flip_byte(second / MODEL_FILE)
 
-    with caplog.at_level(logging.WARNING, logger="specc.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="specc.contracts.run_folder"):
         assert find_latest_checkpoint(tmp_path) == first
     assert "step-00000002" in caplog.text and "corrupt" in caplog.text
     with pytest.raises(UsageError, match=r"step-00000002: model\.safetensors is corrupt"):

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from specc.atomic import atomic_write_text, fsync_dir, temp_name
+from specc.contracts.run_folder import RunFolder
 from specc.errors import UsageError
 from specc.nn import CompiledModel
+from specc.pretrained.run import load_run
 from specc.weights.maps import GPT2, LLAMA, NameMap
 from specc.weights.sources import CONFIG_FILE, TOKENIZER_FILE
 from specc.weights.store import MODEL_FILE, split_ties, write_tensors
@@ -150,9 +152,6 @@ def export_run_hf(
     run: str | os.PathLike[str], out: str | os.PathLike[str], *, family: str | None = None
 ) -> Path:
     """``specc weights export RUN --format hf``: the run's spec and weights as a Hugging Face folder."""
-    from specc.contracts.run_folder import RunFolder
-    from specc.weights.run import load_run
-
     folder = RunFolder(Path(run))
     model = load_run(folder.path)
     return export_hf(model, out, family=family, tokenizer=folder.tokenizer)
