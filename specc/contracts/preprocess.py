@@ -34,6 +34,7 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from specc.contracts.base import Contract, parse
 from specc.errors import UsageError
+from specc.limits import DEFAULT_MAX_IMAGE_PIXELS
 
 #: Largest side of an image the preprocessing may resize to.
 MAX_IMAGE_SIDE = 16384
@@ -41,7 +42,7 @@ MAX_IMAGE_SIDE = 16384
 MAX_IMAGE_ELEMENTS = 1 << 26
 #: Largest image a file may decode to (pixels), checked from its header before decoding (Pillow's own
 #: decompression-bomb warning threshold, as the training data layer uses).
-MAX_DECODE_PIXELS = 89_478_485
+MAX_DECODE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 #: Longest list (mean/std per feature, vocabulary) a preprocessing record may hold.
 MAX_VALUES = 1 << 21
 

@@ -50,8 +50,6 @@ from specc.data.images import (
     split_layout,
 )
 from specc.data.splits import (
-    DEFAULT_MAX_DATA_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
     ArraySplit,
     DataBudget,
     Index,
@@ -68,6 +66,7 @@ from specc.data.text import ids_of_str as text_ids_of_str
 from specc.data.text import memmap_bytes as text_memmap
 from specc.data.text import scan as text_scan
 from specc.errors import DataError, did_you_mean
+from specc.limits import DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from specc.registry import Registry
 
 if TYPE_CHECKING:

@@ -18,16 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from specc.errors import DataError
+from specc.limits import DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     from specc.data.augment import Augmenter
 
 Array = npt.NDArray[Any]
 Index = Sequence[int] | npt.NDArray[np.integer[Any]]
-
-GIB = 1 << 30
-DEFAULT_MAX_DATA_BYTES = 4 * GIB
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own warning threshold (1024 * 1024 * 1024 // 4 // 3)
 
 
 @dataclass(frozen=True)

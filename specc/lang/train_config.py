@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from specc.data.splits import DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from specc.errors import Diagnostic, Location, ParseError
 from specc.lang.validate import validate
+from specc.limits import DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from specc.load import LMap, apply_overrides, load_yaml_file
 
 Augmentation = Literal["resized_crop", "crop", "flip", "color_jitter"]

@@ -52,7 +52,9 @@ def test_check_does_not_import_torch(tmp_path: Path) -> None:
         "import sys; from specc.cli import main\n"
         "try:\n    main(['check', sys.argv[1]])\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "assert 'torch' not in sys.modules, 'check imported torch'\n"
-        "assert 'onnx' not in sys.modules\nprint('clean')\n"
+        "assert 'onnx' not in sys.modules\n"
+        "assert 'numpy' not in sys.modules and 'specc.data' not in sys.modules, 'check imported the data layer'\n"
+        "print('clean')\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
