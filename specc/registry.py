@@ -77,7 +77,7 @@ class Registry(Mapping[str, T], Generic[T]):
         if self._plugins_loaded:
             return self.plugins
         self._plugins_loaded = True  # before importing: a plugin's own register() must not recurse here
-        from importlib.metadata import entry_points  # only when a registry is first read: start-up time
+        from importlib.metadata import entry_points  # noqa: PLC0415 - when a registry is first read: start-up time
 
         assert self.entry_point_group is not None
         for ep in entry_points(group=self.entry_point_group):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from specc.graph import Graph, Node
 from specc.load.tree import to_plain
 
@@ -79,7 +81,6 @@ def render(graph: Graph) -> str:
     The text is itself a valid spec: ``specc check`` accepts it and gives the same graph (node paths,
     ops, arguments, shapes, parameters). ``specc train`` writes it as ``RUN/spec.yaml``.
     """
-    import yaml
 
     doc = graph.document
     where = f" of {doc.path}" + (f" (scale {doc.scale})" if doc.scale else "") if doc else ""

@@ -107,7 +107,7 @@ class DataSource(Contract):
 
     def load(self) -> Dataset:
         """The data set with exactly the splits of the run (DataError when it cannot be read)."""
-        from specc.data import load_dataset
+        from specc.data import load_dataset  # noqa: PLC0415 - the data layer only when a split is rebuilt
 
         return load_dataset(self.source, **self.load_kwargs())
 
@@ -308,7 +308,7 @@ class RunFolder:
         return latest / CHECKPOINT_MODEL_FILE
 
     def read_train_config(self) -> TrainConfig:
-        from specc.lang.train_config import load_train_config
+        from specc.lang.train_config import load_train_config  # noqa: PLC0415 - the spec language only for train.yaml
 
         file = self.path / TRAIN_FILE
         if not file.is_file():
@@ -473,7 +473,7 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise a UsageError naming its owner (pid, host, since)."""
-        import fcntl
+        import fcntl  # noqa: PLC0415 - POSIX only: readers of a run folder import this module anywhere
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -14,6 +14,7 @@ Policy, fitted on the training split only and recorded in ``preprocess`` so infe
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,6 @@ def _read_arrow(path: Path) -> Any:
 def _bad_csv_line(path: Path) -> str | None:
     """``path:LINE: ...`` for the first row whose field count differs from the header's (pyarrow's
     message quotes the row but not its line)."""
-    import csv
 
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -146,7 +146,6 @@ def _row(path: Path, i: int) -> str:
     ``path: row i`` (only called on an error, so the file is scanned again here)."""
     if path.suffix.lower() != ".csv":
         return f"{path}: row {i}"
-    import csv
 
     with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)

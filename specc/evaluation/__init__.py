@@ -20,6 +20,9 @@ weighted means and the confusion matrix; regression MSE, MAE and R². With ``--o
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +31,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from specc.atomic import atomic_write_text
 from specc.contracts.onnx_metadata import OnnxMetadata
 from specc.contracts.run_folder import DataRecord, RunFolder, absolute_source
 from specc.errors import UsageError
 from specc.evaluation.metrics import classification_report, plot_confusion, regression_report
+from specc.runtime import load
 from specc.runtime.inputs import TensorSpec, check_input
+from specc.runtime.predict import Options, read_inputs
 
 Split = Literal["train", "val", "test"]
 REPORT_FILE = "eval.json"
@@ -57,9 +63,9 @@ class TorchModel:
     """A run folder's model in torch, with the interface :mod:`specc.runtime.predict` reads."""
 
     def __init__(self, run: Path) -> None:
-        from specc.export.metadata import input_entries
-        from specc.export.source import load_source
-        from specc.export.verify import torch_runner
+        from specc.export.metadata import input_entries  # noqa: PLC0415 - torch only for a run folder; an .onnx file is evaluated without it
+        from specc.export.source import load_source  # noqa: PLC0415 - as above
+        from specc.export.verify import torch_runner  # noqa: PLC0415 - as above
 
         source = load_source(RunFolder(run).spec_source(), weights=run)
         self.record = source.run.record
@@ -92,7 +98,6 @@ def _target(path: Path) -> tuple[Any, DataRecord | None]:
         return model, model.record
     if path.suffix.lower() != ".onnx":
         raise UsageError(f"cannot evaluate {path}: give a run folder or an .onnx file")
-    from specc.runtime import load
 
     return load(path), None
 
@@ -114,7 +119,6 @@ def _recorded(record: DataRecord, split: Split, input_name: str, batch: int) -> 
 
 def _batches(req: EvalRequest, model: Any, record: DataRecord | None) -> tuple[str, Iterator[Batch]]:
     """``(what the data is, its batches)``."""
-    from specc.runtime.predict import Options, read_inputs
 
     name = model.inputs[0].name
     if req.data is None:
@@ -211,11 +215,6 @@ def _write(req: EvalRequest, report: dict[str, Any], rows: list[dict[str, Any]])
     """``eval.json``, ``predictions.csv`` and (classification) ``confusion_matrix.png`` in ``--out``."""
     if req.out is None:
         return
-    import csv
-    import io
-    import json
-
-    from specc.atomic import atomic_write_text
 
     try:
         req.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from specc.atomic import atomic_path
+
 
 def confusion(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], num_classes: int) -> NDArray[np.int64]:
     """``m[i, j]``: samples of class ``i`` predicted as ``j``."""
@@ -105,8 +107,6 @@ def plot_confusion(path: Any, matrix: Sequence[Sequence[int]], labels: Sequence[
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
-    from specc.atomic import atomic_path
 
     m = np.asarray(matrix)
     c = len(m)

@@ -24,15 +24,30 @@ import multiprocessing as mp
 import os
 import platform
 import tempfile
+import time
 import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
+from torch.utils.benchmark import Timer
+
+from specc.errors import UsageError
+from specc.export import ExportOptions, export_model
+from specc.export.quantize import Calibration, quantize_int8
+from specc.export.samples import SampleSizes, make_inputs, symbols_of
+from specc.export.source import load_source
+from specc.export.variants import variant_path
+from specc.export.verify import ort_runner
+from specc.runtime import load
+from specc.runtime.model import check_manifest, read_info
+from specc.runtime.session import session_options
 
 Feeds = dict[str, NDArray[Any]]
 Fn = Callable[[Feeds], Any]
@@ -85,9 +100,6 @@ class InProcess:
     def block(self, kind: Kind, number: int) -> float:
         feeds = self.feeds[kind]
         if self.torch_timer:
-            import torch
-            from torch.utils.benchmark import Timer
-
             threads = self.threads or torch.get_num_threads()  # Timer's own default is 1 thread
             timer = Timer(stmt="fn(feeds)", globals={"fn": self.fn, "feeds": feeds}, num_threads=threads)
             return float(timer.timeit(number).raw_times[0])
@@ -229,8 +241,6 @@ def cpu_name() -> str:
 
 
 def versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out: dict[str, str | None] = {}
     for pkg in ("specc", "torch", "onnxruntime", "onnx", "numpy"):
         try:
@@ -267,8 +277,6 @@ def bench_session(path: Path, threads: int | None = None) -> Any:
     """An onnxruntime CPU session with specc's latency settings (:mod:`specc.runtime.session`)."""
     import onnxruntime as ort
 
-    from specc.runtime.session import session_options
-
     return ort.InferenceSession(
         str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
     )
@@ -277,15 +285,12 @@ def bench_session(path: Path, threads: int | None = None) -> Any:
 def ort_engine(
     name: str, path: Path, feeds: dict[str, Feeds], threads: int | None, note: str = ""
 ) -> InProcess:
-    from specc.export.verify import ort_runner
-
     run = ort_runner(bench_session(path, threads))
     return InProcess(name, lambda f: run(f), feeds, note)
 
 
 def onnx_feeds(path: Path, batch: int, seq: int, seed: int = 0) -> Feeds:
     """Random inputs for an ONNX file from its declared inputs (metadata names, else the graph's)."""
-    from specc.runtime import load
 
     model = load(path, verify_manifest=False)
     rng = np.random.default_rng(seed)
@@ -306,7 +311,6 @@ def onnx_feeds(path: Path, batch: int, seq: int, seed: int = 0) -> Feeds:
 
 def _quantized(src: Path, folder: Path, seq: int) -> tuple[Path, str]:
     """The int8 variant ``specc export --int8`` would write (random calibration inputs) and a note."""
-    from specc.export.quantize import Calibration, quantize_int8
 
     dst = folder / (src.stem + ".int8.onnx")
     info = quantize_int8(src, dst, Calibration(onnx_feeds(src, 16, seq, seed=1), "random inputs"))
@@ -318,9 +322,6 @@ def _quantized(src: Path, folder: Path, seq: int) -> tuple[Path, str]:
 def existing_int8(fp32: Path) -> tuple[Path | None, str]:
     """``M.int8.onnx`` next to ``M.onnx`` if its manifest verifies it and its metadata make it the
     int8 variant of the same spec; else ``None`` and why not."""
-    from specc.errors import UsageError
-    from specc.export.variants import variant_path
-    from specc.runtime.model import check_manifest, read_info
 
     path = variant_path(fp32, "int8")
     if not path.is_file():
@@ -349,8 +350,6 @@ def onnx_engines(
 
 
 def torch_fn(model: Any, input_names: Sequence[str]) -> Fn:
-    import torch
-
     def run(feeds: Feeds) -> Any:
         with torch.inference_mode():
             return model(*[torch.from_numpy(feeds[n]) for n in input_names])
@@ -388,13 +387,6 @@ def _compile_child(
     spec: str, sets: tuple[str, ...], scale: str | None, weights: str | None, s: BenchSettings, conn: Any
 ) -> None:
     try:
-        import time
-
-        import torch
-
-        from specc.export.samples import SampleSizes, make_inputs, symbols_of
-        from specc.export.source import load_source
-
         if s.threads is not None:
             torch.set_num_threads(s.threads)
         model = load_source(spec, weights=weights, sets=sets, scale=scale).model.eval()
@@ -475,11 +467,6 @@ def bench_spec(
     weights: str | None = None,
 ) -> dict[str, Any]:
     """torch eager, torch.compile, onnxruntime fp32 and int8 for a spec."""
-    import torch
-
-    from specc.export import ExportOptions, export_model
-    from specc.export.samples import SampleSizes, make_inputs, symbols_of
-    from specc.export.source import load_source
 
     if s.threads is not None:
         torch.set_num_threads(s.threads)

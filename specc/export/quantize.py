@@ -29,7 +29,14 @@ from numpy.typing import NDArray
 
 from specc.atomic import atomic_path
 from specc.errors import UsageError
-from specc.runtime.inputs import TensorSpec
+from specc.runtime.inputs import (
+    ARRAY_SUFFIXES,
+    IMAGE_SUFFIXES,
+    TensorSpec,
+    check_input,
+    load_arrays,
+    load_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +258,6 @@ def load_calibration(
     ``specc predict``'s: ``.npy`` (a single-input model) or ``.npz`` (one array per input name), each
     with the batch axis first; or a folder of images (PNG/JPEG/BMP, sub-folders included, e.g. one
     per class), preprocessed as in training (``preprocess``: the run folder's image preprocessing)."""
-    from specc.runtime.inputs import ARRAY_SUFFIXES, IMAGE_SUFFIXES, check_input, load_arrays, load_image
 
     names = [s.name for s in inputs]
     if path.is_dir():

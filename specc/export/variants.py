@@ -30,6 +30,7 @@ from specc.export.samples import SampleSizes, make_inputs
 from specc.export.verify import ort_runner, ort_session
 from specc.graph import Graph
 from specc.registry import Registry
+from specc.runtime.session import session_options
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def optimize(src: Path, dst: Path, transformer: tuple[int, int] | None = None) -
             "hidden_size": hidden,
         }
     import onnxruntime as ort
-
-    from specc.runtime.session import session_options
 
     with atomic_path(dst) as tmp:
         options = session_options()

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from specc.errors import ExportVerificationError
 from specc.export.samples import SampleSizes, make_inputs
 from specc.graph import Graph
+from specc.runtime.session import session_options
 
 ATOL = 1e-4
 RTOL = 1e-3
@@ -96,7 +98,6 @@ class ParityCase:
 
 def torch_runner(model: Any, input_names: Sequence[str]) -> Runner:
     """Run an ``nn.Module`` (eval mode, no grad) on numpy feeds; returns numpy outputs by name."""
-    import torch
 
     def run(feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         with torch.inference_mode():
@@ -112,8 +113,6 @@ def torch_runner(model: Any, input_names: Sequence[str]) -> Runner:
 
 def ort_session(path: Path, *, threads: int | None = None, optimization: str = "all") -> Any:
     import onnxruntime as ort
-
-    from specc.runtime.session import session_options
 
     options = session_options(threads, optimization="none" if optimization == "none" else "all")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

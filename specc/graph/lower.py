@@ -13,6 +13,7 @@ the limit with one error instead of growing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -959,7 +960,6 @@ def _item_name(item: AnyItem) -> str | None:
 
 def _mentions(message: str, key: str) -> bool:
     """Whether a shape rule's message names argument ``key`` (``num_heads``, or ``num heads``)."""
-    import re
 
     words = {key, key.replace("_", " ")}
     head = key.split("_")[0]

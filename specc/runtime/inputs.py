@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.lib import format as npformat
 from numpy.typing import NDArray
 
 from specc.contracts.onnx_metadata import TensorEntry
-from specc.contracts.preprocess import Table
+from specc.contracts.preprocess import ImagePreprocess, Table, parse_preprocess
 from specc.errors import UsageError
 
 Dim = int | str | None
@@ -260,7 +261,6 @@ def unsupported_file(path: Path) -> UsageError:
 def _array_header(fh: BinaryIO, where: str, available: int) -> tuple[tuple[int, ...], np.dtype[Any], int]:
     """``(shape, dtype, data offset)`` of a ``.npy`` stream, checked before any data is read: no
     object dtype, and the data the header claims must be in the file and within the budget."""
-    from numpy.lib import format as npformat
 
     start = fh.tell()
     try:
@@ -355,7 +355,6 @@ def load_image(
 ) -> NDArray[np.float32]:
     """Read an image as the model was trained on it (``pre``: an image preprocessing record or its
     dict); returns ``(1, C, H, W)`` float32 (``(1, C*H*W)`` for a flattened model)."""
-    from specc.contracts.preprocess import ImagePreprocess, parse_preprocess
 
     check_file(path)
     record = parse_preprocess(pre, "model metadata 'specc.preprocess'")

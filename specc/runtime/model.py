@@ -43,6 +43,7 @@ from specc.runtime.inputs import (
     check_input,
     sha256_file,
 )
+from specc.runtime.predict import Options, json_safe, predict
 from specc.runtime.session import session_options
 
 log = logging.getLogger(__name__)
@@ -410,7 +411,6 @@ class Model:
         last position, with characters as labels, and ``"text"`` (the prompt), without the full
         logits. Non-finite outputs are ``None`` and listed in ``"warnings"``: the result is valid JSON.
         """
-        from specc.runtime.predict import Options, json_safe, predict
 
         file = Path(path)
         if not file.exists():

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from specc.contracts.preprocess import Dim, ImagePreprocess, Preprocess, Table, TextPreprocess
+from specc.atomic import atomic_path
+from specc.contracts.preprocess import (
+    Dim,
+    FeaturesPreprocess,
+    ImagePreprocess,
+    Preprocess,
+    Table,
+    TextPreprocess,
+)
 from specc.errors import UsageError
 from specc.runtime.inputs import (
     ARRAY_SUFFIXES,
@@ -48,6 +56,7 @@ from specc.runtime.inputs import (
     image_files,
     load_arrays,
     load_npy,
+    load_npz,
     read_csv,
     read_text,
     unsupported_file,
@@ -226,8 +235,6 @@ def _count(model: Source, name: str, arr: NDArray[Any], pre: Preprocess | None) 
 def _array_labels(path: Path) -> list[Any]:
     """Labels beside arrays: ``y`` in a ``.npz``; for ``xNAME.npy`` the file ``yNAME.npy``."""
     if path.suffix.lower() == ".npz":
-        from specc.runtime.inputs import load_npz
-
         arrays = load_npz(path)
         found = next((arrays[k] for k in LABEL_ARRAYS if k in arrays), None)
         if found is None:
@@ -275,8 +282,6 @@ def _csv(model: Source, path: Path, opts: Options) -> Iterator[Chunk]:
                 table.first_line,
             )
         if pre is None:
-            from specc.contracts.preprocess import FeaturesPreprocess
-
             x = FeaturesPreprocess(mean=[0.0] * len(table.header), std=[1.0] * len(table.header)).from_table(
                 table, _sample(model)
             )
@@ -428,7 +433,6 @@ def _csv_fields(row: dict[str, Any]) -> dict[str, Any]:
 def write_predictions(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Stream rows into ``path`` (``.csv``: id, label, prob, label_2, ...; ``.jsonl``: one JSON object
     per line), atomically: a failure leaves no partial file. Returns the number of rows."""
-    from specc.atomic import atomic_path
 
     count = 0
     jsonl = path.suffix.lower() == ".jsonl"

@@ -19,7 +19,8 @@ from types import FrameType
 
 import uvicorn
 
-from specc.errors import UsageError
+from specc.errors import LoadError, UsageError
+from specc.load.yaml_loader import read_capped
 from specc.runtime import Model, load
 from specc.serve.app import ServeSettings, State, create_app
 
@@ -72,8 +73,6 @@ def load_models(
 
 def read_token(path: Path) -> str:
     """The bearer token in ``path`` (surrounding whitespace dropped); must be printable ASCII."""
-    from specc.errors import LoadError
-    from specc.load.yaml_loader import read_capped
 
     try:  # a regular file, read up to the cap (/dev/zero or a FIFO is refused, not read)
         raw = read_capped(path, MAX_TOKEN_BYTES, "token file")

@@ -11,14 +11,17 @@ the launcher uses ``127.0.0.1`` (single node); on several nodes, run on a truste
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 from specc.errors import UsageError
 from specc.nn import CompiledModel
@@ -82,7 +85,6 @@ def init(device_kind: str) -> Dist:
 def _store(rank: int, world: int) -> Any:
     """The launcher's TCP store under a prefix per restart: keys of a failed attempt (e.g. a killed
     worker's gloo address) must not be read by the restarted workers."""
-    from datetime import timedelta
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     base = dist.TCPStore(  # type: ignore[attr-defined]
@@ -232,7 +234,6 @@ def fsdp_shard(model: nn.Module, device: torch.device) -> int:
     Parameters become ``DTensor`` shards on ``device`` (the full model need not fit there first);
     build the optimizer afterwards.
     """
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
@@ -357,8 +358,6 @@ def _check_launch_numbers(opts: LaunchOptions) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -19,6 +19,7 @@ Rules (tested in ``tests/train/test_run_folder.py``):
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 import specc
 from specc.atomic import atomic_write_text
@@ -56,6 +58,8 @@ from specc.data import Dataset
 from specc.errors import OutputError, SpeccError, UsageError
 from specc.lang.train_config import TrainConfig
 from specc.train import checkpoint as ckpt
+from specc.train.report import nan_to_null
+from specc.weights.store import read_shapes
 
 #: Settings a resume may change: they do not alter the steps already taken.
 RESUMABLE = frozenset(
@@ -85,8 +89,6 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TO
 
 
 def versions() -> Versions:
-    import importlib.metadata
-
     found = {}
     for name in _PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -165,7 +167,6 @@ def write_run_files(
 ) -> None:
     """``spec.yaml``, ``train.yaml``, ``data.json`` and ``run.json`` (this start appended to the
     record of earlier ones)."""
-    import yaml
 
     folder = RunFolder(run)
     if spec_text is not None:
@@ -245,8 +246,6 @@ def validate_resume(
 
 
 def _spec_differences(run: Path, model: torch.nn.Module, latest: Path, spec_text: str | None) -> list[str]:
-    from specc.weights.store import read_shapes
-
     try:
         saved = read_shapes(latest / ckpt.MODEL_FILE)
     except UsageError as exc:
@@ -271,7 +270,6 @@ def _spec_tree(text: str) -> Any:
     """A rendered spec as data, without its ``train:`` section (the settings are compared on their
     own, with the rules for what a resume may change) and without comments (the header names the
     spec's path, which may be given another way when a run is resumed)."""
-    import yaml
 
     try:
         tree = yaml.safe_load(text)
@@ -337,9 +335,8 @@ def _data_differences(folder: RunFolder, source: DataSource) -> list[str]:
 def record_failure(run: Path, status: str, history: list[dict[str, Any]]) -> None:
     """Write ``metrics.json``'s failed status, even on a full disk: atomically if it can, else in
     place (rewriting a file needs no new blocks when it shrinks), else it says so on stderr."""
-    from specc.train.report import _finite
 
-    text = json.dumps(_finite({"status": status, "epochs": history, "final": None}), indent=2) + "\n"
+    text = json.dumps(nan_to_null({"status": status, "epochs": history, "final": None}), indent=2) + "\n"
     target = run / METRICS_JSON
     try:
         atomic_write_text(target, text)

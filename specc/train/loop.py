@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from specc.data import Augmenter, DataBudget, Dataset, Split, make_augmenter
 from specc.data.images import ImageSplit
@@ -205,8 +206,6 @@ class Trainer:
         if self.fsdp:
             self._shard()
         elif self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = self.ddp = DDP(net, device_ids=ids)
         if self.cfg.compile:

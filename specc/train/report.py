@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
 from specc.atomic import atomic_path, atomic_write_text
 from specc.errors import printable
 
@@ -49,7 +51,6 @@ class RunReport:
     def start_epoch(self, epoch: int, total_epochs: int | None, steps: int, done: int) -> None:
         if not self.write or self.quiet or not sys.stdout.isatty():
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self._progress is None:
             self._progress = Progress(
@@ -104,7 +105,7 @@ class RunReport:
         writer.writerows(history)
         atomic_write_text(self.run / METRICS_CSV, buf.getvalue())
         doc = {"status": status, "epochs": history, "final": final}
-        atomic_write_text(self.run / METRICS_JSON, json.dumps(_finite(doc), indent=2) + "\n")
+        atomic_write_text(self.run / METRICS_JSON, json.dumps(nan_to_null(doc), indent=2) + "\n")
         if history and curves:
             write_curves(self.run / CURVES_PNG, history)
         self._tensorboard(history[-1] if history else None)
@@ -126,14 +127,14 @@ class RunReport:
                 self._tb.add_scalar(key, value, row.get("step", 0))
 
 
-def _finite(value: Any) -> Any:
+def nan_to_null(value: Any) -> Any:
     """JSON has no NaN/Infinity: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: nan_to_null(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [nan_to_null(v) for v in value]
     return value
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from specc.atomic import atomic_path
@@ -143,7 +144,6 @@ def write_tensors(
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The header metadata of a safetensors file (UsageError when it cannot be read)."""
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -169,7 +169,6 @@ def read_shapes(path: str | os.PathLike[str]) -> dict[str, list[int]]:
     Raises:
         UsageError: The file cannot be read as safetensors, or its alias header is broken.
     """
-    from safetensors import safe_open
 
     file = Path(path)
     try:
@@ -193,7 +192,6 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     Raises:
         UsageError: The file is missing, not safetensors, or its alias header is broken.
     """
-    from safetensors.torch import load_file
 
     file = Path(path)
     if not file.is_file():
