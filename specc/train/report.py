@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
 from specc.atomic import atomic_path, atomic_write_text
 from specc.errors import printable
 
@@ -51,6 +49,7 @@ class RunReport:
     def start_epoch(self, epoch: int, total_epochs: int | None, steps: int, done: int) -> None:
         if not self.write or self.quiet or not sys.stdout.isatty():
             return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self._progress is None:
             self._progress = Progress(

@@ -540,9 +540,10 @@ def test_import_does_not_pull_torch() -> None:
         "import sys, specc.runtime\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "extra = sorted(m for m in sys.modules if m.startswith('specc') and m not in "
-        "{'specc', 'specc.errors', 'specc.runtime', 'specc.runtime.model', 'specc.runtime.inputs', "
-        "'specc.runtime.session', 'specc.contracts', 'specc.contracts.base', 'specc.contracts.onnx_metadata', "
-        "'specc.contracts.preprocess', 'specc.contracts.generation', 'specc.atomic', 'specc.publish'})\n"
+        "{'specc', 'specc.errors', 'specc.limits', 'specc.runtime', 'specc.runtime.model', "
+        "'specc.runtime.inputs', 'specc.runtime.predict', 'specc.runtime.session', 'specc.contracts', "
+        "'specc.contracts.base', 'specc.contracts.onnx_metadata', 'specc.contracts.preprocess', "
+        "'specc.contracts.generation', 'specc.atomic', 'specc.publish'})\n"
         "assert not extra, extra\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
