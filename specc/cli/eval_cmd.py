@@ -11,6 +11,7 @@ import typer
 
 from specc.cli import app
 from specc.cli.spec_cmds import JsonOpt
+from specc.errors import UsageError
 
 
 @app.command("eval")
@@ -37,7 +38,6 @@ def eval_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a trained model on labelled data (its own test split by default)."""
-    from specc.errors import UsageError
     from specc.evaluation import EvalRequest, evaluate
     from specc.runtime.predict import dumps
 

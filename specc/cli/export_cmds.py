@@ -20,7 +20,7 @@ from specc.cli.spec_cmds import (
     use_include_roots,
     use_max_params,
 )
-from specc.errors import UsageError
+from specc.errors import ExportVerificationError, SpecError, UsageError
 
 ExporterOpt = Annotated[
     str, typer.Option("--exporter", help="torchscript (default: fast, opset 17) or dynamo (opset 18)")
@@ -124,7 +124,6 @@ def export_cmd(
 
 def _error_json(exc: BaseException, out: Path) -> dict[str, object]:
     """What ``specc export --json`` prints when it fails; the exit code is the one :func:`fail` uses."""
-    from specc.errors import ExportVerificationError, SpecError
     from specc.export import failed_path, report_path
 
     code = exit_code_of(exc)

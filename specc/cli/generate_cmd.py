@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app
+from specc.cli import app, log_to_stderr, say
 from specc.cli.spec_cmds import JsonOpt
+from specc.errors import printable
 
 
 @app.command()
@@ -49,8 +50,6 @@ def generate(
     """Generate from a prompt with onnxruntime (no torch): greedy, sampling (temperature, top-k, top-p,
     seed) or beam search, until eos, a --stop string or --max-new-tokens. Models exported with
     --kv-cache run one step per token."""
-    from specc.cli import log_to_stderr, say
-    from specc.errors import printable
     from specc.runtime.generate import Generator, Options
 
     log_to_stderr()

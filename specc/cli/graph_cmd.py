@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from specc.atomic import atomic_write_text
 from specc.cli import app, say
 from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 
@@ -30,7 +31,6 @@ def graph(
     if out is None:
         say(text, end="")
         return
-    from specc.atomic import atomic_write_text
 
     atomic_write_text(out, text)
     say(f"wrote {fmt} diagram to {out}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from specc.cli import app, error, print_table, say, stderr, stdout
-from specc.errors import SpecError
+from specc.errors import SpecError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
     from specc.graph import Graph
@@ -119,7 +119,6 @@ def _memory_options(
     memory: bool, batch: int, optimizer: str, amp: str, device: str, fits: str | None, top: int
 ) -> Callable[[Graph, dict[str, object]], list[str]] | None:
     """Check the --memory options; returns what adds the estimate to one spec's result and text."""
-    from specc.errors import UsageError
     from specc.graph.memory import memory_report, parse_bytes
 
     if not memory:
@@ -165,7 +164,6 @@ def ops(
     """List the registered ops, or show one with its arguments and an example (rendered Markdown)."""
     from rich.markdown import Markdown
 
-    from specc.errors import UsageError, did_you_mean
     from specc.ops import OPS
     from specc.schema import op_reference, ops_text
 

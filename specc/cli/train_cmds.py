@@ -16,6 +16,7 @@ from specc.cli.spec_cmds import (
     use_include_roots,
     use_max_params,
 )
+from specc.errors import UsageError
 
 Opt = typer.Option
 
@@ -158,7 +159,6 @@ def _what_to_train(
     spec: Path | None, data: str | None, config: Path | None, from_run: Path | None
 ) -> tuple[Path | None, str | None]:
     """SPEC and --data, or --from RUN instead of them (and of --config)."""
-    from specc.errors import UsageError
 
     if from_run is not None:
         if spec is not None or data is not None or config is not None:

@@ -9,6 +9,7 @@ import typer
 
 from specc.cli import app, fail
 from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
+from specc.errors import UsageError
 
 weights_app = typer.Typer(
     help="Import published weights (Hugging Face folders, PyTorch state dicts) into a spec; export a run "
@@ -75,8 +76,6 @@ def export_cmd(
 ) -> None:
     """Write a run's network as a Hugging Face folder (config.json + model.safetensors) for transformers."""
     try:
-        from specc.errors import UsageError
-
         if fmt != "hf":
             raise UsageError(f"--format {fmt!r}: only hf is supported")
         from specc.pretrained.hf_export import export_run_hf
