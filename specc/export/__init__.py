@@ -94,7 +94,7 @@ def export_spec(
         raise UsageError(f"unknown int8 mode '{int8_mode}'; choose one of {', '.join(INT8_MODES)}")
     if calibration is not None and not Path(calibration).exists():
         raise UsageError(f"calibration data not found: {calibration}")
-    source = load_source(spec, weights=weights, sets=tuple(sets), scale=scale, seed=seed)
+    source = load_source(spec, weights=weights, sets=tuple(sets), scale=scale, seed=seed, run_flags=True)
     graph = source.model.graph
     dataset = _run_dataset(source) if variants else None  # loaded once: accuracy and calibration
     calib = run_calibration(source, dataset=dataset) if "int8" in variants and calibration is None else None

@@ -389,7 +389,7 @@ def _compile_child(
     try:
         if s.threads is not None:
             torch.set_num_threads(s.threads)
-        model = load_source(spec, weights=weights, sets=sets, scale=scale).model.eval()
+        model = load_source(spec, weights=weights, sets=sets, scale=scale, run_flags=True).model.eval()
         graph = model.graph
         sym = {k: s.seq for k in symbols_of(graph)}
         feeds = {
@@ -470,7 +470,7 @@ def bench_spec(
 
     if s.threads is not None:
         torch.set_num_threads(s.threads)
-    model = load_source(spec, weights=weights, sets=tuple(sets), scale=scale).model.eval()
+    model = load_source(spec, weights=weights, sets=tuple(sets), scale=scale, run_flags=True).model.eval()
     graph = model.graph
     sym = {k: s.seq for k in symbols_of(graph)}
     feeds = {

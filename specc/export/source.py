@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from specc.contracts.preprocess import Preprocess
-from specc.contracts.run_folder import DATA_FILE, DataRecord, RunFolder
+from specc.contracts.run_folder import DATA_FILE, RUN_FILE, DataRecord, RunFolder
 from specc.errors import UsageError
 from specc.nn import CompiledModel, build
 from specc.weights import load_file
@@ -61,8 +61,16 @@ def load_source(
     sets: tuple[str, ...] = (),
     scale: str | None = None,
     seed: int = 0,
+    run_flags: bool = False,
 ) -> Source:
-    """Build ``spec`` and load ``weights`` (a ``.safetensors`` file or a run folder) into it."""
+    """Build ``spec`` and load ``weights`` (a ``.safetensors`` file or a run folder) into it.
+
+    With ``run_flags`` and a run folder trained from this very spec file, the run's own ``--scale`` and
+    ``--set`` values (its first start, ``run.json``) apply first and the given ones on top, so
+    ``specc export SPEC -w RUN`` builds the network the run trained without the user repeating them.
+    """
+    if run_flags and weights is not None:
+        sets, scale = _with_run_flags(Path(spec), Path(weights), sets, scale)
     model = build(Path(spec), sets=sets, scale=scale, seed=seed)
     if weights is None:
         log.warning("no --weights given: exporting the freshly initialised network (seed %d)", seed)
@@ -78,6 +86,29 @@ def load_source(
         check_preprocess_fits(run.record, model, run.folder)
     load_weights(model, path)
     return Source(model, path, run)
+
+
+def _with_run_flags(
+    spec: Path, run: Path, sets: tuple[str, ...], scale: str | None
+) -> tuple[tuple[str, ...], str | None]:
+    """The run's flags first, the given ones on top, when ``spec`` is the file the run started from
+    (the same path, or the same bytes as that file); a resolved ``RUN/spec.yaml`` needs none."""
+    if not (run.is_dir() and (run / RUN_FILE).is_file()):
+        return sets, scale
+    first = RunFolder(run).read_run().invocations[0]
+    trained = Path(first.spec)
+    same = spec.resolve() == trained.resolve() or (
+        trained.is_file() and spec.is_file() and trained.read_bytes() == spec.read_bytes()
+    )
+    if not same:
+        return sets, scale
+    inherited = [f"--scale {first.scale}"] if first.scale and scale is None else []
+    inherited += [f"--set {s}" for s in first.sets]
+    if inherited:
+        log.info(
+            "using the run's %s (%s); flags given here apply on top", " ".join(inherited), run / RUN_FILE
+        )
+    return (*first.sets, *sets), scale if scale is not None else first.scale
 
 
 def read_record(run: Path) -> DataRecord | None:

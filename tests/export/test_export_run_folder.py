@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import WINE_SPEC, run_cli, train_run
 from safetensors.torch import load_file, save_file
@@ -111,3 +112,20 @@ def test_a_preprocessing_that_does_not_fit_the_spec_is_refused(
     spec = run.parent / "run.yaml"
     r = run_cli("export", str(spec), "-w", str(copy), "--out", str(tmp_path / "m.onnx"))
     assert r.code == 2 and f"{copy / 'data.json'} is invalid: preprocess.image.size.0" in r.err
+
+
+def test_the_runs_scale_and_sets_apply_unless_given(tmp_path: Path) -> None:
+    """A run trained with `--scale small --set width=4` exports from the spec and the run folder alone
+    (the run's flags apply first); flags given to export apply on top and still have to fit."""
+    scaled = WINE_SPEC.replace("linear: 16", "linear: $width").replace(
+        "layers:", "vars: {width: 16}\nscales: {small: {width: 8}}\nlayers:"
+    )
+    spec, run = train_run(tmp_path, scaled, "wine", "--scale", "small", "--set", "width=4", "--epochs", "1")
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(out), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["ok"] is True
+    model = onnx.load(str(out))
+    assert sum(int(np.prod(t.dims)) for t in model.graph.initializer) == 13 * 4 + 4 + 4 * 3 + 3
+    r = run_cli("export", str(spec), "-w", str(run), "--out", str(out), "--set", "width=8")
+    assert r.code == 2 and "do not fit the spec" in r.err
