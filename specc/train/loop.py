@@ -148,6 +148,7 @@ class Trainer:
         self.net: nn.Module = model
         self.ddp: Any = None
         self._pending_optim: dict[str, Any] | None = None
+        self._last_val: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the last validation
 
     def parts(self) -> dict[str, ckpt.Stateful]:
         """The loop's state a checkpoint stores besides model, optimizer, scheduler and RNG, by name."""
@@ -384,6 +385,7 @@ class Trainer:
     def _end_epoch(self, rate: float) -> None:
         """The epoch's row (validation metrics included), early stopping, metrics files, a checkpoint."""
         val = self.evaluate(self.ds.val) if len(self.ds.val) else {}
+        self._last_val = (self.progress.step, val)
         row = self.progress.end_epoch(self.sampler.epoch, val, self._lr(), rate)
         self.sampler.next_epoch()
         es = self.cfg.early_stopping
@@ -456,8 +458,18 @@ class Trainer:
             final["weights_of_epoch"] = weights_epoch  # restore_best: whose weights the metrics and files are
         for name, split in (("val", self.ds.val), ("test", self.ds.test)):
             if len(split):
-                final.update({f"{name}_{k}": v for k, v in self.evaluate(split).items()})
+                metrics = self._reused_val(weights_epoch) if name == "val" else None
+                final.update({f"{name}_{k}": v for k, v in (metrics or self.evaluate(split)).items()})
         return final
+
+    def _reused_val(self, weights_epoch: int | None) -> dict[str, float] | None:
+        """The last epoch's validation metrics when the model still holds the weights they measured
+        (no step since, no restore_best to another epoch's weights): evaluating again gives the same."""
+        if self._last_val is None or self._last_val[0] != self.progress.step:
+            return None
+        if weights_epoch is not None and weights_epoch != self.sampler.epoch:
+            return None
+        return self._last_val[1] or None
 
     # ------------------------------------------------------------------------------ checkpoints
 

@@ -147,6 +147,9 @@ def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
     epochs = [row["epoch"] for row in history]
     metrics = [k for k in history[-1] if k.startswith("val_") and k != "val_loss"]
     fig = Figure(figsize=(10 if metrics else 5, 3.6), dpi=100)
+    # fixed margins instead of tight_layout(), whose extra text-measuring draw costs more than the
+    # plot itself (~0.1 s); the tick labels of losses and [0, 1] metrics fit these margins
+    fig.subplots_adjust(left=0.08 if metrics else 0.15, right=0.98, bottom=0.14, top=0.91, wspace=0.22)
     axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
     for key in ("train_loss", "val_loss"):
         axes[0].plot(epochs, [row.get(key, math.nan) for row in history], marker="o", label=key)
@@ -159,6 +162,5 @@ def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
         axes[1].set_xlabel("epoch")
         axes[1].set_title("validation metrics")
         axes[1].legend()
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
