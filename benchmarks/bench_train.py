@@ -1,12 +1,14 @@
 """Training benchmarks (issue 5): accuracy targets and the overhead of ``specc train``'s step.
 
-    .venv/bin/python benchmarks/bench_train.py [lenet resnet lstm seq2seq overhead endtoend]
+    .venv/bin/python benchmarks/bench_train.py [lenet resnet lstm seq2seq overhead endtoend[:ROUNDS]
+                                                endtoend-resnet[:ROUNDS]]
 
 Each task runs ``specc train`` in-process into ``runs/bench-*`` and prints a table row. ``overhead``
 times the trainer's step against a minimal hand-written loop on the same model and batches,
 interleaved in one process (ratios measured side by side). ``endtoend`` (issue 14) times whole
-``specc train`` processes against ``benchmarks/hand_train.py`` doing the same job, one thread each,
-in ABBA rounds (paired wall and CPU ratios).
+``specc train`` processes against ``benchmarks/hand_train.py`` doing the same job (LeNet-5;
+``endtoend-resnet``: the small ResNet), one thread each, in interleaved rounds (paired wall and CPU
+ratios).
 """
 
 from __future__ import annotations
@@ -200,6 +202,9 @@ def _child(cmd: list[str], out: Path) -> tuple[float, float]:
 
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    # bytecode as an installed package has it (pip compiles on install): a shell that sets
+    # PYTHONDONTWRITEBYTECODE would make every specc run compile the package's sources again
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -211,57 +216,81 @@ def _child(cmd: list[str], out: Path) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def endtoend(epochs: int = 5, rounds: int = 3) -> str:
+def endtoend(epochs: int = 5, rounds: int = 3, model: str = "lenet") -> str:
     """``specc train`` as a user runs it (a new process: imports, data, build, epochs with
     validation, checkpoints and metrics, test, final weights, curves) against the same job written by
-    hand (``benchmarks/hand_train.py``), one thread each, alternating ABBA; paired ratios per round."""
+    hand (``benchmarks/hand_train.py``), one thread each, in rounds of S H F F H S (then reversed):
+    S ``specc train``, H the script, F the script with ``--freeze-at-exit`` (the exit the specc CLI
+    has: like for like). Paired ratios per round; the child's CPU time (``wait4``) is the figure to
+    read on a shared machine."""
+    import compileall
+    import subprocess
+
     python = sys.executable
+    compileall.compile_dir(str(ROOT / "specc"), quiet=1)
     sets = [
         f"train.epochs={epochs}",
         "train.batch_size=64",
         "train.optimizer=adamw",
         "train.lr=0.001",
+        "train.weight_decay=0.01",
         "train.schedule=none",
         "train.warmup_steps=0",
         "train.augment=none",
     ]
-    specc_cmd = [python, "-m", "specc.cli", "train", str(SPECS / "lenet.yaml"), "--data", "digits", "--quiet"]
-    specc_cmd += ["--device", "cpu", "--out", str(ROOT / "runs" / "bench-e2e-specc")]
+    spec = SPECS / f"{model}.yaml"
+    runs_dir = ROOT / "runs"
+    specc_cmd = [python, "-m", "specc.cli", "train", str(spec), "--data", "digits", "--quiet"]
+    specc_cmd += ["--device", "cpu", "--out", str(runs_dir / "bench-e2e-specc")]
     for s in sets:
         specc_cmd += ["--set", s]
-    hand_cmd = [python, str(ROOT / "benchmarks" / "hand_train.py"), "--epochs", str(epochs)]
-    hand_cmd += ["--out", str(ROOT / "runs" / "bench-e2e-hand")]
+    hand_cmd = [python, str(ROOT / "benchmarks" / "hand_train.py"), "--epochs", str(epochs), "--model", model]
     runs = {
-        "specc": (specc_cmd, ROOT / "runs" / "bench-e2e-specc"),
-        "hand": (hand_cmd, ROOT / "runs" / "bench-e2e-hand"),
+        "specc": (specc_cmd, runs_dir / "bench-e2e-specc"),
+        "hand": ([*hand_cmd, "--out", str(runs_dir / "bench-e2e-hand")], runs_dir / "bench-e2e-hand"),
+        "freeze": (
+            [*hand_cmd, "--freeze-at-exit", "--out", str(runs_dir / "bench-e2e-freeze")],
+            runs_dir / "bench-e2e-freeze",
+        ),
     }
     for cmd, out in runs.values():
         _child(cmd, out)  # warm-up: page cache, .pyc files
-    walls: dict[str, list[float]] = {"specc": [], "hand": []}
-    cpus: dict[str, list[float]] = {"specc": [], "hand": []}
+    load_before = os.getloadavg()
+    walls: dict[str, list[float]] = {k: [] for k in runs}
+    cpus: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(rounds):
-        order = ["specc", "hand", "hand", "specc"] if r % 2 == 0 else ["hand", "specc", "specc", "hand"]
-        got: dict[str, list[tuple[float, float]]] = {"specc": [], "hand": []}
-        for name in order:
+        order = ["specc", "hand", "freeze", "freeze", "hand", "specc"]
+        got: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+        for name in order if r % 2 == 0 else order[::-1]:
             got[name].append(_child(*runs[name]))
         for name in got:
             walls[name].append(sum(w for w, _ in got[name]) / 2)
             cpus[name].append(sum(c for _, c in got[name]) / 2)
-    wall_ratio = [a / b for a, b in zip(walls["specc"], walls["hand"], strict=True)]
-    cpu_ratio = [a / b for a, b in zip(cpus["specc"], cpus["hand"], strict=True)]
     load = os.getloadavg()
+    torch_version = subprocess.run(
+        [python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
 
-    def spread(v: list[float]) -> str:
-        q = np.percentile(v, [10, 50, 90])
+    def ratio(a: str, b: str, d: dict[str, list[float]]) -> str:
+        q = np.percentile([x / y for x, y in zip(d[a], d[b], strict=True)], [10, 50, 90])
         return f"{q[1]:.3f} (p10 {q[0]:.3f}, p90 {q[2]:.3f})"
 
+    med = {k: (np.median(walls[k]), np.median(cpus[k])) for k in runs}
     return (
-        f"| end to end, LeNet on digits, {epochs} epochs, batch 64, AdamW, validation + checkpoint + metrics "
-        f"every epoch, test + curves at the end; {rounds} ABBA rounds, 1 thread, load {load[0]:.1f} | "
-        f"specc {np.median(walls['specc']):.2f} s wall / {np.median(cpus['specc']):.2f} s CPU, hand-written "
-        f"{np.median(walls['hand']):.2f} s / {np.median(cpus['hand']):.2f} s; paired specc/hand: wall "
-        f"{spread(wall_ratio)}, CPU {spread(cpu_ratio)} (target ≤ 1.05) | |"
+        f"| end to end, {model} on digits 28x28, {epochs} epochs, batch 64, AdamW, validation + "
+        f"checkpoint + metrics every epoch, test + curves at the end; {rounds} rounds of 6 runs, 1 thread, "
+        f"torch {torch_version}, load {load_before[0]:.1f} -> {load[0]:.1f} | median wall / CPU: specc "
+        f"{med['specc'][0]:.2f} s / {med['specc'][1]:.2f} s, hand {med['hand'][0]:.2f} s / "
+        f"{med['hand'][1]:.2f} s, hand + freeze-at-exit {med['freeze'][0]:.2f} s / {med['freeze'][1]:.2f} s; "
+        f"paired CPU specc/hand {ratio('specc', 'hand', cpus)}, specc/(hand + freeze) "
+        f"{ratio('specc', 'freeze', cpus)}; paired wall specc/hand {ratio('specc', 'hand', walls)} "
+        f"(target <= 1.05) | |"
     )
+
+
+def endtoend_resnet(epochs: int = 5, rounds: int = 3) -> str:
+    """:func:`endtoend` with ``specs/small_resnet.yaml`` (BatchNorm, residual blocks)."""
+    return endtoend(epochs, rounds, model="small_resnet")
 
 
 TASKS = {
@@ -271,16 +300,21 @@ TASKS = {
     "seq2seq": seq2seq,
     "overhead": overhead,
     "endtoend": endtoend,
+    "endtoend-resnet": endtoend_resnet,
 }
 
 
 def main(names: list[str]) -> None:
+    """Run the named tasks (all by default); ``endtoend`` and ``endtoend-resnet`` take
+    ``NAME:ROUNDS`` (``endtoend:8``)."""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| benchmark | result | wall |\n|---|---|---|")
-    for name in names or list(TASKS):
+    for item in names or list(TASKS):
+        name, _, rounds = item.partition(":")
         if name not in TASKS:
             raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(TASKS)}")
-        print(TASKS[name](), flush=True)
+        task = TASKS[name]
+        print(task(rounds=int(rounds)) if rounds else task(), flush=True)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from specc.atomic import (
     TEMP_PATTERN,
     atomic_path,
     atomic_write_bytes,
+    atomic_write_files,
     atomic_write_text,
     clean_stale_temps,
     sha256_file,
@@ -113,3 +114,66 @@ def test_sigkill_mid_write_keeps_old_file(tmp_path: Path) -> None:
     assert len(leftovers) == 1 and TEMP_PATTERN.match(leftovers[0].name)
     assert clean_stale_temps(tmp_path) == leftovers
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_write_files_replaces_each_with_one_folder_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("old a")
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else str(fd))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    files = {tmp_path / "a.txt": "new a", tmp_path / "b.bin": b"\x00b", tmp_path / "sub" / "c.txt": "c"}
+    atomic_write_files(files)
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.bin").read_bytes() == b"\x00b"
+    assert (tmp_path / "sub" / "c.txt").read_text() == "c"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "sub"]
+    # three files, then each of the two folders once
+    assert len(synced) == 5
+    if os.path.exists("/proc/self/fd"):
+        assert synced[3:] == [str(tmp_path), str(tmp_path / "sub")]
+
+
+def test_write_files_failure_keeps_old_files_and_removes_temps(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("old a")
+    with pytest.raises(FileNotFoundError):  # the second file's folder does not exist: nothing renamed
+        atomic_write_files({tmp_path / "a.txt": "new a", tmp_path / "missing" / "b.txt": "b"})
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old a"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("a folder cannot be replaced by a file")
+    with pytest.raises(OSError):  # the second rename fails: the first stays done, no temporary is left
+        atomic_write_files({tmp_path / "a.txt": "new a", tmp_path / "d": "d", tmp_path / "e.txt": "e"})
+    assert (tmp_path / "a.txt").read_text() == "new a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "d"]
+
+
+_SLOW_BATCH = """
+import os, sys, time
+from pathlib import Path
+from specc import atomic
+replace = os.replace
+def slow(src, dst):
+    replace(src, dst)
+    print("RENAMED", flush=True)
+    time.sleep(60)
+atomic.os.replace = slow
+folder = Path(sys.argv[1])
+atomic.atomic_write_files({folder / "a.txt": "new a", folder / "b.txt": "new b"})
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_between_renames_leaves_old_or_new_files(tmp_path: Path) -> None:
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(f"old {name[0]}")
+    assert sigkill_when_ready(_SLOW_BATCH, str(tmp_path), ready="RENAMED") == -signal.SIGKILL
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "old b"
+    leftovers = [p for p in tmp_path.iterdir() if p.name not in ("a.txt", "b.txt")]
+    assert len(leftovers) == 1 and TEMP_PATTERN.match(leftovers[0].name)  # b's complete temporary
+    assert clean_stale_temps(tmp_path) == leftovers

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt
 
-from specc.atomic import atomic_write_text, fsync_dir, sha256_file
+from specc.atomic import atomic_write_text, sha256_file
 from specc.contracts.base import MAX_CONTRACT_BYTES, Contract, loads, parse
 from specc.contracts.onnx_metadata import Task, TensorEntry
 from specc.contracts.preprocess import Preprocess
@@ -317,12 +317,17 @@ class RunFolder:
 
     # -- writers (rank 0 of specc train only) ----------------------------------------------------
 
+    @staticmethod
+    def text(record: Contract) -> str:
+        """A record as its file holds it (indented JSON)."""
+        return record.model_dump_json(indent=2) + "\n"
+
     def write(self, name: str, record: Contract) -> None:
-        atomic_write_text(self.path / name, record.model_dump_json(indent=2) + "\n")
+        atomic_write_text(self.path / name, self.text(record))
 
     def write_marker(self, specc_version: str) -> None:
+        """The marker, durable (file and folder flushed by the atomic write) before anything else."""
         self.write(MARKER_FILE, Marker(created=now(), specc=specc_version))
-        fsync_dir(self.path)
 
 
 def check_out(folder: Path, *, resume: bool) -> None:

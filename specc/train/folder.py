@@ -33,10 +33,11 @@ import torch
 import yaml
 
 import specc
-from specc.atomic import atomic_write_text
+from specc.atomic import atomic_write_files, atomic_write_text
 from specc.contracts.onnx_metadata import TensorEntry
 from specc.contracts.preprocess import parse_preprocess
 from specc.contracts.run_folder import (
+    DATA_FILE,
     METRICS_JSON,
     MODEL_FILE,
     RUN_FILE,
@@ -169,15 +170,18 @@ def write_run_files(
     record of earlier ones)."""
 
     folder = RunFolder(run)
-    if spec_text is not None:
-        atomic_write_text(run / SPEC_FILE, spec_text)
-    atomic_write_text(run / TRAIN_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    folder.write("data.json", record)
     earlier: list[Invocation] = []
     if started.resume and (run / RUN_FILE).is_file():
         with contextlib.suppress(UsageError):
             earlier = list(folder.read_run().invocations)
-    folder.write(RUN_FILE, RunRecord(spec_name=spec_name, params=params, invocations=[*earlier, started]))
+    files: dict[Path, str] = {}
+    if spec_text is not None:
+        files[run / SPEC_FILE] = spec_text
+    files[run / TRAIN_FILE] = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    files[run / DATA_FILE] = folder.text(record)
+    record_of_run = RunRecord(spec_name=spec_name, params=params, invocations=[*earlier, started])
+    files[run / RUN_FILE] = folder.text(record_of_run)
+    atomic_write_files(files)  # each atomic, in this order, one folder flush (all durable before training)
 
 
 # ---------------------------------------------------------------------------------------- ownership

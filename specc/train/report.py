@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from specc.atomic import atomic_path, atomic_write_text
+from specc.atomic import atomic_write_files
 from specc.errors import printable
 
 METRICS_CSV = "metrics.csv"
@@ -102,11 +102,13 @@ class RunReport:
         writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
-        atomic_write_text(self.run / METRICS_CSV, buf.getvalue())
         doc = {"status": status, "epochs": history, "final": final}
-        atomic_write_text(self.run / METRICS_JSON, json.dumps(nan_to_null(doc), indent=2) + "\n")
+        files: dict[Path, bytes | str] = {}
         if history and curves:
-            write_curves(self.run / CURVES_PNG, history)
+            files[self.run / CURVES_PNG] = render_curves(history)
+        files[self.run / METRICS_CSV] = buf.getvalue()
+        files[self.run / METRICS_JSON] = json.dumps(nan_to_null(doc), indent=2) + "\n"  # the status: last
+        atomic_write_files(files)  # each file atomic, one folder flush for all
         self._tensorboard(history[-1] if history else None)
 
     def _tensorboard(self, row: dict[str, Any] | None) -> None:
@@ -137,8 +139,8 @@ def nan_to_null(value: Any) -> Any:
     return value
 
 
-def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
-    """Loss (train/val) and the validation metrics per epoch, as a PNG (matplotlib, Agg backend)."""
+def render_curves(history: list[dict[str, Any]]) -> bytes:
+    """Loss (train/val) and the validation metrics per epoch, as PNG bytes (matplotlib, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,5 +164,6 @@ def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
         axes[1].set_xlabel("epoch")
         axes[1].set_title("validation metrics")
         axes[1].legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()
