@@ -19,6 +19,7 @@ sweep. The second table compares BERT-base and GPT-2 small with their hand-writt
 ``tests/reference_models.py`` (torch's default initialisation, once), both built from scratch.
 
 Run: .venv/bin/python benchmarks/bench_build.py [--reps 5] [--max 10000]   (figures go to RESULTS.md)
+     .venv/bin/python benchmarks/bench_build.py --kinds mlp --sizes 5000 --reps 40 --no-references
 """
 
 from __future__ import annotations
@@ -121,8 +122,14 @@ def timed(fn: Callable[[], object]) -> float:
         gc.enable()
 
 
-def paired(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[float, float, float]:
-    """Median time of ``a``, of ``b`` and median of the paired ratios a/b, alternating ABBA."""
+SPREAD: dict[tuple[str, int], tuple[float, float]] = {}  # (stack, layers) -> p10, p90 of the build ratios
+
+
+def paired(
+    a: Callable[[], object], b: Callable[[], object], reps: int, spread: tuple[str, int] | None = None
+) -> tuple[float, float, float]:
+    """Median time of ``a``, of ``b`` and median of the paired ratios a/b, alternating ABBA
+    (``spread``: record the ratios' 10th and 90th percentiles under that key)."""
     ta, tb = [], []
     a(), b()  # warm-up: first-touch page faults of fresh memory
     for r in range(reps):
@@ -133,6 +140,9 @@ def paired(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple
             tb.append(timed(b))
             ta.append(timed(a))
     ratios = [x / y for x, y in zip(ta, tb, strict=True)]
+    if spread is not None:
+        deciles = statistics.quantiles(ratios, n=10, method="inclusive")
+        SPREAD[spread] = (deciles[0], deciles[-1])
     return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
 
 
@@ -148,7 +158,7 @@ def measure(kind: str, n: int, reps: int) -> dict[str, float]:
     text = spec_text(kind, n)
     graph = check_text(text)
     r = max(3, reps if n >= 1000 else reps * 4)
-    spec_s, hand_s, ratio = paired(lambda: build(graph), lambda: by_hand(kind, n), r)
+    spec_s, hand_s, ratio = paired(lambda: build(graph), lambda: by_hand(kind, n), r, spread=(kind, n))
     total_s, _, total_ratio = paired(lambda: build(check_text(text)), lambda: by_hand(kind, n), r)
     return {
         "layers": len(graph.nodes),
@@ -170,7 +180,8 @@ def sweep(kind: str, sizes: tuple[int, ...], reps: int) -> list[dict[str, float]
         rows.append(row)
         print(
             f"{kind:<9} {int(row['layers']):>6} build {row['build'] * 1e3:9.1f} ms  "
-            f"by hand {row['hand'] * 1e3:9.1f} ms  paired {row['ratio']:5.2f}x  "
+            f"by hand {row['hand'] * 1e3:9.1f} ms  paired {row['ratio']:5.2f}x "
+            f"(p10 {SPREAD[kind, n][0]:.2f}, p90 {SPREAD[kind, n][1]:.2f})  "
             f"check+build {row['total'] * 1e3:9.1f} ms ({row['total_ratio']:5.2f}x)  "
             f"check {row['check'] * 1e3:8.1f}  render {row['render'] * 1e3:8.1f}  "
             f"graph {row['graph'] * 1e3:8.1f} ms",
@@ -190,6 +201,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="paired repetitions per size (x4 below 1,000)")
     parser.add_argument("--max", type=int, default=SIZES[-1], help="largest size")
     parser.add_argument("--kinds", default="mlp,residual,dense")
+    parser.add_argument("--sizes", default=None, help="comma-separated layer counts (default: the sweep)")
     parser.add_argument("--no-references", action="store_true")
     parser.add_argument("--gc-off", action="store_true", help="pause the garbage collector while timing")
     args = parser.parse_args()
@@ -201,7 +213,8 @@ def main() -> None:
         f"{date.today()}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
         f"1 thread  gc {'paused' if GC_OFF else 'on'}  load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
-    sizes = tuple(s for s in SIZES if s <= args.max)
+    sweep_sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else SIZES
+    sizes = tuple(s for s in sweep_sizes if s <= args.max)
     for kind in args.kinds.split(","):
         rows = sweep(kind, sizes, args.reps)
         fit = [r for r in rows if r["layers"] >= FIT_FROM * 0.9]

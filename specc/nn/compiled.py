@@ -61,20 +61,20 @@ class CompiledModel(nn.Module):
         same = target == torch.get_default_device()
         with _gc_paused(), contextlib.nullcontext() if same else target:
             for node in graph.nodes:
-                inferred = node.inferred
-                assert inferred is not None, f"node {node.path} was not inferred"
-                module = construct(node.op, [types[r.node, r.index] for r in node.inputs], inferred, target)
-                for k, t in enumerate(inferred.outputs):
-                    types[node.path, k] = t
-                self._attach(node.path, module)
-                in_slots = tuple([slots[r.node, r.index] for r in node.inputs])
-                # looked up on the class: a missing attribute on a Module instance costs an exception
-                if getattr(type(module), "passthrough", None) is not None and module.passthrough:
-                    slots[(node.path, 0)] = in_slots[0]  # identity: alias the input, no plan step
+                inferred, path, refs = node.inferred, node.path, node.inputs
+                assert inferred is not None, f"node {path} was not inferred"
+                module = construct(node.op, [types[r.node, r.index] for r in refs], inferred, target)
+                outputs = inferred.outputs
+                for k, t in enumerate(outputs):
+                    types[path, k] = t
+                self._attach(path, module)
+                in_slots = tuple([slots[r.node, r.index] for r in refs])
+                if _may_pass_through(type(module)) and module.passthrough:
+                    slots[(path, 0)] = in_slots[0]  # identity: alias the input, no plan step
                     continue
-                out_slots = tuple(range(next_slot, next_slot + len(inferred.outputs)))
+                out_slots = tuple(range(next_slot, next_slot + len(outputs)))
                 for k, slot in enumerate(out_slots):
-                    slots[(node.path, k)] = slot
+                    slots[(path, k)] = slot
                 next_slot += len(out_slots)
                 modules.append((module, in_slots, out_slots))
         for tie in graph.ties:
@@ -84,6 +84,9 @@ class CompiledModel(nn.Module):
         self._plan = _plan(modules, self._result)
 
     def _attach(self, path: str, module: nn.Module) -> None:
+        if "." not in path:  # a top-level node: most of them
+            _add_module(self, path, module)
+            return
         parent: nn.Module = self
         *heads, leaf = path.split(".")
         for part in heads:
@@ -163,7 +166,7 @@ def _add_module(parent: nn.Module, name: str, module: nn.Module) -> None:
     name taken by an attribute, registration hooks) goes through ``add_module`` and its checks."""
     free = not (
         name in parent.__dict__
-        or hasattr(type(parent), name)
+        or name in _class_names(type(parent))
         or name in parent._parameters
         or name in parent._buffers
         or name in parent._modules
@@ -172,6 +175,28 @@ def _add_module(parent: nn.Module, name: str, module: nn.Module) -> None:
         parent._modules[name] = module
     else:
         parent.add_module(name, module)
+
+
+_CLASS_NAMES: dict[type, frozenset[str]] = {}
+_PASSTHROUGH: dict[type, bool] = {}
+
+
+def _class_names(cls: type) -> frozenset[str]:
+    """The attribute names of a module class (its MRO's): what ``hasattr(cls, name)`` looks up,
+    as a set, because a missing name costs ``hasattr`` an exception (a tenth of a large build).
+    Module classes are not changed after their definition."""
+    names = _CLASS_NAMES.get(cls)
+    if names is None:
+        names = _CLASS_NAMES[cls] = frozenset(name for klass in cls.__mro__ for name in vars(klass))
+    return names
+
+
+def _may_pass_through(cls: type) -> bool:
+    """Whether modules of ``cls`` have a ``passthrough`` property (identity nodes the plan skips)."""
+    found = _PASSTHROUGH.get(cls)
+    if found is None:
+        found = _PASSTHROUGH[cls] = getattr(cls, "passthrough", None) is not None
+    return found
 
 
 @contextlib.contextmanager
