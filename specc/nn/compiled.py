@@ -227,7 +227,11 @@ def _plan(
     kept = set(keep)
     steps = []
     for t, (module, ins, outs) in enumerate(modules):
-        free = tuple(sorted({s for s in ins if last_use[s] == t} - kept))
+        if len(ins) == 1:  # most nodes: no set to build
+            slot = ins[0]
+            free: tuple[int, ...] = (slot,) if last_use[slot] == t and slot not in kept else ()
+        else:
+            free = tuple(sorted({s for s in ins if last_use[s] == t} - kept))
         steps.append(Step(module, ins, outs, free))
     return steps
 
