@@ -88,19 +88,3 @@ def test_final_validation_reused_when_the_best_epoch_is_the_last(
     )
     assert metrics["final"]["weights_of_epoch"] == 2 and val_passes == 2
     assert metrics["final"]["val_loss"] == metrics["fresh"]["loss"] == metrics["epochs"][-1]["val_loss"]
-
-
-def test_cpu_evaluates_in_training_batches(tmp_path: Path) -> None:
-    """On the CPU the evaluation batches are the training batch size (larger ones outgrow the caches
-    of a conv net); the metrics are sums over samples, so the batch size does not change them."""
-    ds = load_for_model("iris", IO, seed=0)
-    report = RunReport(tmp_path, write=False, quiet=True, log_every=10**9)
-    trainer = Trainer(
-        _model(), IO, ds, TrainConfig(batch_size=16), tmp_path, torch.device("cpu"), Dist(), report
-    )
-    sizes = [len(batch[-1]) for batch in trainer._eval_loader(ds.test)]
-    assert max(sizes) == 16 and sum(sizes) == len(ds.test)
-    wide = Trainer(
-        _model(), IO, ds, TrainConfig(batch_size=64), tmp_path, torch.device("cpu"), Dist(), report
-    )
-    assert trainer.evaluate(ds.test) == pytest.approx(wide.evaluate(ds.test), rel=1e-6)
