@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app, print_table, say
+from specc.cli.app import app, print_table, say
 from specc.cli.spec_cmds import (
     IncludeRootOpt,
     JsonOpt,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app, exit_code_of, log_to_stderr, say
+from specc.cli.app import app, exit_code_of, log_to_stderr, say
 from specc.cli.spec_cmds import (
     IncludeRootOpt,
     JsonOpt,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli import app, log_to_stderr, say
+from specc.cli.app import app, log_to_stderr, say
 from specc.cli.spec_cmds import JsonOpt
 from specc.errors import printable
 

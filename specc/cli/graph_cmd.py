@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from specc.atomic import atomic_write_text
-from specc.cli import app, say
+from specc.cli.app import app, say
 from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app, log_to_stderr
+from specc.cli.app import app, log_to_stderr
 from specc.errors import UsageError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

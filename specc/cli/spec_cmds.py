@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from specc.cli import app, error, print_table, say, stderr, stdout
+from specc.cli.app import app, error, print_table, say, stderr, stdout
 from specc.errors import SpecError, UsageError, did_you_mean
 
 if TYPE_CHECKING:

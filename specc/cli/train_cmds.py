@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app
+from specc.cli.app import app
 from specc.cli.spec_cmds import (
     IncludeRootOpt,
     MaxParamsOpt,

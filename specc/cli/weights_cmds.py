@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from specc.cli import app, fail
+from specc.cli.app import app, fail
 from specc.cli.spec_cmds import IncludeRootOpt, ScaleOpt, SetOpt, use_include_roots
 from specc.errors import UsageError
 
