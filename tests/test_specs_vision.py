@@ -94,19 +94,9 @@ def test_matches_torchvision_layout_reference(name: str) -> None:
 
 
 def _hf_vit() -> nn.Module:
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=10,
-        layer_norm_eps=1e-6,
-        hidden_act="gelu",
-        attn_implementation="eager",
-    )
-    return transformers.ViTForImageClassification(config).eval()
+    from hf_tiny import tiny_vit  # transformers is imported (or the module skipped) above
+
+    return transformers.ViTForImageClassification(tiny_vit(hidden_act="gelu")).eval()
 
 
 def vit_state_from_hf(hf: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import SPECS, run_cli
+from hf_tiny import tiny_gpt2, tiny_vit, weights_import
 
 import specc
 from specc.export.source import load_weights
@@ -46,9 +47,7 @@ def imported(tmp_path: Path, ref: Any, spec: str, sets: list[str]) -> CompiledMo
 
 
 def test_gpt2_import(tmp_path: Path) -> None:
-    cfg = transformers.GPT2Config(
-        vocab_size=96, n_positions=24, n_embd=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None
-    )
+    cfg = tiny_gpt2(vocab_size=96, n_positions=24)
     ref = transformers.GPT2LMHeadModel(cfg).eval()
     randomise(ref)
     sets = ["vocab=96", "n_positions=24", "hidden=16", "num_heads=2", "num_layers=2"]
@@ -121,17 +120,7 @@ def test_llama_import(tmp_path: Path) -> None:
 
 def test_vit_import(tmp_path: Path) -> None:
     """ViTForImageClassification: the ViTModel encoder plus the classifier on the class token."""
-    cfg = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=10,
-        layer_norm_eps=1e-6,
-        attn_implementation="eager",
-    )
+    cfg = tiny_vit()
     ref = transformers.ViTForImageClassification(cfg).eval()
     randomise(ref)
     model = imported(
@@ -147,49 +136,21 @@ def test_vit_import(tmp_path: Path) -> None:
 
 def test_config_that_contradicts_the_spec_is_refused(tmp_path: Path) -> None:
     """A head count changes no tensor shape: config.json is checked against the spec's variables."""
-    cfg = transformers.GPT2Config(
-        vocab_size=128, n_positions=32, n_embd=16, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None
-    )
+    cfg = tiny_gpt2(n_head=4)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
     out = tmp_path / "w.safetensors"
-    result = run_cli(
-        "weights",
-        "import",
-        str(tmp_path / "hf"),
-        "--spec",
-        str(SPECS / "gpt2_small.yaml"),
-        "--scale",
-        "tiny",
-        "--out",
-        str(out),
-    )
+    result = weights_import(tmp_path / "hf", "gpt2_small", out)
     assert result.code == 2
     assert "n_head is 4 there, the spec's num_heads is 2 (--set num_heads=4)" in result.err
     assert not out.exists()
 
 
 def test_shape_mismatch_names_tensor_node_and_file(tmp_path: Path) -> None:
-    cfg = transformers.GPT2Config(
-        vocab_size=128, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None
-    )
+    cfg = tiny_gpt2()
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
-    spec = SPECS / "gpt2_small.yaml"
     out = tmp_path / "w.safetensors"
-    result = run_cli(
-        "weights",
-        "import",
-        str(tmp_path / "hf" / "model.safetensors"),  # a bare state dict: no config.json to check first
-        "--spec",
-        str(spec),
-        "--scale",
-        "tiny",
-        "--set",
-        "n_positions=16",
-        "--map",
-        "hf-gpt2",
-        "--out",
-        str(out),
-    )
+    bare = tmp_path / "hf" / "model.safetensors"  # a bare state dict: no config.json to check first
+    result = weights_import(bare, "gpt2_small", out, "--set", "n_positions=16", "--map", "hf-gpt2")
     assert result.code == 2
     assert (
         f"tensor wpe.weight has shape [32, 16] in {tmp_path / 'hf' / 'model.safetensors'} but [16, 16]"
@@ -248,23 +209,11 @@ def test_gpt2_run_exports_to_transformers(tmp_path: Path) -> None:
     keeps the tokenizer in the run; written back as a Hugging Face folder it loads in transformers with
     no missing or unexpected keys, gives the run's logits and carries the tokenizer."""
     start = tmp_path / "start"
-    cfg = transformers.GPT2Config(
-        vocab_size=128, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None
-    )
+    cfg = tiny_gpt2()
     transformers.GPT2LMHeadModel(cfg).save_pretrained(start)
     tokenizer = _tokenizer_json(start / "tokenizer.json")
     imported = tmp_path / "w.safetensors"
-    result = run_cli(
-        "weights",
-        "import",
-        str(start),
-        "--spec",
-        str(SPECS / "gpt2_small.yaml"),
-        "--scale",
-        "tiny",
-        "--out",
-        str(imported),
-    )
+    result = weights_import(start, "gpt2_small", imported)
     assert result.code == 0, result.err
     assert (tmp_path / "w.tokenizer.json").read_bytes() == tokenizer
     run = tmp_path / "run"
@@ -307,34 +256,15 @@ def test_gpt2_run_exports_to_transformers(tmp_path: Path) -> None:
 
 def test_vit_model_without_head_needs_allow_partial(tmp_path: Path) -> None:
     """ViTModel has no classifier: the spec's head is listed, the pooler left out by the map."""
-    cfg = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        layer_norm_eps=1e-6,
-    )
+    cfg = tiny_vit()
     transformers.ViTModel(cfg).save_pretrained(tmp_path / "hf")
-    args = [
-        "weights",
-        "import",
-        str(tmp_path / "hf"),
-        "--spec",
-        str(SPECS / "vit_b_16.yaml"),
-        "--scale",
-        "tiny",
-        "--out",
-        str(tmp_path / "w.safetensors"),
-    ]
-    refused = run_cli(*args)
+    refused = weights_import(tmp_path / "hf", "vit_b_16", tmp_path / "w.safetensors")
     assert (
         refused.code == 2
         and "2 spec tensor(s) not in" in refused.err
         and "head.weight, head.bias" in refused.err
     )
-    result = run_cli(*args, "--allow-partial")
+    result = weights_import(tmp_path / "hf", "vit_b_16", tmp_path / "w.safetensors", "--allow-partial")
     assert result.code == 0, result.err
     assert "not in the file (kept as initialised): head.weight, head.bias" in result.out
     assert "left out by the name map: pooler.dense.bias, pooler.dense.weight" in result.out
