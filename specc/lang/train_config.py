@@ -93,6 +93,11 @@ class TrainConfig(_Strict):
     max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer steps")
     batch_size: PositiveInt = Field(64, description="global batch per optimizer step (all processes)")
     grad_accum: PositiveInt = Field(1, description="micro-batches per optimizer step")
+    eval_batch_size: PositiveInt | None = Field(
+        None,
+        description="samples per evaluation batch on each process (default: batch_size on the CPU, "
+        "up to 256 within the data budget on an accelerator)",
+    )
     loss: Literal["auto", "cross_entropy", "mse", "lm"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     ignore_index: int = Field(0, description="target id the lm loss ignores (0 = pad)")

@@ -124,6 +124,13 @@ class Trainer:
             4,
             "; lower train.batch_size, or give the spec a smaller input",
         )
+        if cfg.eval_batch_size is not None:
+            self.budget.check(
+                f"an evaluation batch of {cfg.eval_batch_size} samples of shape {ds.sample_shape}",
+                (cfg.eval_batch_size, *ds.sample_shape),
+                4,
+                "; lower train.eval_batch_size",
+            )
         self.pin = cfg.pin_memory if cfg.pin_memory is not None else device.type == "cuda"
         self.sampler = TrainBatches(len(ds.train), cfg.batch_size, cfg.seed, dist.rank, dist.world)
         self.workers = resolve_workers(cfg.num_workers, ds.train, dist.world)
@@ -140,7 +147,7 @@ class Trainer:
         self.fsdp = cfg.fsdp and dist.enabled
         self._build_optimizer()
         self.constant_lr = cfg.schedule == "none" and cfg.warmup_steps == 0
-        self.progress = Progress()
+        self.progress = Progress(self._eval_batch(ds.sample_shape))
         self.early_stopping = EarlyStopper(cfg.early_stopping)
         self.precision = Precision(cfg.amp, device)
         self.guard = NonFiniteGuard(cfg.grad_clip, check_grads=not self.precision.scales_grads, device=device)
@@ -434,11 +441,24 @@ class Trainer:
             self.sums.update(acc, self.loss_fn(out, y), self.count_fn(y), out.float(), y, ignore)
         return self.sums.finish(self.dist.all_sum(acc), self.loss_kind)
 
+    def _eval_batch(self, sample_shape: tuple[int, ...], legacy: bool = False) -> int:
+        """The evaluation batch of a new run: on the CPU the training batch (a conv net's activations
+        at 256 samples outgrow the caches: a small ResNet validated 2.7x slower in batches of 256
+        than of 64, benchmarks/RESULTS.md), on an accelerator up to 256 within the data budget, never
+        less than ``batch_size``. ``legacy``: the rule before the choice was recorded in checkpoints
+        (up to 256 everywhere), for a run resumed from such a checkpoint. ``train.eval_batch_size``
+        overrides both."""
+        if self.cfg.eval_batch_size is not None:
+            return self.cfg.eval_batch_size
+        sample_bytes = 4 * math.prod(sample_shape) or 1
+        if self.device.type == "cpu" and not legacy:
+            return self.cfg.batch_size
+        return max(self.cfg.batch_size, min(256, self.budget.max_bytes // sample_bytes))
+
     def _eval_loader(self, split: Split) -> Iterator[Any]:
-        """Batches of at least ``batch_size`` (up to 256 within the data budget); with FSDP every rank
+        """Batches of the run's evaluation batch size (:meth:`_eval_batch`); with FSDP every rank
         runs the same number of batches (each forward is a collective)."""
-        sample_bytes = 4 * math.prod(split.sample_shape) or 1
-        size = max(self.cfg.batch_size, min(256, self.budget.max_bytes // sample_bytes))
+        size = self.progress.eval_batch or self._eval_batch(split.sample_shape, legacy=True)
         sampler = EvalBatches(len(split), size, self.dist.rank, self.dist.world, uniform=self.fsdp)
         workers = resolve_workers(self.cfg.num_workers, split, self.dist.world)
         ds = SplitDataset(split, self.ds.task, self.io)

@@ -35,14 +35,20 @@ from specc.weights import read_metadata
 
 
 class Progress:
-    """Optimizer steps done, one metrics row per finished epoch, and the current epoch's running
-    train loss (a sum over samples and its count, so a resumed epoch reports the same mean)."""
+    """Optimizer steps done, one metrics row per finished epoch, the current epoch's running train
+    loss (a sum over samples and its count, so a resumed epoch reports the same mean) and the batch
+    size the run evaluates with (fixed when the run starts: a resumed run sums its validation in the
+    same order, so its metric rows are bit for bit those of an uninterrupted run).
 
-    def __init__(self) -> None:
+    ``eval_batch`` None: a checkpoint from before it was recorded; the evaluation keeps the rule of
+    that time (up to 256 samples a batch)."""
+
+    def __init__(self, eval_batch: int | None = None) -> None:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.loss_sum = 0.0
         self.loss_count = 0.0
+        self.eval_batch = eval_batch
 
     def add_step(self, loss_sum: float, count: float) -> None:
         """One optimizer step done, whose batch had ``count`` targets with losses summing to ``loss_sum``."""
@@ -69,12 +75,15 @@ class Progress:
             "history": [dict(row) for row in self.history],
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "eval_batch": self.eval_batch,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.history = [dict(row) for row in state["history"]]
         self.loss_sum, self.loss_count = float(state["loss_sum"]), float(state["loss_count"])
+        eval_batch = state.get("eval_batch")  # absent before it was recorded
+        self.eval_batch = None if eval_batch is None else int(eval_batch)
 
 
 class EarlyStopper:

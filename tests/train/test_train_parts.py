@@ -224,7 +224,9 @@ def test_a_run_interrupted_under_format_1_resumes_exactly(tmp_path: Path, one_th
     spec, old = FORMAT1 / "spec.yaml", tmp_path / "old"
     shutil.copytree(FORMAT1 / "run", old)
     _train(spec, old, "--resume")
-    _train(spec, tmp_path / "whole")
+    # the previous main evaluated in batches of up to 256 (the run keeps that: its checkpoint has no
+    # evaluation batch); a new run evaluates in batches of batch_size on the CPU unless told
+    _train(spec, tmp_path / "whole", "--set", "train.eval_batch_size=256")
     resumed, whole = (
         load_file(str(old / "model.safetensors")),
         load_file(str(tmp_path / "whole" / "model.safetensors")),
