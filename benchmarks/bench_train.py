@@ -159,7 +159,8 @@ def overhead(steps: int = 200, rounds: int = 5) -> str:
         RunReport(run, write=False, quiet=True, log_every=10**9),
     )
     opt = torch.optim.SGD(model_b.parameters(), lr=0.01, momentum=0.9)
-    x, y = trainer.train_data.inputs[0], trainer.train_data.target
+    xa, ya = ds.train.arrays()
+    x, y = torch.from_numpy(xa).float(), torch.from_numpy(ya).long()
     perm = epoch_permutation(0, 0, len(y))
     batches = [global_batch(perm, i % trainer.spe, 64) for i in range(steps)]
 
@@ -173,7 +174,7 @@ def overhead(steps: int = 200, rounds: int = 5) -> str:
     def specc_step() -> None:
         with StopRequest() as stop:
             for idx in batches:
-                trainer._step(idx, stop)
+                trainer._step(((x[idx],), y[idx]), stop)
 
     t_plain, t_specc = _interleave(plain, specc_step, rounds)
     ratio = t_specc / t_plain
