@@ -46,37 +46,19 @@ from specc.cli import (
     train_cmds,
     weights_cmds,
 )
-from specc.cli.app import (
-    app,
-    error,
-    exit_code_of,
-    fail,
-    log_to_stderr,
-    print_table,
-    say,
-    stderr,
-    stdout,
-    usage_error,
-)
+from specc.cli.app import app, fail, log_to_stderr, usage_error
 
+# one way to reach each helper: commands import them from specc.cli.app; the package offers main()
 __all__ = [
     "app",
     "build_cmd",
-    "error",
     "eval_cmd",
-    "exit_code_of",
     "export_cmds",
-    "fail",
     "generate_cmd",
     "graph_cmd",
-    "log_to_stderr",
     "main",
-    "print_table",
-    "say",
     "serve_cmd",
     "spec_cmds",
-    "stderr",
-    "stdout",
     "train_cmds",
     "weights_cmds",
 ]

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 
 import specc
-from specc.cli import exit_code_of
+from specc.cli.app import exit_code_of
 from specc.errors import (
     DataError,
     ExportError,
